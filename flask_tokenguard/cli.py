@@ -1,0 +1,331 @@
+"""``flask tokenguard ...``: clients, users, sessions, licences, keys, and serving.
+
+Every command takes ``--json`` for scripts. A secret is printed only by
+``create-client`` and ``rotate-secret``: the only times it exists outside its hash.
+Failures raise ``click.ClickException`` (exit 1, message on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import typing as t
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from . import clients
+from . import sessions as session_rules
+from . import users
+from .errors import ConfigurationError
+from .errors import ConflictError
+from .errors import StoreError
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from .extension import AppState
+
+F = t.TypeVar("F", bound=t.Callable[..., t.Any])
+
+tokenguard = AppGroup("tokenguard", help="Manage OAuth clients, users, sessions and licences.")
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+yes_option = click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+
+
+def _state() -> AppState:
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return app.extensions["tokenguard"].state(app)
+
+
+def _emit(as_json: bool, data: t.Any, text: str) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else text)
+
+
+def _handled(fn: F) -> F:
+    """Turn domain errors into one clear line and exit code 1."""
+
+    def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigurationError, ConflictError, LookupError) as exc:
+            message = exc.args[0] if exc.args else str(exc)
+            raise click.ClickException(str(message)) from None
+        except StoreError as exc:
+            raise click.ClickException(f"the token store failed: {exc}") from None
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__dict__.update(fn.__dict__)
+    return t.cast(F, wrapper)
+
+
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        line = sys.stdin.readline()
+        return line.rstrip("\r\n")
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+# -- clients -----------------------------------------------------------------------------
+
+
+@tokenguard.command("create-client")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, help="Allowed scope (repeat); default: all configured.")
+@click.option("--grant", "grants", multiple=True, help="Allowed grant type (repeat).")
+@click.option("--public", is_flag=True, help="A public client: no secret, id only.")
+@click.option("--alias", help="A second name accepted in place of the client id.")
+@json_option
+@_handled
+def create_client(
+    name: str, scopes: tuple[str, ...], grants: tuple[str, ...], public: bool, alias: str | None, as_json: bool
+) -> None:
+    """Register a client and print its id and secret (shown only this once)."""
+    state = _state()
+    client, secret = clients.create_client(
+        state.store,
+        name,
+        scopes=scopes,
+        known_scopes=list(state.settings.scopes),
+        grants=grants or None,
+        public=public,
+        alias=alias,
+        now=time.time(),
+    )
+    data = {**clients.describe(client), "client_secret": secret}
+    lines = [f"Client id:     {client.client_id}"]
+    if secret is not None:
+        lines.append(f"Client secret: {secret}")
+        lines.append("Store the secret now: it is shown only once.")
+    _emit(as_json, data, "\n".join(lines))
+
+
+@tokenguard.command("rotate-secret")
+@click.argument("client_id", metavar="CLIENT")
+@yes_option
+@click.option("--keep-sessions", is_flag=True, help="Let the client's sessions go on.")
+@json_option
+@_handled
+def rotate_secret(client_id: str, yes: bool, keep_sessions: bool, as_json: bool) -> None:
+    """Give a client a new secret (a public client a new id); the old one stops working."""
+    state = _state()
+    client = clients.find_client(state.store, client_id)
+    if not yes:
+        what = "id" if client.is_public else "secret"
+        click.confirm(
+            f"Regenerate the {what} of {client.name!r} ({client.client_id})? "
+            f"The old {what} stops working at once.",
+            abort=True,
+            err=True,
+        )
+    updated, secret, ended = clients.rotate_secret(
+        state.store, client.client_id, keep_sessions=keep_sessions, now=time.time()
+    )
+    data = {"client_id": updated.client_id, "client_secret": secret, "sessions_ended": len(ended)}
+    if client.is_public:
+        data["previous_client_id"] = client.client_id
+        text = f"New client id: {updated.client_id} (the old id no longer works)"
+    else:
+        text = f"Client id:     {updated.client_id}\nClient secret: {secret}\nStore the secret now: it is shown only once."
+    _emit(as_json, data, text)
+
+
+@tokenguard.command("list-clients")
+@json_option
+@_handled
+def list_clients(as_json: bool) -> None:
+    """List the registered clients (never their secrets)."""
+    listed = [clients.describe(c) for c in _state().store.list_clients()]
+    text = "\n".join(
+        f"{c['client_id']}  {c['name']!r}  alias={c['alias'] or '-'}  "
+        f"{'public' if c['public'] else 'confidential'}  "
+        f"{'enabled' if c['enabled'] else 'DISABLED'}  scopes={' '.join(c['scopes'])}  "
+        f"grants={' '.join(c['grants'])}"
+        for c in listed
+    )
+    _emit(as_json, listed, text or "No clients.")
+
+
+def _set_enabled(client_id: str, enabled: bool, as_json: bool) -> None:
+    client, ended = clients.set_enabled(_state().store, client_id, enabled, now=time.time())
+    data = {**clients.describe(client), "sessions_ended": len(ended)}
+    _emit(as_json, data, f"{client.client_id} {'enabled' if enabled else 'disabled'}")
+
+
+@tokenguard.command("disable-client")
+@click.argument("client_id", metavar="CLIENT")
+@json_option
+@_handled
+def disable_client(client_id: str, as_json: bool) -> None:
+    """Disable a client and end its sessions."""
+    _set_enabled(client_id, False, as_json)
+
+
+@tokenguard.command("enable-client")
+@click.argument("client_id", metavar="CLIENT")
+@json_option
+@_handled
+def enable_client(client_id: str, as_json: bool) -> None:
+    """Enable a disabled client."""
+    _set_enabled(client_id, True, as_json)
+
+
+@tokenguard.command("delete-client")
+@click.argument("client_id", metavar="CLIENT")
+@yes_option
+@json_option
+@_handled
+def delete_client(client_id: str, yes: bool, as_json: bool) -> None:
+    """Delete a client and end its sessions."""
+    state = _state()
+    client = clients.find_client(state.store, client_id)
+    if not yes:
+        click.confirm(f"Delete client {client.name!r} ({client.client_id})?", abort=True, err=True)
+    deleted, ended = clients.delete_client(state.store, client.client_id, now=time.time())
+    data = {"client_id": deleted.client_id, "deleted": True, "sessions_ended": len(ended)}
+    _emit(as_json, data, f"{deleted.client_id} deleted")
+
+
+# -- users -------------------------------------------------------------------------------
+
+
+@tokenguard.command("create-user")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+@json_option
+@_handled
+def create_user(username: str, password_stdin: bool, as_json: bool) -> None:
+    """Add a user to the built-in table for the password grant."""
+    state = _state()
+    user = users.create_user(
+        state.store, username, _read_password(password_stdin),
+        cost=state.settings.password_hash_cost, now=time.time(),
+    )
+    _emit(as_json, {"username": user.username, "created": True}, f"user {user.username} created")
+
+
+@tokenguard.command("set-password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+@json_option
+@_handled
+def set_password(username: str, password_stdin: bool, as_json: bool) -> None:
+    """Change a user's password."""
+    state = _state()
+    if state.store.get_user(username) is None:
+        raise LookupError(f"no user {username!r}")
+    user = users.set_password(
+        state.store, username, _read_password(password_stdin), cost=state.settings.password_hash_cost
+    )
+    _emit(as_json, {"username": user.username, "updated": True}, f"password of {user.username} changed")
+
+
+@tokenguard.command("delete-user")
+@click.argument("username")
+@json_option
+@_handled
+def delete_user(username: str, as_json: bool) -> None:
+    """Remove a user from the built-in table."""
+    if not _state().store.delete_user(username):
+        raise LookupError(f"no user {username!r}")
+    _emit(as_json, {"username": username, "deleted": True}, f"user {username} deleted")
+
+
+@tokenguard.command("list-users")
+@json_option
+@_handled
+def list_users(as_json: bool) -> None:
+    """List the built-in users (never their password hashes)."""
+    listed = [
+        {"username": u.username, "created_at": int(u.created_at)} for u in _state().store.list_users()
+    ]
+    _emit(as_json, listed, "\n".join(u["username"] for u in listed) or "No users.")
+
+
+# -- sessions and licences ---------------------------------------------------------------
+
+
+@tokenguard.command("sessions")
+@click.option("--client", "client_id", help="Only this client's sessions.")
+@json_option
+@_handled
+def list_sessions(client_id: str | None, as_json: bool) -> None:
+    """List live sessions: id, client, subject, scopes, seat, expiry."""
+    store = _state().store
+    if client_id is not None:
+        client_id = clients.find_client(store, client_id).client_id
+    listed = [session_rules.describe(s) for s in store.list_sessions(client_id, time.time())]
+    text = "\n".join(
+        f"{s['session_id']}  client={s['client_id']}  subject={s['subject']}  "
+        f"scopes={' '.join(s['scopes'])}  seat={'yes' if s['holds_seat'] else 'no'}  "
+        f"expires={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(s['expires_at']))}"
+        for s in listed
+    )
+    _emit(as_json, listed, text or "No live sessions.")
+
+
+@tokenguard.command("logoff")
+@click.argument("session_id", metavar="SESSION", required=False)
+@click.option("--client", "client_id", help="End every session of this client.")
+@click.option("--all", "everything", is_flag=True, help="End every session.")
+@json_option
+@_handled
+def logoff(session_id: str | None, client_id: str | None, everything: bool, as_json: bool) -> None:
+    """End sessions at once and free their seats."""
+    if sum(bool(x) for x in (session_id, client_id, everything)) != 1:
+        raise click.UsageError("give exactly one of SESSION, --client C or --all")
+    store = _state().store
+    now = time.time()
+    if session_id:
+        if store.end_session(session_id, now) is None:
+            raise LookupError(f"no live session {session_id!r}")
+        ended = 1
+    else:
+        if client_id:
+            client_id = clients.find_client(store, client_id).client_id
+        ended = store.end_sessions(client_id, now)
+    _emit(as_json, {"ended": ended}, f"{ended} session(s) ended")
+
+
+@tokenguard.command("licenses")
+@json_option
+@_handled
+def licenses(as_json: bool) -> None:
+    """Show licence seats in use and in total."""
+    state = _state()
+    in_use = state.store.seats_in_use(time.time())
+    total = state.settings.licenses
+    _emit(
+        as_json,
+        {"in_use": in_use, "total": total},
+        f"{in_use} / {'unlimited' if total is None else total} licences in use",
+    )
+
+
+# -- keys and serving --------------------------------------------------------------------
+
+
+@tokenguard.command("rotate-keys")
+@json_option
+@_handled
+def rotate_keys(as_json: bool) -> None:
+    """Sign with a new key from now on; older keys verify until their tokens expire."""
+    state = _state()
+    key = state.keys.rotate(time.time())
+    _emit(as_json, {"kid": key.kid, "alg": key.alg}, f"new signing key {key.kid} ({key.alg})")
+
+
+@tokenguard.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--threads", type=int, default=None, help="Worker threads [TOKENGUARD_SERVE_THREADS].")
+def serve_command(host: str, port: int, threads: int | None) -> None:
+    """Serve the app with waitress (graceful stop on SIGINT/SIGTERM)."""
+    from .serve import serve
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    code = serve(app, host=host, port=port, threads=threads)
+    if code:
+        sys.exit(code)

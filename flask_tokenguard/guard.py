@@ -1,0 +1,151 @@
+"""The route guard: ``require_token``, ``current_token`` and the HTTPS rule. The hot path.
+
+- Bearer tokens come only from the ``Authorization`` header (RFC 6750 section 2.1): never
+  the query string, which ends up in logs.
+- A missing token gets a bare ``WWW-Authenticate: Bearer`` challenge, a bad one
+  ``error="invalid_token"`` (401), a valid one lacking a scope ``insufficient_scope``
+  (403) naming what is needed (RFC 6750 section 3.1).
+- Settings were read once by ``init_app``; nothing here parses ``app.config``.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import time
+import typing as t
+
+from flask import current_app
+from flask import g
+from flask import request
+from werkzeug.local import LocalProxy
+
+from .errors import HTTPSRequiredError
+from .errors import InsufficientScopeError
+from .errors import InvalidTokenError
+from .errors import MissingTokenError
+from .errors import StoreError
+from .errors import TemporarilyUnavailableError
+from .models import AccessToken
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from .config import Settings
+    from .extension import AppState
+
+F = t.TypeVar("F", bound=t.Callable[..., t.Any])
+
+
+def _get_current_token() -> AccessToken:
+    token = g.get("_tokenguard_token")
+    if token is None:
+        raise RuntimeError(
+            "current_token is only set inside a view protected by @require_token "
+            "(or a blueprint with require_token as before_request)."
+        )
+    return token
+
+
+#: The validated access token of this request (``client_id``, ``subject``, ``scopes``,
+#: ``session_id``, ``expires_at``, ``claims``).
+current_token: AccessToken = t.cast(AccessToken, LocalProxy(_get_current_token))
+
+
+@functools.lru_cache(maxsize=1024)
+def is_loopback(address: str | None) -> bool:
+    """True for 127.0.0.0/8 and ::1 (also IPv4-mapped)."""
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def check_https(settings: Settings, scheme: str, remote_addr: str | None) -> None:
+    """Refuse plain HTTP unless it comes from loopback with no proxy in front.
+
+    ``scheme`` and ``remote_addr`` are as the WSGI server set them; behind the trusted
+    proxy waitress has already applied its ``X-Forwarded-Proto``/``-For``. With a proxy
+    configured the loopback exemption is off, because a proxy on the same host makes
+    every request arrive from loopback.
+    """
+    if not settings.require_https or scheme == "https":
+        return
+    if settings.trusted_proxy is None and is_loopback(remote_addr):
+        return
+    raise HTTPSRequiredError()
+
+
+def parse_bearer(header: str | None, realm: str) -> str:
+    """Return the token of an ``Authorization: Bearer`` header (RFC 6750 section 2.1)."""
+    if not header:
+        raise MissingTokenError(realm=realm)
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise MissingTokenError(realm=realm)
+    token = token.strip()
+    if not token or " " in token:
+        raise InvalidTokenError(realm=realm)
+    return token
+
+
+def authorize(state: AppState, scopes: t.Collection[str]) -> AccessToken:
+    """Validate this request's bearer token against ``scopes``; raise an ``OAuthError``."""
+    settings = state.settings
+    environ = request.environ
+    check_https(settings, environ.get("wsgi.url_scheme", "http"), environ.get("REMOTE_ADDR"))
+    token = parse_bearer(environ.get("HTTP_AUTHORIZATION"), settings.realm)
+    try:
+        access = state.verifier.verify(token, time.time())
+    except InvalidTokenError:
+        raise InvalidTokenError(realm=settings.realm) from None
+    except StoreError:
+        raise TemporarilyUnavailableError() from None
+    if scopes and not state.has_scopes(access.scopes, scopes):
+        raise InsufficientScopeError(scopes, realm=settings.realm)
+    return access
+
+
+class require_token:  # noqa: N801 - used as a decorator, named like one
+    """Require a valid bearer token with every scope in ``scopes`` (none: any token).
+
+    Use as ``@require_token("view")`` on a view, or ``bp.before_request(require_token("all"))``
+    for a whole blueprint. ``'all'`` implies ``'view'`` by ``TOKENGUARD_SCOPE_IMPLIES``.
+    """
+
+    def __init__(self, *scopes: str) -> None:
+        self._view: t.Callable[..., t.Any] | None = None
+        if len(scopes) == 1 and callable(scopes[0]):
+            # Bare ``@require_token`` without parentheses: any valid token.
+            self._view = t.cast(t.Callable[..., t.Any], scopes[0])
+            scopes = ()
+            functools.update_wrapper(self, self._view)
+        self.scopes = tuple(scopes)
+
+    def __call__(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        if self._view is not None:
+            self.check()
+            return current_app.ensure_sync(self._view)(*args, **kwargs)
+        if len(args) == 1 and not kwargs and callable(args[0]):
+            return self._wrap(args[0])
+        # Called with no arguments: as a ``before_request`` function.
+        self.check()
+        return None
+
+    def check(self) -> AccessToken:
+        """Validate the current request and publish the token as ``current_token``."""
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        state = app.extensions["tokenguard"].state(app)
+        access = authorize(state, self.scopes)
+        g._tokenguard_token = access
+        return access
+
+    def _wrap(self, view: F) -> F:
+        @functools.wraps(view)
+        def guarded(*args: t.Any, **kwargs: t.Any) -> t.Any:
+            self.check()
+            return current_app.ensure_sync(view)(*args, **kwargs)
+
+        return t.cast(F, guarded)

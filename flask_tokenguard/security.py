@@ -1,0 +1,92 @@
+"""Secrets, their hashes, and the password KDF.
+
+Client secrets and refresh tokens are 256-bit random values, so a single SHA-256 is as
+strong a hash for them as any KDF and costs nothing; only user-chosen passwords go
+through scrypt. Every comparison is constant-time (``hmac.compare_digest``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+
+#: Client ids, aliases and generated secrets use only these characters, so HTTP Basic
+#: credentials read the same whether or not a client form-encodes them (RFC 6749 2.3.1).
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+_SCRYPT_R = 8
+_SCRYPT_P = 1
+
+
+def new_secret() -> str:
+    """Return a fresh 256-bit secret in URL-safe base64 (43 characters)."""
+    return secrets.token_urlsafe(32)
+
+
+def new_client_id() -> str:
+    """Return a fresh client id; the prefix keeps it from starting with ``-`` on a command line."""
+    return "tg_" + secrets.token_urlsafe(12)
+
+
+def new_id() -> str:
+    """Return a random hex id for sessions, tokens and keys."""
+    return secrets.token_hex(16)
+
+
+def hash_secret(secret: str) -> str:
+    """Hash a high-entropy secret (client secret, refresh token) for storage."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def verify_secret(secret: str, secret_hash: str | None) -> bool:
+    """Check ``secret`` against a stored hash in constant time."""
+    if secret_hash is None:
+        return False
+    return hmac.compare_digest(hash_secret(secret), secret_hash)
+
+
+def hash_password(password: str, cost: int = 15) -> str:
+    """Hash a user password with salted scrypt; the result names its own parameters."""
+    salt = secrets.token_bytes(16)
+    digest = _scrypt(password, salt, 2**cost)
+    return "scrypt${}${}${}${}${}".format(
+        cost,
+        _SCRYPT_R,
+        _SCRYPT_P,
+        base64.b64encode(salt).decode(),
+        base64.b64encode(digest).decode(),
+    )
+
+
+def verify_password(password: str, password_hash: str | None, cost: int = 15) -> bool:
+    """Check a password; with no hash (unknown user) do the same work and return False.
+
+    Doing the KDF either way keeps response time from telling which user names exist.
+    """
+    if password_hash is None:
+        _scrypt(password, b"\0" * 16, 2**cost)
+        return False
+    try:
+        scheme, hash_cost, r, p, salt, digest = password_hash.split("$")
+        if scheme != "scrypt" or int(r) != _SCRYPT_R or int(p) != _SCRYPT_P:
+            return False
+        expected = base64.b64decode(digest)
+        actual = _scrypt(password, base64.b64decode(salt), 2 ** int(hash_cost))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def _scrypt(password: str, salt: bytes, n: int) -> bytes:
+    return hashlib.scrypt(
+        password.encode("utf-8", "surrogatepass"),
+        salt=salt,
+        n=n,
+        r=_SCRYPT_R,
+        p=_SCRYPT_P,
+        maxmem=256 * n * _SCRYPT_R,
+        dklen=32,
+    )

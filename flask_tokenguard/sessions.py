@@ -1,0 +1,120 @@
+"""Sessions and licence seats.
+
+A session starts with a ``client_credentials`` or ``password`` token request and goes on
+with each ``refresh_token`` request, which rotates its refresh token and extends its
+idle lifetime (``TOKENGUARD_SESSION_TTL``). A session whose scope includes a licensed
+scope holds one of ``TOKENGUARD_LICENSES`` seats until it ends or expires. Reusing a
+refresh token ends the session (OAuth 2.0 Security BCP, refresh token rotation).
+"""
+
+from __future__ import annotations
+
+import math
+import typing as t
+
+from .errors import InvalidGrantError
+from .errors import LicenseUnavailableError
+from .models import TokenSession
+from .security import hash_secret
+from .security import new_id
+from .security import new_secret
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from .config import Settings
+    from .stores.base import Store
+
+
+def needs_seat(settings: Settings, scope: str) -> bool:
+    """True if a session with ``scope`` must hold a licence seat."""
+    if settings.licenses is None:
+        return False
+    return bool(settings.expand_scopes(scope.split()) & settings.licensed_scopes)
+
+
+def start_session(
+    store: Store, settings: Settings, *, client_id: str, subject: str, scope: str, now: float
+) -> tuple[TokenSession, str]:
+    """Start a session; return it and its refresh token.
+
+    Raises ``LicenseUnavailableError`` (with ``Retry-After``) when it needs a seat and
+    none is free; nothing is stored then.
+    """
+    refresh_token = new_secret()
+    session = TokenSession(
+        session_id=new_id(),
+        client_id=client_id,
+        subject=subject,
+        scope=scope,
+        holds_seat=needs_seat(settings, scope),
+        refresh_hash=hash_secret(refresh_token),
+        created_at=now,
+        expires_at=now + settings.session_ttl,
+    )
+    if not store.start_session(session, settings.licenses, now):
+        raise LicenseUnavailableError(retry_after=seconds_until_seat(store, settings, now))
+    return session, refresh_token
+
+
+def seconds_until_seat(store: Store, settings: Settings, now: float) -> int:
+    """Seconds until the earliest held seat expires (for ``Retry-After``)."""
+    earliest = store.earliest_seat_expiry(now)
+    if earliest is None:
+        return settings.session_ttl
+    return max(1, math.ceil(earliest - now))
+
+
+def refresh_session(
+    store: Store,
+    settings: Settings,
+    *,
+    client_id: str,
+    refresh_token: str,
+    now: float,
+    check: t.Callable[[TokenSession], None] | None = None,
+) -> tuple[TokenSession, str]:
+    """Continue the session of ``refresh_token``; return it and the new refresh token.
+
+    A used refresh token, or one presented by another client, ends the session: either
+    means the token leaked (RFC 6749 section 10.4, Security BCP 4.14). ``check`` may
+    refuse the request (raising) before anything changes.
+    """
+    old_hash = hash_secret(refresh_token)
+    found = store.find_refresh(old_hash, now)
+    if found is None:
+        raise InvalidGrantError()
+    session, is_current = found
+    if not is_current or session.client_id != client_id:
+        store.end_session(session.session_id, now)
+        raise InvalidGrantError()
+    if check is not None:
+        check(session)
+    new_token = new_secret()
+    updated = store.rotate_refresh(
+        session.session_id, old_hash, hash_secret(new_token), now + settings.session_ttl, now
+    )
+    if updated is None:
+        # Another request used this token first: a replay, by the rule above.
+        store.end_session(session.session_id, now)
+        raise InvalidGrantError()
+    return updated, new_token
+
+
+def end_session_by_refresh_token(store: Store, refresh_token: str, now: float) -> TokenSession | None:
+    """End the session a refresh token (current or used) belongs to, if it is live."""
+    found = store.find_refresh(hash_secret(refresh_token), now)
+    if found is None:
+        return None
+    return store.end_session(found[0].session_id, now)
+
+
+def describe(session: TokenSession) -> dict[str, t.Any]:
+    """A session as JSON for listings (never its refresh hash)."""
+    return {
+        "session_id": session.session_id,
+        "client_id": session.client_id,
+        "subject": session.subject,
+        "scopes": session.scope.split(),
+        "holds_seat": session.holds_seat,
+        "created_at": int(session.created_at),
+        "expires_at": int(session.expires_at),
+    }

@@ -1,0 +1,46 @@
+"""Store backends, chosen by the scheme of ``TOKENGUARD_STORE_URL`` (as ``limits`` does).
+
+Backend modules import their drivers lazily, so an install without the ``redis`` or ``sql``
+extra can still use ``sqlite://`` and ``memory://``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import typing as t
+from urllib.parse import urlsplit
+
+from ..errors import ConfigurationError
+from .base import SCHEMES
+from .base import Store
+
+#: Scheme -> module that defines its store class (imported on first use).
+_MODULES = {
+    "memory": "memory",
+    "sqlite": "sqlite",
+    "redis": "redis",
+    "rediss": "redis",
+    "redis+unix": "redis",
+    "postgresql": "sql",
+    "postgresql+psycopg": "sql",
+    "mysql+pymysql": "sql",
+    "mariadb+pymysql": "sql",
+    "mssql+pyodbc": "sql",
+    "mssql+pymssql": "sql",
+    "sqlite+pysqlite": "sql",
+}
+
+__all__ = ["Store", "store_from_url"]
+
+
+def store_from_url(url: str, **options: t.Any) -> Store:
+    """Build the store that serves ``url``; raise ``ConfigurationError`` for unknown schemes."""
+    scheme = urlsplit(url).scheme.lower()
+    module = _MODULES.get(scheme)
+    if module is None:
+        raise ConfigurationError(
+            f"TOKENGUARD_STORE_URL has an unknown scheme {scheme!r}; "
+            f"use one of {', '.join(sorted(_MODULES))}"
+        )
+    importlib.import_module(f"{__name__}.{module}")
+    return SCHEMES[scheme](url, **options)

@@ -1,0 +1,211 @@
+"""The one contract every store backend keeps.
+
+Backends are small: records in, records out, and a few primitives that must be atomic
+*inside the engine* (seat acquisition, refresh rotation, ending sessions) because several
+threads, processes or hosts share one store. Every method that depends on time takes
+``now`` (epoch seconds) from the caller, so that backends agree and tests never sleep.
+
+Driver exceptions listed in ``base_exceptions`` are wrapped in ``StoreError`` by
+``wrap_errors`` so that the HTTP layer can answer 503 instead of 500.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import typing as t
+
+from ..errors import StoreError
+from ..models import Client
+from ..models import SigningKey
+from ..models import TokenSession
+from ..models import User
+
+#: Registry filled by ``Store.__init_subclass__``: URL scheme -> store class.
+SCHEMES: dict[str, type[Store]] = {}
+
+
+class Store(abc.ABC):
+    """Abstract store: clients, users, sessions, seats, revocations and signing keys."""
+
+    #: URL schemes this class serves, e.g. ``("sqlite",)``.
+    schemes: t.ClassVar[tuple[str, ...]] = ()
+    #: Whether separate processes share state (``memory://`` does not).
+    crosses_processes: t.ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: t.Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for scheme in cls.schemes:
+            SCHEMES[scheme] = cls
+
+    @abc.abstractmethod
+    def __init__(self, url: str, **options: t.Any) -> None:
+        """Parse ``url``; connect lazily or at once, and create the schema if missing."""
+
+    @property
+    def base_exceptions(self) -> tuple[type[BaseException], ...]:
+        """Driver exceptions that mean the engine failed; wrapped into ``StoreError``."""
+        return ()
+
+    @contextlib.contextmanager
+    def wrap_errors(self) -> t.Iterator[None]:
+        """Turn driver failures into ``StoreError`` carrying the original."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except self.base_exceptions as exc:
+            raise StoreError(f"{type(self).__name__} failed: {type(exc).__name__}", exc) from exc
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Raise ``StoreError`` if the engine cannot be reached."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections; the store may be used again afterwards (reconnects)."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Delete every record (tests only)."""
+
+    @abc.abstractmethod
+    def claim_once(self, name: str) -> bool:
+        """Return True to exactly one caller ever for ``name``, across processes.
+
+        Used for one-time set-up such as the sample app's demo client.
+        """
+
+    # -- signing keys ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def ensure_signing_key(self, candidate: SigningKey) -> list[SigningKey]:
+        """Store ``candidate`` only if no key exists yet; return all keys, oldest first.
+
+        Atomic, so processes opening a new store at once agree on a single first key.
+        """
+
+    @abc.abstractmethod
+    def add_signing_key(self, key: SigningKey, retire_others_at: float) -> None:
+        """Add ``key`` and mark every other unretired key to retire at ``retire_others_at``."""
+
+    @abc.abstractmethod
+    def signing_keys(self, now: float) -> list[SigningKey]:
+        """Return keys not yet retired at ``now``, oldest first; drop the others."""
+
+    # -- clients -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_client(self, client: Client) -> None:
+        """Insert ``client``; raise ``ConflictError`` if its id or alias is taken by any id or alias."""
+
+    @abc.abstractmethod
+    def get_client(self, id_or_alias: str) -> Client | None:
+        """Look a client up by id, then by alias."""
+
+    @abc.abstractmethod
+    def update_client(self, client: Client) -> bool:
+        """Replace the record with ``client.client_id``; False if there is none.
+
+        Raise ``ConflictError`` if a changed alias is taken by another client.
+        """
+
+    @abc.abstractmethod
+    def delete_client(self, client_id: str) -> bool:
+        """Delete a client (not its sessions: see ``end_sessions``); False if absent."""
+
+    @abc.abstractmethod
+    def list_clients(self) -> list[Client]:
+        """Every client, ordered by creation time."""
+
+    # -- users -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_user(self, user: User) -> None:
+        """Insert ``user``; raise ``ConflictError`` if the name is taken."""
+
+    @abc.abstractmethod
+    def get_user(self, username: str) -> User | None: ...
+
+    @abc.abstractmethod
+    def update_user(self, user: User) -> bool:
+        """Replace the user's record; False if there is none."""
+
+    @abc.abstractmethod
+    def delete_user(self, username: str) -> bool: ...
+
+    @abc.abstractmethod
+    def list_users(self) -> list[User]:
+        """Every user, ordered by name."""
+
+    # -- sessions and seats ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def start_session(self, session: TokenSession, seat_limit: int | None, now: float) -> bool:
+        """Insert ``session``; if it holds a seat, only while fewer than ``seat_limit`` live.
+
+        Atomic: expired sessions are swept, live seat holders counted and the session
+        inserted in one critical section, so no number of threads, processes or hosts
+        can over-allocate. ``seat_limit=None`` means unlimited. False means no seat free.
+        """
+
+    @abc.abstractmethod
+    def earliest_seat_expiry(self, now: float) -> float | None:
+        """The ``expires_at`` of the live seat-holding session that expires first."""
+
+    @abc.abstractmethod
+    def seats_in_use(self, now: float) -> int:
+        """Live sessions that hold a seat."""
+
+    @abc.abstractmethod
+    def get_session(self, session_id: str, now: float) -> TokenSession | None:
+        """A live session by id; None if absent or expired."""
+
+    @abc.abstractmethod
+    def find_refresh(self, refresh_hash: str, now: float) -> tuple[TokenSession, bool] | None:
+        """The live session a refresh-token hash belongs to, and whether it is current.
+
+        ``(session, False)`` means the token was already used: a replay.
+        """
+
+    @abc.abstractmethod
+    def rotate_refresh(
+        self, session_id: str, old_hash: str, new_hash: str, expires_at: float, now: float
+    ) -> TokenSession | None:
+        """Swap the session's refresh hash if it is still ``old_hash`` and the session is live.
+
+        Atomic compare-and-swap: of two concurrent refreshes with one token only one wins.
+        Remembers ``old_hash`` as used, sets ``expires_at``, and returns the updated session,
+        or None when the swap did not happen.
+        """
+
+    @abc.abstractmethod
+    def end_session(self, session_id: str, now: float) -> TokenSession | None:
+        """Delete a session, free its seat and record its id as revoked; return what ended."""
+
+    @abc.abstractmethod
+    def end_sessions(self, client_id: str | None, now: float) -> int:
+        """End every session of ``client_id`` (every session at all if None); return the count."""
+
+    @abc.abstractmethod
+    def list_sessions(self, client_id: str | None, now: float) -> list[TokenSession]:
+        """Live sessions, optionally of one client, ordered by creation time."""
+
+    # -- revocation --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def revoke(self, token_id: str, expires_at: float, now: float) -> None:
+        """Record one access token id (``jti``) as revoked until ``expires_at``."""
+
+    @abc.abstractmethod
+    def revocation_seq(self) -> int:
+        """A number that grows with every revocation (session ends included)."""
+
+    @abc.abstractmethod
+    def revocations_since(self, seq: int, now: float) -> tuple[dict[str, float], int]:
+        """Revoked ids (``sid`` or ``jti``) with ``seq`` greater than ``seq``, still unexpired.
+
+        Returns ``({id: expires_at}, current_seq)``. Passing 0 returns every live entry.
+        """

@@ -1,0 +1,231 @@
+"""``memory://``: one process, no persistence; for tests and throwaway demos.
+
+One ``threading.Lock`` makes every primitive atomic across threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import typing as t
+
+from ..errors import ConflictError
+from ..models import Client
+from ..models import SigningKey
+from ..models import TokenSession
+from ..models import User
+from .base import Store
+
+
+class MemoryStore(Store):
+    """Dicts behind a lock."""
+
+    schemes = ("memory",)
+    crosses_processes = False
+
+    def __init__(self, url: str = "memory://", **options: t.Any) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def check(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def reset(self) -> None:
+        self._claims: set[str] = set()
+        self._keys: list[SigningKey] = []
+        self._clients: dict[str, Client] = {}
+        self._users: dict[str, User] = {}
+        self._sessions: dict[str, TokenSession] = {}
+        #: refresh hash -> session id, for hashes already used (replay detection).
+        self._used_refresh: dict[str, str] = {}
+        self._revoked: dict[str, tuple[float, int]] = {}
+        self._seq = 0
+
+    def claim_once(self, name: str) -> bool:
+        with self._lock:
+            if name in self._claims:
+                return False
+            self._claims.add(name)
+            return True
+
+    # -- signing keys
+
+    def ensure_signing_key(self, candidate: SigningKey) -> list[SigningKey]:
+        with self._lock:
+            if not self._keys:
+                self._keys.append(candidate)
+            return list(self._keys)
+
+    def add_signing_key(self, key: SigningKey, retire_others_at: float) -> None:
+        with self._lock:
+            self._keys = [
+                k if k.retire_at is not None else dataclasses.replace(k, retire_at=retire_others_at)
+                for k in self._keys
+            ]
+            self._keys.append(key)
+
+    def signing_keys(self, now: float) -> list[SigningKey]:
+        with self._lock:
+            self._keys = [k for k in self._keys if k.retire_at is None or k.retire_at > now]
+            return sorted(self._keys, key=lambda k: k.created_at)
+
+    # -- clients
+
+    def _name_taken(self, name: str, other_than: str | None = None) -> bool:
+        return any(
+            c.client_id != other_than and name in (c.client_id, c.alias)
+            for c in self._clients.values()
+        )
+
+    def create_client(self, client: Client) -> None:
+        with self._lock:
+            if self._name_taken(client.client_id) or (
+                client.alias and self._name_taken(client.alias)
+            ):
+                raise ConflictError("client id or alias is taken")
+            self._clients[client.client_id] = client
+
+    def get_client(self, id_or_alias: str) -> Client | None:
+        client = self._clients.get(id_or_alias)
+        if client is None:
+            client = next((c for c in self._clients.values() if c.alias == id_or_alias), None)
+        return client
+
+    def update_client(self, client: Client) -> bool:
+        with self._lock:
+            if client.client_id not in self._clients:
+                return False
+            if client.alias and self._name_taken(client.alias, other_than=client.client_id):
+                raise ConflictError("alias is taken")
+            self._clients[client.client_id] = client
+            return True
+
+    def delete_client(self, client_id: str) -> bool:
+        with self._lock:
+            return self._clients.pop(client_id, None) is not None
+
+    def list_clients(self) -> list[Client]:
+        return sorted(self._clients.values(), key=lambda c: (c.created_at, c.client_id))
+
+    # -- users
+
+    def create_user(self, user: User) -> None:
+        with self._lock:
+            if user.username in self._users:
+                raise ConflictError("user exists")
+            self._users[user.username] = user
+
+    def get_user(self, username: str) -> User | None:
+        return self._users.get(username)
+
+    def update_user(self, user: User) -> bool:
+        with self._lock:
+            if user.username not in self._users:
+                return False
+            self._users[user.username] = user
+            return True
+
+    def delete_user(self, username: str) -> bool:
+        with self._lock:
+            return self._users.pop(username, None) is not None
+
+    def list_users(self) -> list[User]:
+        return sorted(self._users.values(), key=lambda u: u.username)
+
+    # -- sessions
+
+    def _sweep(self, now: float) -> None:
+        for sid in [s.session_id for s in self._sessions.values() if not s.is_live(now)]:
+            del self._sessions[sid]
+        live = set(self._sessions)
+        self._used_refresh = {h: s for h, s in self._used_refresh.items() if s in live}
+        self._revoked = {k: v for k, v in self._revoked.items() if v[0] > now}
+
+    def start_session(self, session: TokenSession, seat_limit: int | None, now: float) -> bool:
+        with self._lock:
+            self._sweep(now)
+            if session.holds_seat and seat_limit is not None:
+                held = sum(1 for s in self._sessions.values() if s.holds_seat)
+                if held >= seat_limit:
+                    return False
+            self._sessions[session.session_id] = session
+            return True
+
+    def earliest_seat_expiry(self, now: float) -> float | None:
+        with self._lock:
+            expiries = [s.expires_at for s in self._sessions.values() if s.holds_seat and s.is_live(now)]
+        return min(expiries, default=None)
+
+    def seats_in_use(self, now: float) -> int:
+        with self._lock:
+            return sum(1 for s in self._sessions.values() if s.holds_seat and s.is_live(now))
+
+    def get_session(self, session_id: str, now: float) -> TokenSession | None:
+        session = self._sessions.get(session_id)
+        return session if session is not None and session.is_live(now) else None
+
+    def find_refresh(self, refresh_hash: str, now: float) -> tuple[TokenSession, bool] | None:
+        with self._lock:
+            for session in self._sessions.values():
+                if session.refresh_hash == refresh_hash and session.is_live(now):
+                    return session, True
+            sid = self._used_refresh.get(refresh_hash)
+            session = self._sessions.get(sid) if sid else None
+            if session is not None and session.is_live(now):
+                return session, False
+            return None
+
+    def rotate_refresh(
+        self, session_id: str, old_hash: str, new_hash: str, expires_at: float, now: float
+    ) -> TokenSession | None:
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None or not session.is_live(now) or session.refresh_hash != old_hash:
+                return None
+            updated = dataclasses.replace(session, refresh_hash=new_hash, expires_at=expires_at)
+            self._sessions[session_id] = updated
+            self._used_refresh[old_hash] = session_id
+            return updated
+
+    def _end(self, session_id: str, now: float) -> TokenSession | None:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return None
+        self._seq += 1
+        self._revoked[session_id] = (max(session.expires_at, now + 1), self._seq)
+        return session if session.is_live(now) else None
+
+    def end_session(self, session_id: str, now: float) -> TokenSession | None:
+        with self._lock:
+            return self._end(session_id, now)
+
+    def end_sessions(self, client_id: str | None, now: float) -> int:
+        with self._lock:
+            ids = [s.session_id for s in self._sessions.values() if client_id in (None, s.client_id)]
+            return sum(1 for sid in ids if self._end(sid, now) is not None)
+
+    def list_sessions(self, client_id: str | None, now: float) -> list[TokenSession]:
+        with self._lock:
+            sessions = [
+                s for s in self._sessions.values()
+                if s.is_live(now) and client_id in (None, s.client_id)
+            ]
+        return sorted(sessions, key=lambda s: (s.created_at, s.session_id))
+
+    # -- revocation
+
+    def revoke(self, token_id: str, expires_at: float, now: float) -> None:
+        with self._lock:
+            self._seq += 1
+            self._revoked[token_id] = (expires_at, self._seq)
+
+    def revocation_seq(self) -> int:
+        return self._seq
+
+    def revocations_since(self, seq: int, now: float) -> tuple[dict[str, float], int]:
+        with self._lock:
+            entries = {k: exp for k, (exp, s) in self._revoked.items() if s > seq and exp > now}
+            return entries, self._seq
