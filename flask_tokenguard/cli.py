@@ -44,11 +44,14 @@ def _emit(as_json: bool, data: t.Any, text: str) -> None:
 
 
 def _handled(fn: F) -> F:
-    """Turn domain errors into one clear line and exit code 1."""
+    """Turn domain errors into one clear line and exit code 1; sync revocations."""
 
     def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            # A command that ended sessions must be felt at once by this process too.
+            _state().sync_revocations()
+            return result
         except (ConfigurationError, ConflictError, LookupError) as exc:
             message = exc.args[0] if exc.args else str(exc)
             raise click.ClickException(str(message)) from None

@@ -75,7 +75,7 @@ def _see_own_revocations(response: Response) -> Response:
     # this process must refuse its tokens at once, not after the revocation lag.
     if request.method == "POST":
         try:
-            _state().verifier.revocations.poll(time.time(), wait=True)
+            _state().sync_revocations()
         except StoreError:
             pass  # the next poll catches up, within the lag
     return response

@@ -7,7 +7,7 @@ commands reach it through ``current_app.extensions["tokenguard"]``.
 from __future__ import annotations
 
 import functools
-import threading
+import time
 import typing as t
 import warnings
 from weakref import WeakKeyDictionary
@@ -41,12 +41,16 @@ class AppState:
         self.verifier = TokenVerifier(
             self.keys, RevocationCache(store, settings.revocation_lag), settings
         )
-        self._lock = threading.Lock()
 
     @property
     def password_verifier(self) -> PasswordVerifier | None:
         """The app's own user check, if one was registered."""
         return self._guard._password_verifier
+
+    def sync_revocations(self) -> None:
+        """Pull revocations now: after this process ended a session it must refuse its
+        tokens at once, not after ``TOKENGUARD_REVOCATION_LAG``."""
+        self.verifier.revocations.poll(time.time(), wait=True)
 
     def has_scopes(self, granted: frozenset[str], required: t.Iterable[str]) -> bool:
         """True if ``granted`` (with what it implies) covers every ``required`` scope."""

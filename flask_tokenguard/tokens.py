@@ -178,8 +178,8 @@ def issue_access_token(
 class RevocationCache:
     """Revoked session and token ids, mirrored from the store per process.
 
-    The process that revokes adds the id at once (``add``); the others see it at their
-    next poll, at most ``lag`` seconds later. A poll is one cheap read of the store's
+    The process that revokes polls at once (``poll(wait=True)``); the others see it at
+    their next poll, at most ``lag`` seconds later. A poll is one cheap read of the store's
     ``revocation_seq``, and pulls entries only when it changed.
     """
 
@@ -190,10 +190,6 @@ class RevocationCache:
         self._seq = 0
         self._polled_at = float("-inf")
         self._poll_lock = threading.Lock()
-
-    def add(self, token_id: str, expires_at: float) -> None:
-        """Refuse ``token_id`` in this process from now on."""
-        self._revoked[token_id] = expires_at
 
     def is_revoked(self, session_id: str, token_id: str, now: float) -> bool:
         """True if the session or the single token was revoked; polls when due."""

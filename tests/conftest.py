@@ -1,0 +1,103 @@
+"""Fixtures shared by the HTTP, CLI and guard tests.
+
+- ``app_factory(store_url=..., **config)`` builds the sample app on an isolated store
+  (compare flask-limiter's ``extension_factory``); ``app`` and ``client`` use it with
+  defaults.
+- ``register(app, ...)`` creates a client through the CLI, as an administrator would.
+- ``live_server(app)`` serves an app with waitress on a free port in a thread.
+- ``sample_server(**env)`` runs ``python -m sample_app`` in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import typing as t
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+import sample_app
+from helpers import SampleServer
+from helpers import free_port
+
+@pytest.fixture(autouse=True)
+def _no_app_context_leaks() -> t.Iterator[None]:
+    """Fail a test that leaves an app or request context pushed (flask's leak_detector)."""
+    from flask.globals import _cv_app
+
+    yield
+    leaked = []
+    while _cv_app.get(None) is not None:  # pragma: no cover - only on a leak
+        leaked.append(_cv_app.get())
+        _cv_app.get().pop()
+    assert not leaked, f"app contexts leaked: {leaked}"
+
+
+@pytest.fixture
+def app_factory(tmp_path: Path) -> t.Callable[..., Flask]:
+    """Build the sample app on a fresh store: ``app_factory(store_url=None, **config)``."""
+
+    def build(store_url: str | None = None, **config: t.Any) -> Flask:
+        settings = {
+            "TESTING": True,
+            "TOKENGUARD_STORE_URL": store_url or "memory://",
+            # The slowest scrypt cost allowed: tests hash many passwords.
+            "TOKENGUARD_PASSWORD_HASH_COST": 10,
+            **{(k if k.startswith("TOKENGUARD_") else f"TOKENGUARD_{k}"): v for k, v in config.items()},
+        }
+        return sample_app.create_app(settings)
+
+    return build
+
+
+@pytest.fixture
+def app(app_factory: t.Callable[..., Flask]) -> Flask:
+    return app_factory()
+
+
+@pytest.fixture
+def client(app: Flask) -> t.Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def live_server() -> t.Iterator[t.Callable[[Flask], str]]:
+    """``live_server(app)`` serves ``app`` under waitress in a thread; returns its base URL."""
+    from waitress.server import create_server
+
+    servers: list[t.Any] = []
+
+    def start(app: Flask) -> str:
+        server = create_server(app, host="127.0.0.1", port=0, threads=4)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{server.effective_port}"
+
+    yield start
+    for server, thread in servers:
+        server.close()
+        server.task_dispatcher.shutdown()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def sample_server(tmp_path: Path) -> t.Iterator[t.Callable[..., SampleServer]]:
+    """``sample_server(**FLASK_env)`` starts ``python -m sample_app`` on its own store."""
+    started: list[SampleServer] = []
+
+    def start(store_url: str | None = None, **config: str) -> SampleServer:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLASK_")}
+        env["FLASK_TOKENGUARD_STORE_URL"] = store_url or f"sqlite:///{tmp_path / 'sample.sqlite3'}"
+        env["FLASK_TOKENGUARD_PASSWORD_HASH_COST"] = "10"
+        env.update({f"FLASK_TOKENGUARD_{k}": str(v) for k, v in config.items()})
+        server = SampleServer(env, free_port(), tmp_path / f"server-{len(started)}.log")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.stop()
