@@ -15,6 +15,7 @@ from .errors import TokenGuardError
 from .extension import TokenGuard
 from .guard import current_token
 from .guard import require_token
+from .middleware import TokenGuardMiddleware
 from .models import AccessToken
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "StoreError",
     "TokenGuard",
     "TokenGuardError",
+    "TokenGuardMiddleware",
     "current_token",
     "require_token",
 ]

@@ -209,7 +209,7 @@ def logoff() -> Response:
     now = time.time()
     realm = state.settings.realm
     if request.headers.get("Authorization", "").lower().startswith("bearer"):
-        access = authorize(state, ())
+        access = authorize(state, request.environ, ())
         ended = state.store.end_session(access.session_id, now)
         session_id = access.session_id
     else:

@@ -91,10 +91,12 @@ def parse_bearer(header: str | None, realm: str) -> str:
     return token
 
 
-def authorize(state: AppState, scopes: t.Collection[str]) -> AccessToken:
-    """Validate this request's bearer token against ``scopes``; raise an ``OAuthError``."""
+def authorize(state: AppState, environ: t.Mapping[str, t.Any], scopes: t.Collection[str]) -> AccessToken:
+    """Validate a WSGI request's bearer token against ``scopes``; raise an ``OAuthError``.
+
+    Plain WSGI, so that ``TokenGuardMiddleware`` runs the very same check.
+    """
     settings = state.settings
-    environ = request.environ
     check_https(settings, environ.get("wsgi.url_scheme", "http"), environ.get("REMOTE_ADDR"))
     token = parse_bearer(environ.get("HTTP_AUTHORIZATION"), settings.realm)
     try:
@@ -138,7 +140,7 @@ class require_token:  # noqa: N801 - used as a decorator, named like one
         """Validate the current request and publish the token as ``current_token``."""
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         state = app.extensions["tokenguard"].state(app)
-        access = authorize(state, self.scopes)
+        access = authorize(state, request.environ, self.scopes)
         g._tokenguard_token = access
         return access
 

@@ -1,0 +1,256 @@
+"""Benchmarks for the figures quoted in issue notes; not a test (these machines are noisy).
+
+    .venv/bin/python bench/bench.py guard      # bearer check in-process, 1 vs 10,000 sessions
+    .venv/bin/python bench/bench.py waitress   # guarded vs open route under waitress (needs wrk)
+    .venv/bin/python bench/bench.py seats      # seat acquire + release per second, per store
+    .venv/bin/python bench/bench.py tokens     # token and guarded requests per second, per store
+    .venv/bin/python bench/bench.py all
+
+Everything compared is measured side by side in one run; quote the ratios.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import typing as t
+import uuid
+
+from flask import Flask
+
+from flask_tokenguard import TokenGuard
+from flask_tokenguard import require_token
+from flask_tokenguard.models import TokenSession
+from flask_tokenguard.stores import store_from_url
+
+SERVERS = {
+    "redis": ("redis://127.0.0.1:6379/15", lambda run: {"key_prefix": f"tgbench:{run}:"}),
+    "postgresql": ("postgresql://postgres@127.0.0.1:5432/test", lambda run: {"schema": f"tgbench_{run}"}),
+    "mariadb": ("mysql+pymysql://root@127.0.0.1:3306/test", lambda run: {"schema": f"tgbench_{run}"}),
+}
+
+
+def make_app(store_url: str = "memory://", **options: t.Any) -> Flask:
+    app = Flask("bench")
+    app.config.update(
+        TESTING=True,
+        TOKENGUARD_STORE_URL=store_url,
+        TOKENGUARD_STORE_OPTIONS=options,
+        TOKENGUARD_LICENSES=1_000_000,
+        TOKENGUARD_PASSWORD_HASH_COST=10,
+    )
+    TokenGuard(app)
+
+    @app.get("/open")
+    def open_route() -> t.Any:
+        return {"ok": True}
+
+    @app.get("/guarded")
+    @require_token("view")
+    def guarded_route() -> t.Any:
+        return {"ok": True}
+
+    return app
+
+
+def new_client(app: Flask) -> tuple[str, str]:
+    result = app.test_cli_runner().invoke(args=["tokenguard", "create-client", "bench", "--json"])
+    data = json.loads(result.output)
+    return data["client_id"], data["client_secret"]
+
+
+def get_token(app: Flask, client_id: str, secret: str, scope: str = "all") -> str:
+    auth = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    response = app.test_client().post(
+        "/token", data={"grant_type": "client_credentials", "scope": scope},
+        headers={"Authorization": f"Basic {auth}"},
+    )
+    assert response.status_code == 200, response.json
+    return response.json["access_token"]
+
+
+def per_request_us(app: Flask, path: str, headers: dict[str, str], n: int, blocks: int = 5) -> float:
+    """Median µs of one WSGI call, in blocks of n (no test-client overhead)."""
+    return statistics.median(_blocks(app, path, headers, n) for _ in range(blocks))
+
+
+def _blocks(app: Flask, path: str, headers: dict[str, str], n: int) -> float:
+    from werkzeug.test import EnvironBuilder
+
+    environ = EnvironBuilder(path=path, headers=headers, environ_base={"REMOTE_ADDR": "127.0.0.1"}).get_environ()
+
+    def start_response(status: str, headers: t.Any, exc_info: t.Any = None) -> None:
+        assert status.startswith("200"), status
+
+    wsgi = app.wsgi_app
+    start = time.perf_counter()
+    for _ in range(n):
+        for _chunk in wsgi(dict(environ), start_response):
+            pass
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def side_by_side(app: Flask, auth: dict[str, str], n: int, rounds: int = 7) -> tuple[float, float]:
+    """Alternate open and guarded blocks so that machine noise hits both alike."""
+    open_us, guarded_us = [], []
+    for _ in range(rounds):
+        open_us.append(_blocks(app, "/open", {}, n))
+        guarded_us.append(_blocks(app, "/guarded", auth, n))
+    return statistics.median(open_us), statistics.median(guarded_us)
+
+
+def bench_guard(n: int = 4000) -> None:
+    print(f"== bearer check in-process (median µs per WSGI request, 7 alternating blocks of {n})")
+    app = make_app()
+    client_id, secret = new_client(app)
+    token = get_token(app, client_id, secret)
+    auth = {"Authorization": f"Bearer {token}"}
+    _blocks(app, "/guarded", auth, 200)  # warm the cache and the key ring
+    open_us, guarded_us = side_by_side(app, auth, n)
+    print(f"  1 client, 1 session:        open {open_us:7.1f}  guarded {guarded_us:7.1f}  "
+          f"extra {guarded_us - open_us:6.1f} µs")
+    store = app.extensions["tokenguard"].store(app)
+    now = time.time()
+    for i in range(10_000):
+        store.create_client(type(store.get_client(client_id))(client_id=f"c{i}", name="x", secret_hash="0" * 64))
+    tokens = [get_token(app, client_id, secret) for _ in range(2000)]
+    store_sessions = len(store.list_sessions(None, now))
+    for i in range(8000):
+        store.start_session(TokenSession(f"s{i}", "c1", "c1", "all", True, f"h{i}", now, now + 1200), None, now)
+    for other in tokens:  # fill the verified-token cache too
+        _blocks(app, "/guarded", {"Authorization": f"Bearer {other}"}, 1)
+    open_us, guarded_us = side_by_side(app, auth, n)
+    print(f"  10,001 clients, {store_sessions + 8000:,} sessions: open {open_us:7.1f}  guarded {guarded_us:7.1f}  "
+          f"extra {guarded_us - open_us:6.1f} µs")
+    verifier = app.extensions["tokenguard"].state(app).verifier
+    start = time.perf_counter()
+    for _ in range(200):
+        verifier.decode(token, time.time())
+    print(f"  full signature check without the cache: {(time.perf_counter() - start) / 200 * 1e6:.1f} µs")
+
+
+_SERVER_SCRIPT = """
+import sys, time
+sys.path.insert(0, {bench_dir!r})
+from bench import make_app
+from waitress import serve
+app = make_app({store_url!r})
+serve(app, host="127.0.0.1", port={port}, threads=4, _quiet=True)
+"""
+
+
+def bench_waitress(seconds: int = 4, rounds: int = 3) -> None:
+    print(f"== waitress, wrk -t2 -c16, {rounds} alternating rounds of {seconds} s (requests/s)")
+    if shutil.which("wrk") is None:
+        print("  wrk not found (apt-get install wrk): skipped")
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store_url = f"sqlite:///{tempfile.mkdtemp()}/waitress.sqlite3"
+    client_id, secret = new_client(make_app(store_url))
+    script = _SERVER_SCRIPT.format(
+        bench_dir=os.path.dirname(os.path.abspath(__file__)), port=port, store_url=store_url
+    )
+    server = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        import requests
+
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                requests.get(base + "/open", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        token = requests.post(
+            base + "/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret), timeout=10
+        ).json()["access_token"]
+        results: dict[str, list[float]] = {"open": [], "guarded": []}
+        for _ in range(rounds):
+            for path in ("open", "guarded"):
+                out = subprocess.run(
+                    ["wrk", "-t2", "-c16", f"-d{seconds}s", "-H", f"Authorization: Bearer {token}", f"{base}/{path}"],
+                    capture_output=True, text=True, check=True,
+                ).stdout
+                line = next(l for l in out.splitlines() if l.startswith("Requests/sec"))
+                if "Non-2xx" in out:
+                    raise SystemExit(f"errors on /{path}: {out}")
+                results[path].append(float(line.split()[1]))
+        open_rps, guarded_rps = statistics.median(results["open"]), statistics.median(results["guarded"])
+        print(f"  open {open_rps:8.0f}   guarded {guarded_rps:8.0f}   ratio {guarded_rps / open_rps:.3f}")
+        print(f"  rounds: open {results['open']}, guarded {results['guarded']}")
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def bench_seats(n: int = 2000) -> None:
+    print(f"== seat acquire + release (start_session + end_session), {n} pairs")
+    tmp = tempfile.mkdtemp()
+    stores = {"memory": ("memory://", {}), "sqlite": (f"sqlite:///{tmp}/seats.sqlite3", {})}
+    run = uuid.uuid4().hex[:8]
+    stores.update({name: (url, opts(run)) for name, (url, opts) in SERVERS.items()})
+    for name, (url, options) in stores.items():
+        try:
+            store = store_from_url(url, **options)
+            store.check()
+        except Exception as exc:  # noqa: BLE001 - report and go on to the next store
+            print(f"  {name:10s} unavailable: {exc}")
+            continue
+        store.reset()
+        now = time.time()
+        start = time.perf_counter()
+        for i in range(n):
+            session = TokenSession(f"s{i}", "c", "c", "all", True, f"h{i}", now, now + 1200)
+            assert store.start_session(session, 5, now)
+            store.end_session(f"s{i}", now)
+        elapsed = time.perf_counter() - start
+        print(f"  {name:10s} {n / elapsed:8.0f} pairs/s   {elapsed / n * 1e6:7.0f} µs per pair")
+        getattr(store, "drop", store.reset)()
+        store.close()
+
+
+def bench_tokens(n: int = 300) -> None:
+    print(f"== token requests and guarded requests per second, in-process, per store ({n} each)")
+    tmp = tempfile.mkdtemp()
+    stores = {"memory": ("memory://", {}), "sqlite": (f"sqlite:///{tmp}/tokens.sqlite3", {})}
+    run = uuid.uuid4().hex[:8]
+    stores.update({name: (url, opts(run)) for name, (url, opts) in SERVERS.items()})
+    for name, (url, options) in stores.items():
+        try:
+            app = make_app(url, **options)
+            store = app.extensions["tokenguard"].store(app)
+            store.check()
+        except Exception as exc:  # noqa: BLE001
+            print(f"  {name:10s} unavailable: {exc}")
+            continue
+        app.config["TOKENGUARD_REVOCATION_LAG"] = 1
+        client_id, secret = new_client(app)
+        get_token(app, client_id, secret)  # first key generation out of the timing
+        start = time.perf_counter()
+        for _ in range(n):
+            token = get_token(app, client_id, secret, scope="view")
+        token_rate = n / (time.perf_counter() - start)
+        guarded = per_request_us(app, "/guarded", {"Authorization": f"Bearer {token}"}, n * 10)
+        print(f"  {name:10s} tokens {token_rate:7.0f}/s   guarded {1e6 / guarded:8.0f}/s")
+        getattr(store, "drop", store.reset)()
+        store.close()
+
+
+if __name__ == "__main__":
+    which = sys.argv[1] if len(sys.argv) > 1 else "all"
+    benches = {"guard": bench_guard, "waitress": bench_waitress, "seats": bench_seats, "tokens": bench_tokens}
+    for name, bench in benches.items():
+        if which in (name, "all"):
+            bench()

@@ -1,0 +1,151 @@
+"""The sample app as a user runs it: ``python -m sample_app`` under waitress, real sockets."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import time
+import typing as t
+from pathlib import Path
+
+import pytest
+import requests
+
+from helpers import SampleServer
+from helpers import flask_cli
+
+pytestmark = pytest.mark.server
+
+DEMO = re.compile(r"client_id:\s+(\S+)\s+client_secret:\s+(\S+)")
+
+
+def _demo_credentials(server: SampleServer) -> tuple[str, str]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        match = DEMO.search(server.output)
+        if match:
+            return match.group(1), match.group(2)
+        time.sleep(0.05)
+    raise AssertionError(f"no demo client printed:\n{server.output}")
+
+
+def test_first_start_prints_a_working_demo_client(sample_server: t.Callable[..., SampleServer]) -> None:
+    server = sample_server()
+    client_id, secret = _demo_credentials(server)
+    assert "curl" in server.output and f"{server.url}/token" in server.output
+    response = requests.post(
+        server.url + "/token", data={"grant_type": "client_credentials", "scope": "view"},
+        auth=(client_id, secret), timeout=10,
+    )
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    token = response.json()["access_token"]
+    orders = requests.get(
+        server.url + "/orders", params={"from": "2026-04-01"},
+        headers={"Authorization": f"Bearer {token}"}, timeout=10,
+    )
+    assert orders.status_code == 200
+    assert all(o["date"] >= "2026-04-01" for o in orders.json()["orders"])
+    assert requests.get(server.url + "/orders", params={"from": "April"},
+                        headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 400
+    assert server.stop() == 0
+
+
+def test_second_start_creates_no_new_demo_client(
+    sample_server: t.Callable[..., SampleServer], tmp_path: Path
+) -> None:
+    first = sample_server()
+    _demo_credentials(first)
+    assert first.stop() == 0
+    second = sample_server()
+    assert "client_secret" not in second.output
+    url = f"sqlite:///{tmp_path / 'sample.sqlite3'}"
+    assert len(flask_cli(url, "list-clients")) == 1
+
+
+def test_licence_flow_with_environment_config(
+    sample_server: t.Callable[..., SampleServer], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'sample.sqlite3'}"
+    server = sample_server(url, LICENSES="1")
+    creds = flask_cli(url, "create-client", "warehouse", LICENSES="1")
+    auth = (creds["client_id"], creds["client_secret"])
+    first = requests.post(server.url + "/token", data={"grant_type": "client_credentials"}, auth=auth, timeout=10)
+    assert first.status_code == 200 and first.json()["scope"] == "all"
+    second = requests.post(server.url + "/token", data={"grant_type": "client_credentials"}, auth=auth, timeout=10)
+    assert second.status_code == 400 and second.json()["error"] == "license_unavailable"
+    assert int(second.headers["Retry-After"]) > 0
+    view = requests.post(server.url + "/token", data={"grant_type": "client_credentials", "scope": "view"},
+                         auth=auth, timeout=10)
+    assert view.status_code == 200
+    assert flask_cli(url, "licenses", LICENSES="1") == {"in_use": 1, "total": 1}
+    logoff = requests.post(server.url + "/logoff",
+                           headers={"Authorization": f"Bearer {first.json()['access_token']}"}, timeout=10)
+    assert logoff.status_code == 204
+    assert flask_cli(url, "licenses", LICENSES="1") == {"in_use": 0, "total": 1}
+    again = requests.post(server.url + "/token", json={"grant_type": "client_credentials", **dict(
+        client_id=auth[0], client_secret=auth[1])}, timeout=10)
+    assert again.status_code == 200
+
+
+def test_url_prefix_from_environment(sample_server: t.Callable[..., SampleServer]) -> None:
+    server = sample_server(URL_PREFIX="/connect")
+    client_id, secret = _demo_credentials(server)
+    assert f"{server.url}/connect/token" in server.output
+    response = requests.post(server.url + "/connect/token", data={"grant_type": "client_credentials"},
+                             auth=(client_id, secret), timeout=10)
+    assert response.status_code == 200
+    assert requests.post(server.url + "/token", timeout=10).status_code == 404
+    metadata = requests.get(server.url + "/connect/.well-known/oauth-authorization-server", timeout=10).json()
+    assert metadata["token_endpoint"] == f"{server.url}/connect/token"
+
+
+def test_jwks_verifies_tokens_with_a_stock_library(sample_server: t.Callable[..., SampleServer]) -> None:
+    jwt = pytest.importorskip("jwt")
+    server = sample_server()
+    client_id, secret = _demo_credentials(server)
+    token = requests.post(server.url + "/token", data={"grant_type": "client_credentials"},
+                          auth=(client_id, secret), timeout=10).json()["access_token"]
+    jwks = jwt.PyJWKClient(server.url + "/jwks.json")
+    key = jwks.get_signing_key_from_jwt(token)
+    claims = jwt.decode(token, key.key, algorithms=["RS256"], audience=server.url)
+    assert claims["client_id"] == client_id and claims["iss"] == server.url
+    assert jwt.get_unverified_header(token)["typ"] == "at+jwt"
+
+
+@pytest.mark.slow
+def test_three_processes_never_over_allocate_seats(
+    sample_server: t.Callable[..., SampleServer], tmp_path: Path
+) -> None:
+    """Three waitress processes on one SQLite file, 60 concurrent requests for 4 seats."""
+    url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    servers = [sample_server(url, LICENSES="4") for _ in range(3)]
+    # Started together on a new store: one demo client, whichever process made it.
+    assert len(flask_cli(url, "list-clients")) == 1
+    creds = flask_cli(url, "create-client", "racer")
+    auth = (creds["client_id"], creds["client_secret"])
+
+    def request_seat(i: int) -> t.Any:
+        server = servers[i % len(servers)]
+        return requests.post(server.url + "/token", data={"grant_type": "client_credentials"}, auth=auth, timeout=30)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
+        responses = list(pool.map(request_seat, range(60)))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 4, statuses
+    assert all(r.json()["error"] == "license_unavailable" for r in responses if r.status_code != 200)
+    assert flask_cli(url, "licenses", LICENSES="4") == {"in_use": 4, "total": 4}
+
+    # A logoff on one process is honoured by the others within the revocation lag (1 s).
+    token = next(r.json()["access_token"] for r in responses if r.status_code == 200)
+    headers = {"Authorization": f"Bearer {token}"}
+    assert all(requests.get(s.url + "/whoami", headers=headers, timeout=10).status_code == 200 for s in servers)
+    assert requests.post(servers[0].url + "/logoff", headers=headers, timeout=10).status_code == 204
+    assert requests.get(servers[0].url + "/whoami", headers=headers, timeout=10).status_code == 401
+    time.sleep(1.1)
+    assert [requests.get(s.url + "/whoami", headers=headers, timeout=10).status_code for s in servers] == [401] * 3
+    # ... and its seat is free for whoever asks next, on any process.
+    assert requests.post(servers[2].url + "/token", data={"grant_type": "client_credentials"},
+                         auth=auth, timeout=10).status_code == 200
+    for server in servers:
+        assert server.stop() == 0
