@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import typing as t
 from pathlib import Path
 
@@ -63,24 +62,29 @@ def client(app: Flask) -> t.Any:
 
 
 @pytest.fixture
-def live_server() -> t.Iterator[t.Callable[[Flask], str]]:
-    """``live_server(app)`` serves ``app`` under waitress in a thread; returns its base URL."""
-    from waitress.server import create_server
+def live_server() -> t.Iterator[t.Callable[[t.Any], str]]:
+    """``live_server(wsgi_app)`` serves an app with our waitress runner on a free port.
 
-    servers: list[t.Any] = []
+    A WSGI app that is not Flask is mounted in an empty Flask shell so that the runner,
+    which reads its settings from a Flask config, can serve it.
+    """
+    from flask_tokenguard.serve import Runner
 
-    def start(app: Flask) -> str:
-        server = create_server(app, host="127.0.0.1", port=0, threads=4)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return f"http://127.0.0.1:{server.effective_port}"
+    runners: list[Runner] = []
+
+    def start(app: t.Any) -> str:
+        if not isinstance(app, Flask):
+            shell = Flask("live_server")
+            shell.wsgi_app = app  # type: ignore[method-assign]
+            app = shell
+        runner = Runner(app, host="127.0.0.1", port=0, threads=4, drain_timeout=5)
+        runner.start()
+        runners.append(runner)
+        return runner.url
 
     yield start
-    for server, thread in servers:
-        server.close()
-        server.task_dispatcher.shutdown()
-        thread.join(timeout=5)
+    for runner in runners:
+        runner.stop()
 
 
 @pytest.fixture

@@ -71,6 +71,10 @@ class Store(abc.ABC):
     def reset(self) -> None:
         """Delete every record (tests only)."""
 
+    def drop(self) -> None:
+        """Remove everything this store created (its schema, key prefix); tests only."""
+        self.reset()
+
     @abc.abstractmethod
     def claim_once(self, name: str) -> bool:
         """Return True to exactly one caller ever for ``name``, across processes.

@@ -1,0 +1,484 @@
+"""``redis://``, ``rediss://``, ``redis+unix://``: one store shared by many hosts.
+
+Every primitive that must be atomic is one Lua script (package data ``redis_*.lua``, run by
+EVALSHA with a fallback to loading it): a script runs with nothing interleaved, and it
+costs one round trip. All keys of a store start with ``key_prefix``, whose hash tag
+(``{...}``) puts them in one Cluster slot, so the scripts are Cluster-safe.
+
+Expiry: every decision compares with the ``now`` the caller passes, never with Redis's
+clock. Redis TTLs are only a safety net that frees the keys of sessions nobody sweeps.
+They are *relative* (PEXPIRE of ``expires_at - now`` plus a margin of real time), not
+PEXPIREAT at ``expires_at``: the caller's ``now`` need not be the wall clock (tests use
+``now=1000``; app hosts may be skewed), and an absolute deadline in the past would delete
+a live session at once. Aggregate keys (seat and session indexes, revocations) have no
+TTL and are swept explicitly by ``now``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import json
+import logging
+import math
+import typing as t
+
+from ..errors import ConfigurationError
+from ..errors import ConflictError
+from ..models import Client
+from ..models import SigningKey
+from ..models import TokenSession
+from ..models import User
+from .base import Store
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    import redis as redis_py
+    from redis.commands.core import Script
+
+logger = logging.getLogger("flask_tokenguard.stores.redis")
+
+#: Default prefix: one hash tag for every key, so that scripts touch a single Cluster slot.
+DEFAULT_KEY_PREFIX = "tg:{tg}:"
+#: Real seconds a session's keys outlive its remaining lifetime: absorbs clock skew between
+#: app hosts; after it an abandoned session's keys vanish even if nothing sweeps them.
+TTL_MARGIN = 3600.0
+#: Cap on a safety-net TTL (ten years), so that a far-future ``expires_at`` cannot overflow.
+TTL_MAX_MS = 10 * 365 * 86400 * 1000
+#: Most expired sessions or revocations one script sweeps; reads filter by ``now`` anyway,
+#: so a bounded sweep keeps each script short without changing any result.
+SWEEP_LIMIT = 256
+
+#: Scripts, each in ``redis_<name>.lua`` with ``redis_lib.lua`` prepended.
+_SCRIPTS = (
+    "start_session",
+    "rotate_refresh",
+    "find_refresh",
+    "end_session",
+    "end_sessions",
+    "revoke",
+    "revocations_since",
+    "create_client",
+    "update_client",
+    "delete_client",
+    "get_client",
+    "update_user",
+    "signing_keys",
+)
+
+#: Characters that SCAN's MATCH treats as glob syntax.
+_GLOB_SPECIAL = "\\*?[]^"
+
+
+def _num(value: float) -> str:
+    """A float as the shortest string that parses back to the same float (Lua compares it)."""
+    return repr(float(value))
+
+
+def _ttl_ms(expires_at: float, now: float) -> str:
+    """Safety-net TTL in milliseconds: the session's remaining lifetime plus a margin."""
+    remaining = max(expires_at - now, 0.0) + TTL_MARGIN
+    return str(min(math.ceil(remaining * 1000), TTL_MAX_MS))
+
+
+def _read_script(name: str) -> str:
+    """Load ``redis_<name>.lua`` from the package, with the shared helpers in front."""
+    files = importlib.resources.files(__package__ or "flask_tokenguard.stores")
+    lib = files.joinpath("redis_lib.lua").read_text(encoding="utf-8")
+    body = files.joinpath(f"redis_{name}.lua").read_text(encoding="utf-8")
+    return f"{lib}\n{body}"
+
+
+def _session_from(fields: t.Mapping[str, str], session_id: str) -> TokenSession:
+    return TokenSession(
+        session_id=session_id,
+        client_id=fields["client_id"],
+        subject=fields["subject"],
+        scope=fields["scope"],
+        holds_seat=fields["holds_seat"] == "1",
+        refresh_hash=fields["refresh_hash"],
+        created_at=float(fields["created_at"]),
+        expires_at=float(fields["expires_at"]),
+    )
+
+
+def _pairs(flat: t.Sequence[str]) -> dict[str, str]:
+    """A flat HGETALL reply from a script as a dict."""
+    return dict(zip(flat[::2], flat[1::2]))
+
+
+def _client_to_json(client: Client) -> str:
+    return json.dumps(dataclasses.asdict(client), separators=(",", ":"))
+
+
+def _client_from_json(data: str) -> Client:
+    fields = json.loads(data)
+    fields["grants"] = tuple(fields["grants"])
+    fields["scopes"] = tuple(fields["scopes"])
+    return Client(**fields)
+
+
+def _user_to_json(user: User) -> str:
+    return json.dumps(dataclasses.asdict(user), separators=(",", ":"))
+
+
+def _user_from_json(data: str) -> User:
+    return User(**json.loads(data))
+
+
+def _key_to_json(key: SigningKey) -> str:
+    """The key without ``retire_at``, which lives in its own hash so Lua can set it."""
+    fields = dataclasses.asdict(key)
+    del fields["retire_at"]
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def _keys_from_reply(flat: t.Sequence[str | None]) -> list[SigningKey]:
+    keys = []
+    for i in range(0, len(flat), 3):
+        data, retire_at = flat[i + 1], flat[i + 2]
+        if data is None:  # pragma: no cover - the scripts keep order and keys in step
+            continue
+        fields = json.loads(data)
+        keys.append(
+            SigningKey(**fields, retire_at=None if retire_at is None else float(retire_at))
+        )
+    # Oldest first; sorted() is stable, so equal times keep insertion order.
+    return sorted(keys, key=lambda k: k.created_at)
+
+
+class RedisStore(Store):
+    """Records as hashes and JSON strings; seats, sessions and revocations as sorted sets."""
+
+    schemes = ("redis", "rediss", "redis+unix")
+
+    def __init__(self, url: str, **options: t.Any) -> None:
+        try:
+            import redis
+            import redis.backoff
+            import redis.retry
+        except ImportError as exc:
+            raise ConfigurationError(
+                "RedisStore needs redis-py: install flask-tokenguard[redis]"
+            ) from exc
+        self._redis = redis
+        prefix = options.pop("key_prefix", DEFAULT_KEY_PREFIX)
+        if not isinstance(prefix, str) or not prefix:
+            raise ConfigurationError("key_prefix must be a non-empty string")
+        self.key_prefix: str = prefix
+        # A store that hangs is worse than one that fails: bounded waits, then StoreError.
+        options.setdefault("socket_connect_timeout", 5.0)
+        options.setdefault("socket_timeout", 5.0)
+        # PING a connection idle this long before reusing it, to notice a restarted server.
+        options.setdefault("health_check_interval", 30)
+        if "retry" not in options:
+            # Retry only connection failures (a stale pooled socket after a Redis restart),
+            # a few times and briefly. Not timeouts, unlike redis-py's default (10 retries
+            # on both): a hung server would block a request for a minute, and a timed-out
+            # script may have run, so running it again could fail a refresh that succeeded.
+            options["retry"] = redis.retry.Retry(
+                redis.backoff.EqualJitterBackoff(cap=0.25, base=0.01),
+                3,
+                supported_errors=(redis.exceptions.ConnectionError,),
+            )
+        # Replies are parsed as str throughout.
+        options["decode_responses"] = True
+        scheme, sep, rest = url.partition("://")
+        if scheme.lower() == "redis+unix":
+            # redis-py spells the socket scheme ``unix://`` (urlunsplit would drop the //).
+            url = f"unix{sep}{rest}"
+        try:
+            self._client: redis_py.Redis = redis.Redis.from_url(url, **options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"bad Redis store URL or options: {exc}") from exc
+        # register_script sends nothing yet; each call is EVALSHA, and on NOSCRIPT (a new or
+        # restarted server) redis-py loads the script and retries once.
+        self._scripts: dict[str, Script] = {
+            name: self._client.register_script(_read_script(name)) for name in _SCRIPTS
+        }
+
+    @property
+    def base_exceptions(self) -> tuple[type[BaseException], ...]:
+        """Every redis-py failure (connection, timeout, response) plus raw socket errors."""
+        return (self._redis.exceptions.RedisError, ConnectionError, TimeoutError)
+
+    def _key(self, *parts: str) -> str:
+        return self.key_prefix + ":".join(parts)
+
+    def _run(self, name: str, keys: t.Sequence[str], args: t.Sequence[str | int]) -> t.Any:
+        """Run a script; the prefix is always ARGV[1] where the script builds keys from it."""
+        return self._scripts[name](keys=list(keys), args=list(args))
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def check(self) -> None:
+        """PING; log a warning when Redis may evict keys, since evicting seats frees them."""
+        with self.wrap_errors():
+            self._client.ping()
+            try:
+                reply = self._client.config_get("maxmemory-policy")
+            except self._redis.exceptions.ResponseError:
+                # CONFIG is renamed or forbidden (managed services, ACLs): cannot tell.
+                return
+        policy = reply.get("maxmemory-policy")
+        if policy and policy != "noeviction":
+            logger.warning(
+                "Redis maxmemory-policy is %r: under memory pressure Redis may evict "
+                "session and seat keys, freeing seats early; set it to 'noeviction'",
+                policy,
+            )
+
+    def close(self) -> None:
+        """Disconnect every pooled connection; the pool reconnects on the next call."""
+        with self.wrap_errors():
+            self._client.connection_pool.disconnect()
+
+    def reset(self) -> None:
+        """Delete every key under this store's prefix (and nothing else)."""
+        pattern = "".join("\\" + c if c in _GLOB_SPECIAL else c for c in self.key_prefix) + "*"
+        with self.wrap_errors():
+            batch: list[str] = []
+            for key in self._client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    self._client.delete(*batch)
+                    batch.clear()
+            if batch:
+                self._client.delete(*batch)
+
+    def drop(self) -> None:
+        """Delete this store's keys for good: tests' teardown of a per-run prefix."""
+        self.reset()
+
+    def claim_once(self, name: str) -> bool:
+        # SET NX is atomic: exactly one caller creates the key.
+        with self.wrap_errors():
+            return bool(self._client.set(self._key("claim", name), "1", nx=True))
+
+    # -- signing keys ------------------------------------------------------------------
+
+    def _key_keys(self) -> list[str]:
+        return [self._key("signing_order"), self._key("signing_keys"), self._key("signing_retire")]
+
+    def ensure_signing_key(self, candidate: SigningKey) -> list[SigningKey]:
+        retire_at = "" if candidate.retire_at is None else _num(candidate.retire_at)
+        with self.wrap_errors():
+            reply = self._run(
+                "signing_keys",
+                self._key_keys(),
+                ["ensure", candidate.kid, _key_to_json(candidate), retire_at],
+            )
+        return _keys_from_reply(reply)
+
+    def add_signing_key(self, key: SigningKey, retire_others_at: float) -> None:
+        retire_at = "" if key.retire_at is None else _num(key.retire_at)
+        with self.wrap_errors():
+            self._run(
+                "signing_keys",
+                self._key_keys(),
+                ["add", key.kid, _key_to_json(key), retire_at, _num(retire_others_at)],
+            )
+
+    def signing_keys(self, now: float) -> list[SigningKey]:
+        with self.wrap_errors():
+            reply = self._run("signing_keys", self._key_keys(), ["list", _num(now)])
+        return _keys_from_reply(reply)
+
+    # -- clients -----------------------------------------------------------------------
+
+    def _client_keys(self) -> list[str]:
+        return [self._key("clients"), self._key("client_aliases"), self._key("client_alias_of")]
+
+    def create_client(self, client: Client) -> None:
+        with self.wrap_errors():
+            created = self._run(
+                "create_client",
+                self._client_keys(),
+                [client.client_id, client.alias or "", _client_to_json(client)],
+            )
+        if not created:
+            raise ConflictError("client id or alias is taken")
+
+    def get_client(self, id_or_alias: str) -> Client | None:
+        with self.wrap_errors():
+            data = self._run("get_client", self._client_keys()[:2], [id_or_alias])
+        return None if data is None else _client_from_json(data)
+
+    def update_client(self, client: Client) -> bool:
+        with self.wrap_errors():
+            result = self._run(
+                "update_client",
+                self._client_keys(),
+                [client.client_id, client.alias or "", _client_to_json(client)],
+            )
+        if result == -1:
+            raise ConflictError("alias is taken")
+        return bool(result == 1)
+
+    def delete_client(self, client_id: str) -> bool:
+        with self.wrap_errors():
+            return bool(self._run("delete_client", self._client_keys(), [client_id]) == 1)
+
+    def list_clients(self) -> list[Client]:
+        with self.wrap_errors():
+            values = t.cast("list[str]", self._client.hvals(self._key("clients")))
+        clients = [_client_from_json(v) for v in values]
+        return sorted(clients, key=lambda c: (c.created_at, c.client_id))
+
+    # -- users -------------------------------------------------------------------------
+
+    def create_user(self, user: User) -> None:
+        # HSETNX is atomic: of two creators of one name, one gets 0.
+        with self.wrap_errors():
+            created = self._client.hsetnx(self._key("users"), user.username, _user_to_json(user))
+        if not created:
+            raise ConflictError("user exists")
+
+    def get_user(self, username: str) -> User | None:
+        with self.wrap_errors():
+            data = t.cast("str | None", self._client.hget(self._key("users"), username))
+        return None if data is None else _user_from_json(data)
+
+    def update_user(self, user: User) -> bool:
+        with self.wrap_errors():
+            result = self._run(
+                "update_user", [self._key("users")], [user.username, _user_to_json(user)]
+            )
+        return bool(result == 1)
+
+    def delete_user(self, username: str) -> bool:
+        with self.wrap_errors():
+            return bool(self._client.hdel(self._key("users"), username))
+
+    def list_users(self) -> list[User]:
+        with self.wrap_errors():
+            values = t.cast("list[str]", self._client.hvals(self._key("users")))
+        return sorted((_user_from_json(v) for v in values), key=lambda u: u.username)
+
+    # -- sessions and seats ------------------------------------------------------------
+
+    def start_session(self, session: TokenSession, seat_limit: int | None, now: float) -> bool:
+        sid = session.session_id
+        keys = [
+            self._key("seats"),
+            self._key("sessions"),
+            self._key("session", sid),
+            self._key("refresh", session.refresh_hash),
+            self._key("client_sessions", session.client_id),
+        ]
+        args = [
+            self.key_prefix,
+            _num(now),
+            "" if seat_limit is None else str(int(seat_limit)),
+            sid,
+            "1" if session.holds_seat else "0",
+            _num(session.expires_at),
+            _ttl_ms(session.expires_at, now),
+            session.client_id,
+            session.subject,
+            session.scope,
+            session.refresh_hash,
+            _num(session.created_at),
+            str(SWEEP_LIMIT),
+        ]
+        with self.wrap_errors():
+            return bool(self._run("start_session", keys, args) == 1)
+
+    def earliest_seat_expiry(self, now: float) -> float | None:
+        with self.wrap_errors():
+            first = self._client.zrangebyscore(
+                self._key("seats"), f"({_num(now)}", "+inf", start=0, num=1, withscores=True
+            )
+        return float(first[0][1]) if first else None
+
+    def seats_in_use(self, now: float) -> int:
+        # Expired members may linger until the next sweep; counting by score ignores them.
+        with self.wrap_errors():
+            return int(self._client.zcount(self._key("seats"), f"({_num(now)}", "+inf"))
+
+    def get_session(self, session_id: str, now: float) -> TokenSession | None:
+        with self.wrap_errors():
+            key = self._key("session", session_id)
+            fields = t.cast("dict[str, str]", self._client.hgetall(key))
+        if not fields:
+            return None
+        session = _session_from(fields, session_id)
+        return session if session.is_live(now) else None
+
+    def find_refresh(self, refresh_hash: str, now: float) -> tuple[TokenSession, bool] | None:
+        keys = [self._key("refresh", refresh_hash), self._key("used", refresh_hash)]
+        with self.wrap_errors():
+            reply = self._run("find_refresh", keys, [self.key_prefix, refresh_hash, _num(now)])
+        if reply is None:
+            return None
+        current, sid, flat = reply
+        return _session_from(_pairs(flat), sid), bool(current)
+
+    def rotate_refresh(
+        self, session_id: str, old_hash: str, new_hash: str, expires_at: float, now: float
+    ) -> TokenSession | None:
+        args = [
+            self.key_prefix,
+            session_id,
+            old_hash,
+            new_hash,
+            _num(expires_at),
+            _num(now),
+            _ttl_ms(expires_at, now),
+        ]
+        with self.wrap_errors():
+            flat = self._run("rotate_refresh", [self._key("session", session_id)], args)
+        return None if flat is None else _session_from(_pairs(flat), session_id)
+
+    def end_session(self, session_id: str, now: float) -> TokenSession | None:
+        args = [self.key_prefix, session_id, _num(now), _num(now + 1), str(SWEEP_LIMIT)]
+        with self.wrap_errors():
+            flat = self._run("end_session", [self._key("session", session_id)], args)
+        if not flat:
+            return None
+        session = _session_from(_pairs(flat), session_id)
+        # An expired session is still removed and revoked, but nothing live ended.
+        return session if session.is_live(now) else None
+
+    def end_sessions(self, client_id: str | None, now: float) -> int:
+        sessions = self._key("sessions")
+        members = sessions if client_id is None else self._key("client_sessions", client_id)
+        keys = [sessions, members]
+        args = [self.key_prefix, client_id or "", _num(now), _num(now + 1), str(SWEEP_LIMIT)]
+        with self.wrap_errors():
+            return int(self._run("end_sessions", keys, args))
+
+    def list_sessions(self, client_id: str | None, now: float) -> list[TokenSession]:
+        with self.wrap_errors():
+            index: t.Iterable[t.Any]
+            if client_id is None:
+                index = self._client.zrangebyscore(self._key("sessions"), f"({_num(now)}", "+inf")
+            else:
+                index = self._client.smembers(self._key("client_sessions", client_id))
+            ids = [str(sid) for sid in index]
+            # One round trip for all hashes; a session ended in between reads as empty.
+            pipe = self._client.pipeline(transaction=False)
+            for sid in ids:
+                pipe.hgetall(self._key("session", sid))
+            replies = t.cast("list[dict[str, str]]", pipe.execute())
+        sessions = [_session_from(fields, sid) for sid, fields in zip(ids, replies) if fields]
+        live = [s for s in sessions if s.is_live(now)]
+        return sorted(live, key=lambda s: (s.created_at, s.session_id))
+
+    # -- revocation --------------------------------------------------------------------
+
+    def revoke(self, token_id: str, expires_at: float, now: float) -> None:
+        args = [self.key_prefix, token_id, _num(expires_at), _num(now), str(SWEEP_LIMIT)]
+        with self.wrap_errors():
+            self._run("revoke", [self._key("revoked")], args)
+
+    def revocation_seq(self) -> int:
+        with self.wrap_errors():
+            value = self._client.get(self._key("revocation_seq"))
+        return int(value or 0)
+
+    def revocations_since(self, seq: int, now: float) -> tuple[dict[str, float], int]:
+        args = [self.key_prefix, str(int(seq)), _num(now)]
+        with self.wrap_errors():
+            reply = self._run("revocations_since", [self._key("revoked_seq")], args)
+        entries = {reply[i]: float(reply[i + 1]) for i in range(1, len(reply), 2)}
+        return entries, int(reply[0])

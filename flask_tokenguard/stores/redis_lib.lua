@@ -1,0 +1,110 @@
+-- Helpers shared by the RedisStore scripts: RedisStore prepends this file to each script
+-- before registering it, because a Redis script cannot include another.
+--
+-- Key layout under the store's prefix P (P carries one hash tag, so every key of a store
+-- lives in one Cluster slot; keys built here from P are in the slot of the KEYS passed):
+--   P..'session:'..sid          hash   one session's fields
+--   P..'sessions'               zset   sid -> expires_at, every session (the sweep's index)
+--   P..'seats'                  zset   sid -> expires_at, seat-holding sessions only
+--   P..'client_sessions:'..cid  set    sids of one client
+--   P..'refresh:'..hash         string sid whose *current* refresh hash this is
+--   P..'used:'..hash            string sid that already used this refresh hash (replays)
+--   P..'used_by:'..sid          set    used hashes of one session, to clean them up
+--   P..'revoked'                zset   id -> expires_at of the revocation
+--   P..'revoked_seq'            zset   id -> revocation seq
+--   P..'revocation_seq'         string counter
+--
+-- Numbers: times travel as the strings Python wrote (repr of a float) and are only ever
+-- compared after tonumber(); they are never turned back into strings here, because Lua's
+-- tostring() keeps 14 digits and would round epoch times with microseconds.
+
+local function to_table(flat)
+  local t = {}
+  for i = 1, #flat, 2 do
+    t[flat[i]] = flat[i + 1]
+  end
+  return t
+end
+
+-- Delete a session and every index entry that points at it; return its HGETALL (empty
+-- when the hash is gone). The zset members go even without the hash, so an index never
+-- outlives its session.
+local function drop_session(prefix, sid)
+  local key = prefix .. 'session:' .. sid
+  local flat = redis.call('HGETALL', key)
+  if #flat > 0 then
+    local s = to_table(flat)
+    local refresh_key = prefix .. 'refresh:' .. s['refresh_hash']
+    if redis.call('GET', refresh_key) == sid then
+      redis.call('DEL', refresh_key)
+    end
+    redis.call('SREM', prefix .. 'client_sessions:' .. s['client_id'], sid)
+  end
+  local used_by = prefix .. 'used_by:' .. sid
+  for _, h in ipairs(redis.call('SMEMBERS', used_by)) do
+    local used_key = prefix .. 'used:' .. h
+    if redis.call('GET', used_key) == sid then
+      redis.call('DEL', used_key)
+    end
+  end
+  redis.call('DEL', used_by, key)
+  redis.call('ZREM', prefix .. 'seats', sid)
+  redis.call('ZREM', prefix .. 'sessions', sid)
+  return flat
+end
+
+-- Append one revocation: bump the counter and index the id by expiry and by seq.
+-- exp is a string (see above).
+local function add_revocation(prefix, id, exp)
+  local seq = redis.call('INCR', prefix .. 'revocation_seq')
+  redis.call('ZADD', prefix .. 'revoked', exp, id)
+  redis.call('ZADD', prefix .. 'revoked_seq', seq, id)
+  return seq
+end
+
+-- End one session: drop it and record its id as revoked until max(expires_at, now + 1),
+-- as MemoryStore does. Returns the HGETALL of what ended (empty if nothing did).
+local function end_one(prefix, sid, now, now_plus_1)
+  local flat = drop_session(prefix, sid)
+  if #flat == 0 then
+    return flat
+  end
+  local expires_at = to_table(flat)['expires_at']
+  local exp = now_plus_1
+  if tonumber(expires_at) > tonumber(now_plus_1) then
+    exp = expires_at
+  end
+  add_revocation(prefix, sid, exp)
+  return flat
+end
+
+-- Drop revocations that expired at or before now, at most limit per call; reads filter by
+-- now anyway, so a bounded sweep keeps every script short without changing results.
+local function sweep_revoked(prefix, now, limit)
+  local ids = redis.call('ZRANGEBYSCORE', prefix .. 'revoked', '-inf', now, 'LIMIT', 0, limit)
+  if #ids > 0 then
+    redis.call('ZREM', prefix .. 'revoked', unpack(ids))
+    redis.call('ZREM', prefix .. 'revoked_seq', unpack(ids))
+  end
+end
+
+-- Drop sessions that expired at or before now (bounded, as above) and every expired seat.
+local function sweep_sessions(prefix, now, limit)
+  local ids = redis.call('ZRANGEBYSCORE', prefix .. 'sessions', '-inf', now, 'LIMIT', 0, limit)
+  for _, sid in ipairs(ids) do
+    drop_session(prefix, sid)
+  end
+  redis.call('ZREMRANGEBYSCORE', prefix .. 'seats', '-inf', now)
+end
+
+-- Give a live session's keys a fresh safety-net TTL (milliseconds, relative; see redis.py).
+local function expire_session(prefix, sid, refresh_hash, ttl_ms)
+  redis.call('PEXPIRE', prefix .. 'session:' .. sid, ttl_ms)
+  redis.call('PEXPIRE', prefix .. 'refresh:' .. refresh_hash, ttl_ms)
+  local used_by = prefix .. 'used_by:' .. sid
+  for _, h in ipairs(redis.call('SMEMBERS', used_by)) do
+    redis.call('PEXPIRE', prefix .. 'used:' .. h, ttl_ms)
+  end
+  redis.call('PEXPIRE', used_by, ttl_ms)
+end
+

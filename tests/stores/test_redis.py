@@ -1,0 +1,409 @@
+"""What only the Redis store does: key prefixes, safety-net TTLs, a server that goes away.
+
+The shared contract runs in ``test_contract.py``; these tests cover Redis-specific
+behaviour. Tests that need to stop a server start their own ``redis-server`` on a free port
+in a temporary directory, never touching the shared one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import typing as t
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flask_tokenguard.errors import ConfigurationError
+from flask_tokenguard.errors import StoreError
+from flask_tokenguard.models import Client
+from flask_tokenguard.models import SigningKey
+from flask_tokenguard.models import TokenSession
+from flask_tokenguard.models import User
+from flask_tokenguard.stores import store_from_url
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from flask_tokenguard.stores.redis import RedisStore
+
+try:
+    import redis
+except ImportError:  # pragma: no cover - the test extra installs redis-py
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        raise
+    pytest.skip("redis-py is not installed", allow_module_level=True)
+
+pytestmark = pytest.mark.redis
+
+SHARED_URL = os.environ.get("TOKENGUARD_TEST_REDIS_URL") or "redis://127.0.0.1:6379/15"
+
+
+def unavailable(reason: str) -> t.NoReturn:
+    """Skip (printing why) when a server or binary is missing; fail under CI instead."""
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(reason)
+    print(f"skipped: {reason}", file=sys.stderr)
+    pytest.skip(reason)
+
+
+def new_prefix() -> str:
+    """A fresh prefix with a hash tag, so that runs sharing a server never collide."""
+    return f"tgtest:{{{uuid.uuid4().hex}}}:"
+
+
+def make_session(sid: str, *, expires_at: float = 2000.0, holds_seat: bool = True) -> TokenSession:
+    return TokenSession(
+        session_id=sid,
+        client_id="app",
+        subject="alice",
+        scope="all",
+        holds_seat=holds_seat,
+        refresh_hash=f"hash-{sid}",
+        created_at=1000.0,
+        expires_at=expires_at,
+    )
+
+
+def keys_under(raw: redis.Redis, prefix: str) -> list[str]:
+    pattern = "".join("\\" + c if c in "\\*?[]" else c for c in prefix) + "*"
+    return sorted(raw.scan_iter(match=pattern))
+
+
+@pytest.fixture
+def raw() -> t.Iterator[redis.Redis]:
+    """A plain client of the shared server, to look at the keys a store writes."""
+    client = redis.Redis.from_url(SHARED_URL, decode_responses=True, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.exceptions.RedisError as exc:
+        client.close()
+        unavailable(f"{SHARED_URL} unreachable: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_store(raw: redis.Redis) -> t.Iterator[t.Callable[..., RedisStore]]:
+    """Build stores on the shared server; every one is reset and closed afterwards."""
+    made: list[RedisStore] = []
+
+    def make(url: str = SHARED_URL, **options: t.Any) -> RedisStore:
+        options.setdefault("key_prefix", new_prefix())
+        store = t.cast("RedisStore", store_from_url(url, **options))
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        try:
+            store.reset()
+        finally:
+            store.close()
+
+
+class RedisServer:
+    """A private ``redis-server`` without persistence, which a test may kill and restart."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = _free_port()
+        self.socket_path = directory / "redis.sock"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--unixsocket", str(self.socket_path),
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.directory),
+                "--logfile", str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.exceptions.ConnectionError:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        log = self.directory / "redis.log"
+                        text = log.read_text() if log.exists() else ""
+                        raise RuntimeError(f"redis-server did not start: {text[-2000:]}")
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> t.Iterator[RedisServer]:
+    """A running private server, killed at teardown."""
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server binary not found on PATH")
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+# -- key prefix -----------------------------------------------------------------------
+
+
+def test_reset_deletes_only_its_own_prefix(
+    make_store: t.Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    first = make_store()
+    second = make_store()
+    for store in (first, second):
+        store.create_client(Client("app", "App", alias="the-app"))
+        assert store.start_session(make_session("s1"), 5, now=1000.0)
+        store.revoke("jti-1", 3000.0, now=1000.0)
+
+    first.reset()
+
+    assert keys_under(raw, first.key_prefix) == []
+    assert first.get_client("app") is None
+    assert first.seats_in_use(now=1000.0) == 0
+    assert second.get_client("the-app") is not None
+    assert second.get_session("s1", now=1000.0) is not None
+    assert second.revocations_since(0, now=1000.0) == ({"jti-1": 3000.0}, 1)
+
+
+def test_every_key_carries_the_prefix_and_one_cluster_slot(own_server: RedisServer) -> None:
+    # A private server, so that every key in it is this store's.
+    store = t.cast("RedisStore", store_from_url(own_server.url))
+    raw = redis.Redis.from_url(own_server.url, decode_responses=True)
+    try:
+        store.claim_once("demo-client")
+        store.ensure_signing_key(SigningKey("k1", "ES256", "pem", created_at=1000.0))
+        store.create_client(Client("app", "App", alias="the-app"))
+        store.create_user(User("alice", "pw-hash"))
+        assert store.start_session(make_session("s1"), 5, now=1000.0)
+        assert store.start_session(make_session("s2"), 5, now=1000.0)
+        assert store.rotate_refresh("s1", "hash-s1", "hash-s1b", 2500.0, now=1100.0)
+        store.revoke("jti-1", 3000.0, now=1000.0)
+        assert store.end_session("s2", now=1200.0) is not None
+
+        written = list(raw.scan_iter(match="*"))
+        assert len(written) > 10
+        assert all(key.startswith("tg:{tg}:") for key in written)
+        assert {redis.crc.key_slot(key.encode()) for key in written} == {
+            redis.crc.key_slot(b"{tg}")
+        }
+    finally:
+        raw.close()
+        store.close()
+
+
+def test_default_prefix_is_hash_tagged() -> None:
+    store = store_from_url(SHARED_URL)
+    try:
+        assert t.cast("RedisStore", store).key_prefix == "tg:{tg}:"
+    finally:
+        store.close()
+
+
+# -- expiry: decided by now, Redis TTLs only a safety net -----------------------------
+
+
+def test_session_with_past_epoch_expiry_is_not_dropped_by_redis(
+    make_store: t.Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    # expires_at=2000 is in 1970: an absolute PEXPIREAT would delete the key at once.
+    store = make_store()
+    assert store.start_session(make_session("s1", expires_at=2000.0), 5, now=1000.0)
+
+    session_key = f"{store.key_prefix}session:s1"
+    ttl_ms = raw.pttl(session_key)
+    assert ttl_ms > 1000 * 1000, "TTL must cover the remaining 1000 s plus a margin"
+    assert store.get_session("s1", now=1999.0) is not None
+    assert store.find_refresh("hash-s1", now=1999.0) is not None
+    # Expiry itself follows now, whatever the key's TTL.
+    assert store.get_session("s1", now=2000.0) is None
+    assert store.seats_in_use(now=2000.0) == 0
+    assert raw.exists(session_key)
+
+
+def test_rotation_extends_the_safety_net(
+    make_store: t.Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    store = make_store()
+    assert store.start_session(make_session("s1", expires_at=1100.0), 5, now=1000.0)
+    before = raw.pttl(f"{store.key_prefix}session:s1")
+
+    assert store.rotate_refresh("s1", "hash-s1", "hash-s1b", 100_000.0, now=1050.0) is not None
+
+    for suffix in ("session:s1", "refresh:hash-s1b", "used:hash-s1", "used_by:s1"):
+        assert raw.pttl(f"{store.key_prefix}{suffix}") > before + 90_000 * 1000
+
+
+def test_sweep_removes_every_index_entry(
+    make_store: t.Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    store = make_store()
+    assert store.start_session(make_session("old", expires_at=1500.0), 5, now=1000.0)
+    assert store.rotate_refresh("old", "hash-old", "hash-old2", 1500.0, now=1100.0)
+
+    # A start at now=1600 sweeps the expired session and everything pointing at it.
+    assert store.start_session(make_session("new", expires_at=3000.0), 5, now=1600.0)
+
+    leftovers = [k[len(store.key_prefix):] for k in keys_under(raw, store.key_prefix)]
+    assert not [k for k in leftovers if "old" in k]
+    assert raw.zrange(f"{store.key_prefix}sessions", 0, -1) == ["new"]
+
+
+# -- errors, reconnects, lifecycle ----------------------------------------------------
+
+
+def test_server_going_away_raises_store_error_and_recovers(own_server: RedisServer) -> None:
+    store = store_from_url(own_server.url, key_prefix=new_prefix())
+    try:
+        store.check()
+        store.create_client(Client("app", "App"))
+        assert store.start_session(make_session("s1"), 1, now=1000.0)
+
+        own_server.kill()
+        with pytest.raises(StoreError) as caught:
+            store.get_client("app")
+        assert isinstance(caught.value.original, redis.exceptions.RedisError)
+        with pytest.raises(StoreError):
+            store.start_session(make_session("s2"), 1, now=1000.0)
+        with pytest.raises(StoreError):
+            store.check()
+
+        own_server.start()  # same port, empty: no persistence
+        store.check()
+        assert store.get_client("app") is None
+        # The scripts were flushed with the server: EVALSHA falls back to loading them.
+        assert store.start_session(make_session("s2"), 1, now=1000.0)
+        assert not store.start_session(make_session("s3"), 1, now=1000.0)
+        assert store.seats_in_use(now=1000.0) == 1
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP (POSIX)")
+def test_hung_server_fails_within_the_socket_timeout(own_server: RedisServer) -> None:
+    # Timeouts are not retried: a hung server costs one socket_timeout, then StoreError.
+    store = store_from_url(own_server.url, key_prefix=new_prefix(), socket_timeout=0.5)
+    assert own_server.process is not None
+    try:
+        assert store.start_session(make_session("s1"), 5, now=1000.0)
+        own_server.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreError) as caught:
+                store.seats_in_use(now=1000.0)
+            assert time.monotonic() - started < 2.0
+            assert isinstance(caught.value.original, redis.exceptions.TimeoutError)
+        finally:
+            own_server.process.send_signal(signal.SIGCONT)
+        assert store.seats_in_use(now=1000.0) == 1
+    finally:
+        store.close()
+
+
+def test_scripts_reload_after_script_flush(own_server: RedisServer) -> None:
+    store = store_from_url(own_server.url, key_prefix=new_prefix())
+    raw = redis.Redis.from_url(own_server.url)
+    try:
+        assert store.start_session(make_session("s1"), 5, now=1000.0)
+        raw.script_flush()
+        assert store.start_session(make_session("s2"), 5, now=1000.0)
+        assert store.seats_in_use(now=1000.0) == 2
+    finally:
+        raw.close()
+        store.close()
+
+
+def test_store_works_again_after_close(make_store: t.Callable[..., RedisStore]) -> None:
+    store = make_store()
+    store.create_client(Client("app", "App"))
+    store.close()
+    assert store.get_client("app") is not None
+    store.close()
+    store.close()
+    assert store.claim_once("after-close")
+
+
+def test_check_warns_when_keys_may_be_evicted(
+    own_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = store_from_url(own_server.url)
+    raw = redis.Redis.from_url(own_server.url)
+    try:
+        with caplog.at_level(logging.WARNING, logger="flask_tokenguard.stores.redis"):
+            store.check()
+        assert not caplog.records
+
+        raw.config_set("maxmemory-policy", "allkeys-lru")
+        with caplog.at_level(logging.WARNING, logger="flask_tokenguard.stores.redis"):
+            store.check()
+        assert "noeviction" in caplog.text
+        assert "allkeys-lru" in caplog.text
+    finally:
+        raw.close()
+        store.close()
+
+
+def test_check_tolerates_a_disabled_config_command(
+    make_store: t.Callable[..., RedisStore],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = make_store()
+
+    def refuse(*args: t.Any, **kwargs: t.Any) -> t.NoReturn:
+        raise redis.exceptions.ResponseError("unknown command 'CONFIG'")
+
+    monkeypatch.setattr(store._client, "config_get", refuse)
+    with caplog.at_level(logging.WARNING, logger="flask_tokenguard.stores.redis"):
+        store.check()
+    assert not caplog.records
+
+
+def test_unix_socket_scheme(own_server: RedisServer) -> None:
+    store = store_from_url(f"redis+unix://{own_server.socket_path}?db=0", key_prefix=new_prefix())
+    try:
+        store.check()
+        assert store.claim_once("via-socket")
+        assert not store.claim_once("via-socket")
+    finally:
+        store.close()
+
+
+def test_missing_driver_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(ConfigurationError, match=r"flask-tokenguard\[redis\]"):
+        store_from_url(SHARED_URL)
