@@ -1,0 +1,68 @@
+"""A small Flask app served by ``flask_tokenguard.serve.serve`` for the drain tests.
+
+Run as ``python tests/apps/slow_app.py [--port 0] [--started FILE]``: it logs
+``Serving on http://127.0.0.1:PORT`` to stderr, and ``/slow`` appends a line to FILE
+when a request starts, so a test knows which requests a worker has picked up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+
+from flask import Flask
+from flask import Response
+from flask import request
+
+#: Size of the body of ``/slow``: big enough to stay in waitress's output buffers.
+BODY_SIZE = 2 * 1024 * 1024
+#: Seconds ``/slow`` sleeps before answering.
+SLOW_SECONDS = 1.2
+
+
+def body() -> bytes:
+    """Return the deterministic body of ``/slow``."""
+    block = hashlib.sha256(b"tokenguard").digest() * 32  # 1 KiB
+    return (block * (BODY_SIZE // len(block) + 1))[:BODY_SIZE]
+
+
+def create_app(started: str | None = None) -> Flask:
+    """Build the app; ``started`` names a file that ``/slow`` appends to on entry."""
+    app = Flask(__name__)
+    payload = body()
+
+    @app.get("/slow")
+    def slow() -> Response:
+        if started:
+            with open(started, "a", encoding="ascii") as f:
+                f.write("started\n")
+        time.sleep(float(request.args.get("seconds", SLOW_SECONDS)))
+        return Response(payload, mimetype="application/octet-stream")
+
+    @app.get("/echo")
+    def echo() -> dict[str, str | None]:
+        return {
+            "scheme": request.scheme,
+            "remote_addr": request.remote_addr,
+            "forwarded_proto": request.headers.get("X-Forwarded-Proto"),
+        }
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flask_tokenguard.serve import serve
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--started")
+    args = parser.parse_args(argv)
+    app = create_app(args.started)
+    return serve(app, port=args.port, threads=args.threads, access_log=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

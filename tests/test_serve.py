@@ -1,0 +1,416 @@
+"""The waitress runner: serving, graceful drain, proxy trust, logging, exit codes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import typing as t
+from pathlib import Path
+
+import pytest
+import requests
+from flask import Flask
+
+from flask_tokenguard import serve as serve_module
+from flask_tokenguard.errors import ConfigurationError
+from flask_tokenguard.serve import Runner
+from flask_tokenguard.serve import configure_logging
+from flask_tokenguard.serve import serve
+
+APP_FILE = Path(__file__).parent / "apps" / "slow_app.py"
+TOKEN = "secret123"
+
+
+def _load_slow_app() -> t.Any:
+    spec = importlib.util.spec_from_file_location("_tokenguard_slow_app", APP_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+slow_app = _load_slow_app()
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # never route loopback requests through an HTTP_PROXY
+    return session
+
+
+def _get(url: str, **kwargs: t.Any) -> requests.Response:
+    with _session() as session:
+        return session.get(url, timeout=20, **kwargs)
+
+
+def _refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except ConnectionResetError:  # queued by the kernel as the listener closed
+        return False
+
+
+def _wait_for_lines(path: Path, count: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{count} requests did not start within {timeout} s")
+
+
+class _FakeGuard:
+    def __init__(self) -> None:
+        self.closed: list[Flask] = []
+
+    def close_store(self, app: Flask) -> None:
+        self.closed.append(app)
+
+
+@pytest.fixture
+def runner_factory() -> t.Iterator[t.Callable[..., Runner]]:
+    runners: list[Runner] = []
+
+    def make(app: Flask | None = None, **kwargs: t.Any) -> Runner:
+        kwargs.setdefault("port", 0)
+        runner = Runner(app or slow_app.create_app(), **kwargs)
+        runner.start()
+        runners.append(runner)
+        return runner
+
+    yield make
+    for runner in runners:
+        runner.stop(timeout=0)
+
+
+def test_runner_takes_defaults_from_the_app_config() -> None:
+    app = Flask(__name__)
+    app.config["TOKENGUARD_SERVE_THREADS"] = "3"
+    app.config["TOKENGUARD_SERVE_DRAIN_TIMEOUT"] = 7
+    runner = Runner(app)
+    assert runner.adjustments["threads"] == 3
+    assert runner.adjustments["connection_limit"] == 200
+    assert runner.adjustments["max_request_body_size"] == 1024 * 1024
+    assert runner.adjustments["clear_untrusted_proxy_headers"] is True
+    assert "trusted_proxy" not in runner.adjustments
+    assert runner.drain_timeout == 7
+    assert (runner.host, runner.port) == ("127.0.0.1", 8080)
+
+
+def test_runner_passes_proxy_headers_explicitly() -> None:
+    app = Flask(__name__)
+    app.config["TOKENGUARD_TRUSTED_PROXY"] = "10.0.0.5"
+    runner = Runner(app)
+    assert runner.adjustments["trusted_proxy"] == "10.0.0.5"
+    assert runner.adjustments["trusted_proxy_headers"] == {
+        "x-forwarded-proto",
+        "x-forwarded-for",
+    }
+    assert "trusted_proxy" not in Runner(app, trusted_proxy="").adjustments
+    with pytest.raises(ConfigurationError, match="TRUSTED_PROXY_HEADERS"):
+        Runner(app, trusted_proxy_headers=[])
+
+
+@pytest.mark.server
+def test_runner_serves_on_a_free_port(runner_factory: t.Callable[..., Runner]) -> None:
+    runner = runner_factory()
+    assert runner.effective_port > 0
+    assert runner.url == f"http://127.0.0.1:{runner.effective_port}"
+    response = _get(runner.url + "/echo")
+    assert response.status_code == 200
+    assert response.json()["scheme"] == "http"
+    assert runner.running
+
+
+@pytest.mark.server
+def test_stop_refuses_new_connections(runner_factory: t.Callable[..., Runner]) -> None:
+    runner = runner_factory()
+    assert _get(runner.url + "/echo").status_code == 200
+    assert runner.stop() is True
+    assert not runner.running
+    assert runner.wait(timeout=1)
+    assert _refused(runner.effective_port)
+    assert runner.stop() is True  # idempotent
+
+
+@pytest.mark.server
+def test_stop_drains_a_request_in_flight_then_closes_the_store(
+    runner_factory: t.Callable[..., Runner], tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    app = slow_app.create_app(str(started))
+    guard = _FakeGuard()
+    app.extensions["tokenguard"] = guard
+    runner = runner_factory(app)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(_get, runner.url + "/slow", params={"seconds": "0.5"})
+        _wait_for_lines(started, 1)
+        assert runner.stop() is True
+        response = future.result()
+    assert response.status_code == 200
+    assert response.content == slow_app.body()
+    assert guard.closed == [app]
+
+
+@pytest.mark.server
+def test_stop_reports_a_drain_cut_short(
+    runner_factory: t.Callable[..., Runner], tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    runner = runner_factory(slow_app.create_app(str(started)), drain_timeout=0.1)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(_get, runner.url + "/slow", params={"seconds": "2"})
+        _wait_for_lines(started, 1)
+        began = time.monotonic()
+        assert runner.stop() is False
+        assert time.monotonic() - began < 1
+        with pytest.raises(requests.ConnectionError):
+            future.result()
+
+
+@pytest.mark.server
+def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(APP_FILE),
+            "--port",
+            "0",
+            "--threads",
+            "4",
+            "--started",
+            str(started),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stderr: list[str] = []
+    ready = threading.Event()
+    port: list[int] = []
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            stderr.append(line)
+            match = re.search(r"Serving on http://127\.0\.0\.1:(\d+)", line)
+            if match:
+                port.append(int(match.group(1)))
+                ready.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(15), "".join(stderr)
+        url = f"http://127.0.0.1:{port[0]}/slow"
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            futures = [
+                pool.submit(_get, url, params={"access_token": TOKEN}, headers=headers)
+                for _ in range(6)
+            ]
+            # 4 workers busy, 2 requests queued in waitress when the signal arrives.
+            _wait_for_lines(started, 4)
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            refused_while_draining = None
+            while time.monotonic() - signalled < 3:
+                if _refused(port[0]):
+                    refused_while_draining = proc.poll() is None
+                    break
+                time.sleep(0.02)
+            responses = [f.result() for f in futures]
+        assert proc.wait(timeout=10) == 0
+        exited_after = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(5)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    log = "".join(stderr)
+    assert refused_while_draining is True, log
+    assert [r.status_code for r in responses] == [200] * 6
+    assert all(r.content == slow_app.body() for r in responses)
+    assert exited_after < 8
+    assert len(started.read_text().splitlines()) == 6
+    assert "Received SIGTERM" in log
+    assert "Traceback" not in log
+    assert "Canceling" not in log
+    assert log.count("GET /slow 200") == 6
+    assert TOKEN not in log
+    assert _refused(port[0])
+
+
+@pytest.mark.server
+def test_trusted_proxy_headers_set_the_scheme(
+    runner_factory: t.Callable[..., Runner],
+) -> None:
+    runner = runner_factory(trusted_proxy="127.0.0.1")
+    response = _get(
+        runner.url + "/echo",
+        headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"},
+    )
+    assert response.json()["scheme"] == "https"
+    assert response.json()["remote_addr"] == "203.0.113.7"
+
+
+@pytest.mark.server
+def test_trusted_proxy_comes_from_the_config(
+    runner_factory: t.Callable[..., Runner],
+) -> None:
+    app = slow_app.create_app()
+    app.config["TOKENGUARD_TRUSTED_PROXY"] = "127.0.0.1"
+    app.config["TOKENGUARD_TRUSTED_PROXY_HEADERS"] = ["x-forwarded-proto"]
+    runner = runner_factory(app)
+    response = _get(
+        runner.url + "/echo",
+        headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"},
+    )
+    assert response.json()["scheme"] == "https"
+    assert response.json()["remote_addr"] == "127.0.0.1"  # X-Forwarded-For not trusted
+
+
+@pytest.mark.server
+def test_forwarded_headers_are_cleared_without_a_trusted_proxy(
+    runner_factory: t.Callable[..., Runner],
+) -> None:
+    runner = runner_factory()
+    response = _get(
+        runner.url + "/echo",
+        headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"},
+    )
+    assert response.json() == {
+        "scheme": "http",
+        "remote_addr": "127.0.0.1",
+        "forwarded_proto": None,
+    }
+
+
+@pytest.mark.server
+def test_serve_reports_a_busy_port_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert serve(Flask(__name__), port=port, log_level=None) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"Error: cannot serve on 127.0.0.1:{port}: ")
+    assert "in use" in err
+    assert "Traceback" not in err
+
+
+def test_serve_reports_a_bad_setting_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    app = Flask(__name__)
+    app.config["TOKENGUARD_SERVE_THREADS"] = "many"
+    assert serve(app, port=0, log_level=None) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "TOKENGUARD_SERVE_THREADS" in err
+
+
+@pytest.mark.server
+def test_serve_stops_on_sigterm_and_restores_handlers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="flask_tokenguard")
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    guard = _FakeGuard()
+    app = slow_app.create_app()
+    app.extensions["tokenguard"] = guard
+    statuses: list[int] = []
+
+    def client() -> None:
+        deadline = time.monotonic() + 10
+        try:
+            while signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM]:
+                if time.monotonic() > deadline:
+                    return  # serve() never got going; it has returned by itself
+                time.sleep(0.01)
+            lines = [
+                r.getMessage() for r in caplog.records if "Serving on" in r.getMessage()
+            ]
+            url = lines[0].split("Serving on ", 1)[1]
+            statuses.append(_get(url + "/echo").status_code)
+        finally:
+            if signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    code = serve(app, port=0, drain_timeout=2, log_level=None)
+    thread.join(10)
+    assert code == 0
+    assert statuses == [200]
+    assert guard.closed == [app]
+    assert {s: signal.getsignal(s) for s in before} == before
+    assert "Received SIGTERM" in caplog.text
+
+
+@pytest.mark.server
+def test_logs_never_contain_tokens(
+    runner_factory: t.Callable[..., Runner], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="flask_tokenguard")
+    caplog.set_level(logging.DEBUG, logger="waitress")
+    app = slow_app.create_app()
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("boom")
+
+    runner = runner_factory(app, access_log=True)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    params = {"access_token": TOKEN}
+    assert _get(runner.url + "/echo", headers=headers, params=params).status_code == 200
+    assert (
+        _get(runner.url + "/missing", headers=headers, params=params).status_code == 404
+    )
+    assert _get(runner.url + "/boom", headers=headers, params=params).status_code == 500
+    assert (
+        _get(runner.url + "/a%0Ab", headers=headers, params=params).status_code == 404
+    )
+    runner.stop()
+    text = caplog.text
+    assert re.search(r"127\.0\.0\.1 GET /echo 200 [\d.]+ms", text)
+    assert "GET /missing 404" in text
+    assert "GET /boom 500" in text
+    assert "GET /a%0Ab 404" in text  # a newline in the path cannot forge a log line
+    assert TOKEN not in text
+    assert "access_token" not in text
+
+
+def test_configure_logging_adds_a_handler_only_to_a_bare_root(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    configure_logging(logging.INFO)
+    assert len(root.handlers) == 1
+    handler = root.handlers[0]
+    assert handler.formatter is not None
+    assert handler.formatter._fmt == serve_module.LOG_FORMAT
+    assert root.level == logging.INFO
+    configure_logging(logging.DEBUG)
+    assert root.handlers == [handler]
+    assert root.level == logging.INFO
