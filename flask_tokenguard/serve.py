@@ -35,6 +35,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 from waitress.server import create_server
 from waitress.task import ThreadedTaskDispatcher
+from waitress.task import WSGITask
 
 from .config import Settings
 from .errors import ConfigurationError
@@ -133,6 +134,22 @@ class _AccessLog:
             status,
             (time.perf_counter() - started) * 1000,
         )
+
+
+class _Task(WSGITask):
+    """waitress's task, sending ``WWW-Authenticate`` spelled as RFC 7235 spells it.
+
+    waitress capitalises every header name (``Www-Authenticate``). Names are
+    case-insensitive, but some clients and scripts read headers into a plain dict.
+    """
+
+    def build_response_header(self) -> bytes:
+        header: bytes = super().build_response_header()
+        return header.replace(b"\r\nWww-Authenticate:", b"\r\nWWW-Authenticate:")
+
+
+class _Channel(HTTPChannel):
+    task_class = _Task
 
 
 class Runner:
@@ -265,6 +282,8 @@ class Runner:
         self._listeners = [
             obj for obj in self._map.values() if isinstance(obj, BaseWSGIServer)
         ]
+        for listener in self._listeners:
+            listener.channel_class = _Channel
         self._thread = threading.Thread(
             target=self._run, name="tokenguard-serve", daemon=True
         )

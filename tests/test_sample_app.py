@@ -149,3 +149,16 @@ def test_three_processes_never_over_allocate_seats(
                          auth=auth, timeout=10).status_code == 200
     for server in servers:
         assert server.stop() == 0
+
+
+def test_challenge_header_is_spelled_as_rfc_7235_on_the_wire(sample_server: t.Callable[..., SampleServer]) -> None:
+    """waitress capitalises header names; a plain dict of headers must still find it."""
+    import urllib.error
+    import urllib.request
+
+    server = sample_server()
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(server.url + "/orders", timeout=10)
+    headers = dict(caught.value.headers)
+    assert caught.value.code == 401
+    assert headers["WWW-Authenticate"] == 'Bearer realm="tokenguard"'
