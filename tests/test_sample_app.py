@@ -160,5 +160,6 @@ def test_challenge_header_is_spelled_as_rfc_7235_on_the_wire(sample_server: t.Ca
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(server.url + "/orders", timeout=10)
     headers = dict(caught.value.headers)
+    caught.value.close()
     assert caught.value.code == 401
     assert headers["WWW-Authenticate"] == 'Bearer realm="tokenguard"'
