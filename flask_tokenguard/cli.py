@@ -68,7 +68,7 @@ def _read_password(password_stdin: bool) -> str:
     if password_stdin:
         line = sys.stdin.readline()
         return line.rstrip("\r\n")
-    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
 
 
 # -- clients -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 import typing as t
+from urllib.parse import parse_qsl
 from urllib.parse import unquote_plus
 
 from flask import Blueprint
@@ -105,13 +106,17 @@ def read_params() -> dict[str, str]:
     mimetype = request.mimetype
     try:
         if mimetype == "application/x-www-form-urlencoded":
-            form = request.form
-            params: dict[str, t.Any] = {}
-            for key in form:
-                values = form.getlist(key)
-                if len(values) != 1:
-                    raise InvalidRequestError("A parameter was sent more than once.")
-                params[key] = values[0]
+            # Parsed here, not by werkzeug, which keeps invalid UTF-8 as literal text.
+            try:
+                pairs = parse_qsl(
+                    request.get_data(cache=True).decode("ascii"),
+                    keep_blank_values=True,
+                    encoding="utf-8",
+                    errors="strict",
+                )
+            except (UnicodeDecodeError, ValueError):
+                raise InvalidRequestError("The body is not valid UTF-8 form data.") from None
+            params: dict[str, t.Any] = _reject_duplicates(pairs)
         elif mimetype == "application/json":
             try:
                 parsed = json.loads(
@@ -178,6 +183,20 @@ def _authenticated_client(params: dict[str, str]) -> Client:
 
 def _issuer() -> str:
     return _state().settings.issuer or request.host_url.rstrip("/")
+
+
+class _MethodNotAllowedError(InvalidRequestError):
+    code = 405
+    description = "This endpoint accepts POST only."
+
+
+@bp.route("/token", methods=["GET", "PUT", "PATCH", "DELETE"])
+@bp.route("/logoff", methods=["GET", "PUT", "PATCH", "DELETE"])
+@bp.route("/revoke", methods=["GET", "PUT", "PATCH", "DELETE"])
+@bp.route("/introspect", methods=["GET", "PUT", "PATCH", "DELETE"])
+def _post_only() -> Response:
+    # Routed here, rather than left to werkzeug's HTML 405, so the error is JSON.
+    raise _MethodNotAllowedError(headers={"Allow": "POST, OPTIONS"})
 
 
 @bp.post("/token")
