@@ -2,18 +2,18 @@
 
 One class serves every server engine, so the seat-locking design is written once:
 
-- every transaction that may change seats first *writes* the single ``tg_pool`` row
-  (``UPDATE tg_pool SET version = version + 1 WHERE id = 1``). A write takes an exclusive
-  row lock on every engine without dialect hints, unlike ``SELECT ... FOR UPDATE``, which
-  SQLAlchemy renders as a plain SELECT on mssql;
+- every transaction that may change seats first *writes* the single ``tg_pool``
+  row (``UPDATE tg_pool SET version = version + 1 WHERE id = 1``). A write takes an
+  exclusive row lock on every engine without dialect hints, unlike ``SELECT ... FOR
+  UPDATE``, which SQLAlchemy renders as a plain SELECT on mssql;
 - transactions run at READ COMMITTED, so each statement after the lock takes a fresh
   snapshot and sees what the previous lock holder committed (InnoDB defaults to
   REPEATABLE READ, under which the count would read a stale snapshot);
 - revocations write the ``revocation_seq`` counter row first, which both serializes
   revokers and hands out the sequence number stored with the revoked ids.
 
-Lock order, to rule out deadlocks: pool row, then counter row, then revoked rows, then
-session rows. Writers that touch a single session row (refresh rotation) take no other lock.
+Lock order, to rule out deadlocks: pool row, then counter row, then revoked rows,
+then session rows. A writer of one session row (refresh rotation) takes no other lock.
 
 SQLAlchemy is imported lazily: the tables and statements are built once per process by
 ``_sql()`` on first use and then shared by every store, so the compiled-statement cache
@@ -23,7 +23,6 @@ hits on every call (building statements per call triples the cost of Core).
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import random
 import re
@@ -91,7 +90,11 @@ class _SQL:
         table_kw: dict[str, t.Any] = {
             f"{prefix}_{key}": value
             for prefix in ("mysql", "mariadb")
-            for key, value in (("engine", "InnoDB"), ("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))
+            for key, value in (
+                ("engine", "InnoDB"),
+                ("charset", "utf8mb4"),
+                ("collate", "utf8mb4_bin"),
+            )
         }
 
         def key(length: int = 128) -> sa.types.TypeEngine[str]:
@@ -107,25 +110,29 @@ class _SQL:
             return sa.Double()
 
         self.pool = pool = sa.Table(
-            "tg_pool", metadata,
+            "tg_pool",
+            metadata,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
             sa.Column("version", sa.BigInteger, nullable=False),
             **table_kw,
         )
         self.counters = counters = sa.Table(
-            "tg_counters", metadata,
+            "tg_counters",
+            metadata,
             sa.Column("name", key(64), primary_key=True),
             sa.Column("value", sa.BigInteger, nullable=False),
             **table_kw,
         )
         self.schema_version = schema_version = sa.Table(
-            "tg_schema_version", metadata,
+            "tg_schema_version",
+            metadata,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
             sa.Column("version", sa.Integer, nullable=False),
             **table_kw,
         )
         self.clients = clients = sa.Table(
-            "tg_clients", metadata,
+            "tg_clients",
+            metadata,
             sa.Column("client_id", key(), primary_key=True),
             sa.Column("alias", key(), nullable=True),
             sa.Column("name", sa.Unicode(255), nullable=False),
@@ -134,22 +141,26 @@ class _SQL:
             sa.Column("scopes", sa.UnicodeText, nullable=False),
             sa.Column("enabled", sa.Boolean, nullable=False),
             sa.Column("created_at", when(), nullable=False),
-            # A filtered index, because a SQL Server UNIQUE constraint admits one NULL only.
+            # Filtered: a SQL Server UNIQUE constraint admits only one NULL.
             sa.Index(
-                "tg_clients_alias", "alias", unique=True,
+                "tg_clients_alias",
+                "alias",
+                unique=True,
                 mssql_where=sa.column("alias").isnot(None),
             ),
             **table_kw,
         )
         self.users = users = sa.Table(
-            "tg_users", metadata,
+            "tg_users",
+            metadata,
             sa.Column("username", key(), primary_key=True),
             sa.Column("password_hash", sa.Unicode(512), nullable=False),
             sa.Column("created_at", when(), nullable=False),
             **table_kw,
         )
         self.sessions = sessions = sa.Table(
-            "tg_sessions", metadata,
+            "tg_sessions",
+            metadata,
             sa.Column("session_id", key(), primary_key=True),
             sa.Column("client_id", key(), nullable=False),
             sa.Column("subject", sa.Unicode(255), nullable=False),
@@ -164,18 +175,22 @@ class _SQL:
             **table_kw,
         )
         self.used_refresh = used_refresh = sa.Table(
-            "tg_used_refresh", metadata,
+            "tg_used_refresh",
+            metadata,
             sa.Column("refresh_hash", key(), primary_key=True),
             # Cascade: sweeping or ending a session forgets its used hashes for free.
             sa.Column(
-                "session_id", key(),
+                "session_id",
+                key(),
                 sa.ForeignKey("tg_sessions.session_id", ondelete="CASCADE"),
-                nullable=False, index=True,
+                nullable=False,
+                index=True,
             ),
             **table_kw,
         )
         self.revoked = revoked = sa.Table(
-            "tg_revoked", metadata,
+            "tg_revoked",
+            metadata,
             sa.Column("token_id", key(), primary_key=True),
             sa.Column("expires_at", when(), nullable=False),
             sa.Column("seq", sa.BigInteger, nullable=False),
@@ -184,12 +199,14 @@ class _SQL:
             **table_kw,
         )
         self.claims = claims = sa.Table(
-            "tg_claims", metadata,
+            "tg_claims",
+            metadata,
             sa.Column("name", key(255), primary_key=True),
             **table_kw,
         )
         self.signing_keys = keys = sa.Table(
-            "tg_signing_keys", metadata,
+            "tg_signing_keys",
+            metadata,
             sa.Column("kid", key(), primary_key=True),
             sa.Column("alg", sa.Unicode(16), nullable=False),
             sa.Column("private_pem", sa.UnicodeText, nullable=False),
@@ -199,16 +216,21 @@ class _SQL:
         )
 
         bp = sa.bindparam
-        now = bp("now")
+        now: sa.BindParameter[float] = bp("now")
         live = sessions.c.expires_at > now
         seat_live = sa.and_(sessions.c.holds_seat == sa.true(), live)
 
         # -- lifecycle
         self.ping = sa.text("SELECT 1")
-        self.get_version = sa.select(schema_version.c.version).where(schema_version.c.id == 1)
+        self.get_version = sa.select(schema_version.c.version).where(
+            schema_version.c.id == 1
+        )
         #: (probe, seed) pairs: a SELECT that finds the row, an INSERT that creates it.
         self.seeds: tuple[tuple[sa.Select[t.Any], sa.Insert], ...] = (
-            (sa.select(pool.c.id).where(pool.c.id == 1), pool.insert().values(id=1, version=0)),
+            (
+                sa.select(pool.c.id).where(pool.c.id == 1),
+                pool.insert().values(id=1, version=0),
+            ),
             (
                 sa.select(counters.c.name).where(counters.c.name == _SEQ),
                 counters.insert().values(name=_SEQ, value=0),
@@ -222,9 +244,13 @@ class _SQL:
         self.wipe = tuple(table.delete() for table in reversed(metadata.sorted_tables))
 
         # -- locks: a write on one row is an exclusive row lock on every engine
-        self.lock_pool = pool.update().where(pool.c.id == 1).values(version=pool.c.version + 1)
+        self.lock_pool = (
+            pool.update().where(pool.c.id == 1).values(version=pool.c.version + 1)
+        )
         self.bump_seq = (
-            counters.update().where(counters.c.name == _SEQ).values(value=counters.c.value + 1)
+            counters.update()
+            .where(counters.c.name == _SEQ)
+            .values(value=counters.c.value + 1)
         )
         self.bump_seq_returning = self.bump_seq.returning(counters.c.value)
         self.get_seq = sa.select(counters.c.value).where(counters.c.name == _SEQ)
@@ -236,7 +262,9 @@ class _SQL:
         self.list_keys = sa.select(keys).order_by(keys.c.created_at, keys.c.kid)
         self.insert_key = keys.insert()
         self.retire_keys = (
-            keys.update().where(keys.c.retire_at.is_(None)).values(retire_at=bp("b_retire_at"))
+            keys.update()
+            .where(keys.c.retire_at.is_(None))
+            .values(retire_at=bp("b_retire_at"))
         )
         self.delete_retired_keys = keys.delete().where(keys.c.retire_at <= now)
 
@@ -249,19 +277,36 @@ class _SQL:
             clients.c.client_id == bp("b_client_id")
         )
         #: Rows whose id or alias is one of two names (a new id and alias).
-        self.names_taken = sa.select(sa.func.count()).select_from(clients).where(
-            sa.or_(
-                clients.c.client_id == bp("n1"), clients.c.client_id == bp("n2"),
-                clients.c.alias == bp("n1"), clients.c.alias == bp("n2"),
+        self.names_taken = (
+            sa.select(sa.func.count())
+            .select_from(clients)
+            .where(
+                sa.or_(
+                    clients.c.client_id == bp("n1"),
+                    clients.c.client_id == bp("n2"),
+                    clients.c.alias == bp("n1"),
+                    clients.c.alias == bp("n2"),
+                )
             )
         )
-        self.alias_taken = sa.select(sa.func.count()).select_from(clients).where(
-            clients.c.client_id != bp("b_client_id"),
-            sa.or_(clients.c.client_id == bp("b_alias"), clients.c.alias == bp("b_alias")),
+        self.alias_taken = (
+            sa.select(sa.func.count())
+            .select_from(clients)
+            .where(
+                clients.c.client_id != bp("b_client_id"),
+                sa.or_(
+                    clients.c.client_id == bp("b_alias"),
+                    clients.c.alias == bp("b_alias"),
+                ),
+            )
         )
         # SET columns come from the parameter names of each call.
-        self.update_client = clients.update().where(clients.c.client_id == bp("b_client_id"))
-        self.delete_client = clients.delete().where(clients.c.client_id == bp("b_client_id"))
+        self.update_client = clients.update().where(
+            clients.c.client_id == bp("b_client_id")
+        )
+        self.delete_client = clients.delete().where(
+            clients.c.client_id == bp("b_client_id")
+        )
         self.list_clients = sa.select(clients)
 
         # -- users
@@ -273,8 +318,12 @@ class _SQL:
 
         # -- sessions and seats
         self.sweep_sessions = sessions.delete().where(sessions.c.expires_at <= now)
-        self.count_seats = sa.select(sa.func.count()).select_from(sessions).where(seat_live)
-        self.earliest_seat = sa.select(sa.func.min(sessions.c.expires_at)).where(seat_live)
+        self.count_seats = (
+            sa.select(sa.func.count()).select_from(sessions).where(seat_live)
+        )
+        self.earliest_seat = sa.select(sa.func.min(sessions.c.expires_at)).where(
+            seat_live
+        )
         self.insert_session = sessions.insert()
         self.get_session = sa.select(sessions).where(
             sessions.c.session_id == bp("b_session_id"), live
@@ -323,7 +372,10 @@ class _SQL:
             # Prune expired revocations and any earlier entry under the same ids, so the
             # inserts that follow cannot collide (the counter lock keeps others out).
             prune = revoked.delete().where(
-                sa.or_(revoked.c.expires_at <= now, revoked.c.token_id.in_(ids.scalar_subquery()))
+                sa.or_(
+                    revoked.c.expires_at <= now,
+                    revoked.c.token_id.in_(ids.scalar_subquery()),
+                )
             )
             self.end[kind] = (pick, prune, drop)
 
@@ -337,10 +389,20 @@ class _SQL:
         )
 
 
-@functools.cache
+_SQL_LOCK = threading.Lock()
+_SQL_SHARED: _SQL | None = None
+
+
 def _sql() -> _SQL:
-    """The process-wide tables and statements, built on first use."""
-    return _SQL()
+    """The process-wide tables and statements, built once on first use."""
+    global _SQL_SHARED
+    if _SQL_SHARED is None:
+        # Double-checked, so that every store shares one set of statements (and so
+        # one compiled-cache entry each) even when threads open stores at once.
+        with _SQL_LOCK:
+            if _SQL_SHARED is None:
+                _SQL_SHARED = _SQL()
+    return _SQL_SHARED
 
 
 def _session(row: Row[t.Any]) -> TokenSession:
@@ -383,7 +445,11 @@ def _client_params(client: Client) -> dict[str, t.Any]:
 
 
 def _user(row: Row[t.Any]) -> User:
-    return User(username=row.username, password_hash=row.password_hash, created_at=float(row.created_at))
+    return User(
+        username=row.username,
+        password_hash=row.password_hash,
+        created_at=float(row.created_at),
+    )
 
 
 def _key(row: Row[t.Any]) -> SigningKey:
@@ -407,13 +473,14 @@ def _key_params(key: SigningKey) -> dict[str, t.Any]:
 
 
 class SQLAlchemyStore(Store):
-    """PostgreSQL (psycopg 3), MySQL/MariaDB (PyMySQL) and SQL Server through SQLAlchemy Core.
+    """PostgreSQL (psycopg 3), MySQL/MariaDB (PyMySQL) and SQL Server, via Core.
 
     ``sqlite+pysqlite`` is served too, so that CI runs this code without servers; the
     embedded default remains the stdlib ``sqlite://`` store.
 
-    Options go to ``create_engine`` except ``schema``: a PostgreSQL/SQL Server schema or a
-    MySQL database, created if missing, that holds the tables (tests isolate runs with it).
+    Options go to ``create_engine`` except ``schema``: a PostgreSQL/SQL Server schema
+    or a MySQL database, created if missing, that holds the tables (tests isolate runs
+    with it).
     """
 
     schemes = (
@@ -430,7 +497,7 @@ class SQLAlchemyStore(Store):
         try:
             import sqlalchemy as sa
             import sqlalchemy.exc as sa_exc
-        except ImportError as exc:  # pragma: no cover - depends on the install
+        except ImportError as exc:
             raise ConfigurationError(
                 "The SQL store needs SQLAlchemy: install flask-tokenguard[sql]"
             ) from exc
@@ -440,12 +507,16 @@ class SQLAlchemyStore(Store):
         try:
             parsed = sa.make_url(url)
         except sa_exc.ArgumentError as exc:
-            raise ConfigurationError(f"TOKENGUARD_STORE_URL is not a database URL: {exc}") from exc
+            raise ConfigurationError(
+                f"TOKENGUARD_STORE_URL is not a database URL: {exc}"
+            ) from exc
         if parsed.drivername == "postgresql":
-            # SQLAlchemy's bare "postgresql" means psycopg2; this package ships psycopg 3.
+            # SQLAlchemy's bare "postgresql" means psycopg2; we ship psycopg 3.
             parsed = parsed.set(drivername="postgresql+psycopg")
         backend = parsed.get_backend_name()
-        if schema is not None and (backend == "sqlite" or not _SCHEMA_NAME.fullmatch(schema)):
+        if schema is not None and (
+            backend == "sqlite" or not _SCHEMA_NAME.fullmatch(schema)
+        ):
             raise ConfigurationError(
                 f"schema {schema!r} is not usable: letters, digits, '_' and '-' only, "
                 "and not on SQLite"
@@ -456,26 +527,32 @@ class SQLAlchemyStore(Store):
             connect_args.setdefault("timeout", 30.0)
             options["connect_args"] = connect_args
         else:
-            # The seat lock relies on READ COMMITTED (see the module docstring). Set on
-            # the engine, it is applied once per new connection rather than per checkout.
+            # The seat lock relies on READ COMMITTED (see the module docstring). Set
+            # on the engine, it applies once per new connection, not per checkout.
             level = options.setdefault("isolation_level", "READ COMMITTED")
             if level != "READ COMMITTED":
-                raise ConfigurationError("The SQL store needs isolation_level READ COMMITTED")
+                raise ConfigurationError(
+                    "The SQL store needs isolation_level READ COMMITTED"
+                )
         try:
             engine = sa.create_engine(parsed, **options)
         except (ImportError, TypeError, sa_exc.ArgumentError) as exc:
-            raise ConfigurationError(f"Cannot build the SQL store's engine: {exc}") from exc
+            raise ConfigurationError(
+                f"Cannot build the SQL store's engine: {exc}"
+            ) from exc
         if backend == "sqlite":
             self._sqlite_events(engine)
         self._base_engine: Engine = engine
         self._engine: Engine = (
-            engine.execution_options(schema_translate_map={None: schema}) if schema else engine
+            engine.execution_options(schema_translate_map={None: schema})
+            if schema
+            else engine
         )
         self._schema = schema
         self._backend = backend
         self._ready = False
         self._setup_lock = threading.Lock()
-        #: Whether UPDATE ... RETURNING saves a round trip; known after the first connect.
+        #: Whether UPDATE ... RETURNING saves a round trip; known once connected.
         self._returning = False
         _STORES.add(self)
 
@@ -552,9 +629,9 @@ class SQLAlchemyStore(Store):
     def _setup(self) -> None:
         """Create the schema and seed rows once, tolerating concurrent creators.
 
-        Processes opening a new store at once all see tables missing; the losers' CREATE
-        or INSERT fails ("already exists", unique violation, or on PostgreSQL a unique
-        violation in the catalog) and a retry, once the winner is done, finds everything.
+        Processes opening a new store at once all see tables missing; the losers'
+        CREATE or INSERT fails ("already exists", or on PostgreSQL a unique violation
+        in the catalog) and a retry, once the winner is done, finds everything.
         """
         exc_ = self._exc
         with self._setup_lock:
@@ -570,7 +647,11 @@ class SQLAlchemyStore(Store):
                     try:
                         self._create()
                         break
-                    except (exc_.ProgrammingError, exc_.OperationalError, exc_.IntegrityError):
+                    except (
+                        exc_.ProgrammingError,
+                        exc_.OperationalError,
+                        exc_.IntegrityError,
+                    ):
                         if time.monotonic() > deadline:
                             raise
                         # Jitter, so that the losers do not collide again in step.
@@ -617,9 +698,14 @@ class SQLAlchemyStore(Store):
     def _create_schema(self) -> None:
         name = self._quoted_schema()
         if self._backend in ("mysql", "mariadb"):
-            statement = f"CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            statement = (
+                f"CREATE DATABASE IF NOT EXISTS {name}"
+                " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            )
         elif self._backend == "mssql":
-            statement = f"IF SCHEMA_ID(N'{self._schema}') IS NULL EXEC('CREATE SCHEMA {name}')"
+            statement = (
+                f"IF SCHEMA_ID(N'{self._schema}') IS NULL EXEC('CREATE SCHEMA {name}')"
+            )
         else:
             # Concurrent IF NOT EXISTS can still fail on PostgreSQL; _setup retries.
             statement = f"CREATE SCHEMA IF NOT EXISTS {name}"
@@ -650,7 +736,10 @@ class SQLAlchemyStore(Store):
                 statement = {
                     "mysql": f"DROP DATABASE IF EXISTS {name}",
                     "mariadb": f"DROP DATABASE IF EXISTS {name}",
-                    "mssql": f"IF SCHEMA_ID(N'{self._schema}') IS NOT NULL EXEC('DROP SCHEMA {name}')",
+                    "mssql": (
+                        f"IF SCHEMA_ID(N'{self._schema}') IS NOT NULL"
+                        f" EXEC('DROP SCHEMA {name}')"
+                    ),
                 }.get(self._backend, f"DROP SCHEMA IF EXISTS {name} CASCADE")
                 with self._base_engine.begin() as conn:
                     conn.exec_driver_sql(statement)
@@ -709,7 +798,7 @@ class SQLAlchemyStore(Store):
     def create_client(self, client: Client) -> None:
         q = self._q
         with self._tx() as conn:
-            # Under the pool lock no other writer can take the id or alias after our check.
+            # Under the pool lock, nobody can take the id or alias after our check.
             self._lock_pool(conn)
             names = {"n1": client.client_id, "n2": client.alias or client.client_id}
             if conn.execute(q.names_taken, names).scalar_one():
@@ -718,7 +807,7 @@ class SQLAlchemyStore(Store):
 
     def get_client(self, id_or_alias: str) -> Client | None:
         with self._tx() as conn:
-            rows = conn.execute(self._q.get_client, {"key": id_or_alias}).all()
+            rows = list(conn.execute(self._q.get_client, {"key": id_or_alias}))
         # An id never equals another client's alias, but prefer the id if it ever did.
         rows.sort(key=lambda row: row.client_id != id_or_alias)
         return _client(rows[0]) if rows else None
@@ -727,11 +816,18 @@ class SQLAlchemyStore(Store):
         q = self._q
         with self._tx() as conn:
             self._lock_pool(conn)
-            if conn.execute(q.client_exists, {"b_client_id": client.client_id}).first() is None:
+            if (
+                conn.execute(q.client_exists, {"b_client_id": client.client_id}).first()
+                is None
+            ):
                 return False
-            if client.alias and conn.execute(
-                q.alias_taken, {"b_client_id": client.client_id, "b_alias": client.alias}
-            ).scalar_one():
+            if (
+                client.alias
+                and conn.execute(
+                    q.alias_taken,
+                    {"b_client_id": client.client_id, "b_alias": client.alias},
+                ).scalar_one()
+            ):
                 raise ConflictError("alias is taken")
             params = _client_params(client)
             del params["client_id"]
@@ -740,7 +836,10 @@ class SQLAlchemyStore(Store):
 
     def delete_client(self, client_id: str) -> bool:
         with self._tx() as conn:
-            return conn.execute(self._q.delete_client, {"b_client_id": client_id}).rowcount > 0
+            return (
+                conn.execute(self._q.delete_client, {"b_client_id": client_id}).rowcount
+                > 0
+            )
 
     def list_clients(self) -> list[Client]:
         with self._tx() as conn:
@@ -754,7 +853,11 @@ class SQLAlchemyStore(Store):
         with self._tx() as conn:
             conn.execute(
                 self._q.insert_user,
-                {"username": user.username, "password_hash": user.password_hash, "created_at": user.created_at},
+                {
+                    "username": user.username,
+                    "password_hash": user.password_hash,
+                    "created_at": user.created_at,
+                },
             )
 
     def get_user(self, username: str) -> User | None:
@@ -766,13 +869,19 @@ class SQLAlchemyStore(Store):
         with self._tx() as conn:
             result = conn.execute(
                 self._q.update_user,
-                {"password_hash": user.password_hash, "created_at": user.created_at, "b_username": user.username},
+                {
+                    "password_hash": user.password_hash,
+                    "created_at": user.created_at,
+                    "b_username": user.username,
+                },
             )
             return result.rowcount > 0
 
     def delete_user(self, username: str) -> bool:
         with self._tx() as conn:
-            return conn.execute(self._q.delete_user, {"b_username": username}).rowcount > 0
+            return (
+                conn.execute(self._q.delete_user, {"b_username": username}).rowcount > 0
+            )
 
     def list_users(self) -> list[User]:
         with self._tx() as conn:
@@ -781,7 +890,9 @@ class SQLAlchemyStore(Store):
 
     # -- sessions and seats ------------------------------------------------------------
 
-    def start_session(self, session: TokenSession, seat_limit: int | None, now: float) -> bool:
+    def start_session(
+        self, session: TokenSession, seat_limit: int | None, now: float
+    ) -> bool:
         q = self._q
         with self._tx() as conn:
             # 1. Lock: concurrent acquirers queue here, across processes and hosts.
@@ -819,10 +930,14 @@ class SQLAlchemyStore(Store):
 
     def get_session(self, session_id: str, now: float) -> TokenSession | None:
         with self._tx() as conn:
-            row = conn.execute(self._q.get_session, {"b_session_id": session_id, "now": now}).first()
+            row = conn.execute(
+                self._q.get_session, {"b_session_id": session_id, "now": now}
+            ).first()
         return None if row is None else _session(row)
 
-    def find_refresh(self, refresh_hash: str, now: float) -> tuple[TokenSession, bool] | None:
+    def find_refresh(
+        self, refresh_hash: str, now: float
+    ) -> tuple[TokenSession, bool] | None:
         q = self._q
         params = {"b_refresh_hash": refresh_hash, "now": now}
         with self._tx() as conn:
@@ -833,7 +948,12 @@ class SQLAlchemyStore(Store):
         return None if row is None else (_session(row), False)
 
     def rotate_refresh(
-        self, session_id: str, old_hash: str, new_hash: str, expires_at: float, now: float
+        self,
+        session_id: str,
+        old_hash: str,
+        new_hash: str,
+        expires_at: float,
+        now: float,
     ) -> TokenSession | None:
         q = self._q
         params = {
@@ -844,7 +964,8 @@ class SQLAlchemyStore(Store):
             "now": now,
         }
         with self._tx() as conn:
-            # The UPDATE is the compare-and-swap; its row lock holds off a second refresh.
+            # The UPDATE is the compare-and-swap; its row lock holds off a second
+            # refresh with the same token until we commit.
             if self._returning:
                 row = conn.execute(q.rotate_returning, params).first()
                 if row is None:
@@ -852,12 +973,16 @@ class SQLAlchemyStore(Store):
             else:
                 if conn.execute(q.rotate, params).rowcount != 1:
                     return None
-                row = conn.execute(q.get_session_any, {"b_session_id": session_id}).one()
-            conn.execute(q.insert_used, {"refresh_hash": old_hash, "session_id": session_id})
+                row = conn.execute(
+                    q.get_session_any, {"b_session_id": session_id}
+                ).one()
+            conn.execute(
+                q.insert_used, {"refresh_hash": old_hash, "session_id": session_id}
+            )
         return _session(row)
 
     def _end(self, kind: str, key: str | None, now: float) -> list[TokenSession]:
-        """End sessions chosen by ``kind`` and record them as revoked; return the live ones."""
+        """End the sessions ``kind`` picks, record them as revoked; return live ones."""
         pick, prune, drop = self._q.end[kind]
         params = {"b_key": key, "now": now}
         with self._tx() as conn:
@@ -872,7 +997,11 @@ class SQLAlchemyStore(Store):
             conn.execute(
                 self._q.insert_revoked,
                 [
-                    {"token_id": s.session_id, "expires_at": max(s.expires_at, now + 1), "seq": seq}
+                    {
+                        "token_id": s.session_id,
+                        "expires_at": max(s.expires_at, now + 1),
+                        "seq": seq,
+                    }
                     for s in ended
                 ],
             )
@@ -893,7 +1022,9 @@ class SQLAlchemyStore(Store):
             if client_id is None:
                 rows = conn.execute(q.list_sessions, {"now": now})
             else:
-                rows = conn.execute(q.list_client_sessions, {"b_client_id": client_id, "now": now})
+                rows = conn.execute(
+                    q.list_client_sessions, {"b_client_id": client_id, "now": now}
+                )
             sessions = [_session(row) for row in rows]
         return sorted(sessions, key=lambda s: (s.created_at, s.session_id))
 
@@ -902,10 +1033,13 @@ class SQLAlchemyStore(Store):
     def revoke(self, token_id: str, expires_at: float, now: float) -> None:
         q = self._q
         with self._tx() as conn:
-            # The counter write serializes revokers, so prune-then-insert cannot collide.
+            # The counter write serializes revokers: prune-then-insert cannot collide.
             seq = self._bump_seq(conn)
             conn.execute(q.prune_revoked, {"now": now, "b_token_id": token_id})
-            conn.execute(q.insert_revoked, {"token_id": token_id, "expires_at": expires_at, "seq": seq})
+            conn.execute(
+                q.insert_revoked,
+                {"token_id": token_id, "expires_at": expires_at, "seq": seq},
+            )
 
     def revocation_seq(self) -> int:
         with self._tx() as conn:
@@ -920,4 +1054,3 @@ class SQLAlchemyStore(Store):
             current = int(conn.execute(q.get_seq).scalar_one())
             rows = conn.execute(q.revoked_since, {"b_seq": seq, "now": now}).all()
         return {row.token_id: float(row.expires_at) for row in rows}, current
-

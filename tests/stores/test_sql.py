@@ -1,0 +1,585 @@
+"""What only the SQLAlchemy store does: URLs, schemas, concurrent creation, caching.
+
+The shared contract runs in ``test_contract.py``; these tests cover SQL-specific
+behaviour on PostgreSQL and MariaDB (marked; skipped with a printed reason when no
+server answers, failed under ``CI=true``) and, where no server is needed, on a SQLite
+file.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import typing as t
+import uuid
+import warnings
+from pathlib import Path
+
+import pytest
+
+from flask_tokenguard.errors import ConfigurationError
+from flask_tokenguard.errors import ConflictError
+from flask_tokenguard.errors import StoreError
+from flask_tokenguard.models import Client
+from flask_tokenguard.models import SigningKey
+from flask_tokenguard.models import TokenSession
+from flask_tokenguard.stores import store_from_url
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from sqlalchemy.pool import QueuePool
+
+    from flask_tokenguard.stores.sql import SQLAlchemyStore
+
+sa = pytest.importorskip("sqlalchemy")
+
+from flask_tokenguard.stores import sql as sql_module  # noqa: E402 - needs the skip above
+
+POSTGRESQL_URL = (
+    os.environ.get("TOKENGUARD_TEST_POSTGRESQL_URL")
+    or "postgresql://postgres@127.0.0.1:5432/test"
+)
+MARIADB_URL = (
+    os.environ.get("TOKENGUARD_TEST_MARIADB_URL")
+    or "mysql+pymysql://root@127.0.0.1:3306/test"
+)
+
+SERVERS = [
+    pytest.param(POSTGRESQL_URL, id="postgresql", marks=pytest.mark.postgresql),
+    pytest.param(MARIADB_URL, id="mariadb", marks=pytest.mark.mariadb),
+]
+
+
+def unavailable(reason: str) -> t.NoReturn:
+    """Skip (printing why) when a server does not answer; fail under CI instead."""
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(reason)
+    print(f"skipped: {reason}", file=sys.stderr)
+    pytest.skip(reason)
+
+
+def new_schema() -> str:
+    return f"tgtest_{uuid.uuid4().hex[:12]}"
+
+
+def make_session(
+    sid: str, *, expires_at: float = 2000.0, holds_seat: bool = True
+) -> TokenSession:
+    return TokenSession(
+        session_id=sid,
+        client_id="app",
+        subject="alice",
+        scope="all",
+        holds_seat=holds_seat,
+        refresh_hash=f"hash-{sid}",
+        created_at=1000.0,
+        expires_at=expires_at,
+    )
+
+
+def count_rows(store: SQLAlchemyStore, table_name: str) -> int:
+    """Rows of one of the store's tables, read through its own schema mapping."""
+    table = store._q.metadata.tables[table_name]
+    with store._engine.connect() as conn:
+        return int(
+            conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+        )
+
+
+def schema_exists(store: SQLAlchemyStore, schema: str) -> bool:
+    query = sa.text(
+        "SELECT count(*) FROM information_schema.schemata WHERE schema_name = :s"
+    )
+    with store._base_engine.connect() as conn:
+        return bool(conn.execute(query, {"s": schema}).scalar_one())
+
+
+def tables_in(store: SQLAlchemyStore, schema: str) -> set[str]:
+    query = sa.text(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = :s"
+    )
+    with store._base_engine.connect() as conn:
+        return {str(name) for name in conn.execute(query, {"s": schema}).scalars()}
+
+
+@pytest.fixture(params=SERVERS)
+def server_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a database server that answers (checked with a throwaway store)."""
+    url = t.cast(str, request.param)
+    probe = store_from_url(url)
+    try:
+        probe.check()
+    except StoreError as exc:
+        unavailable(f"{url} unreachable: {exc}")
+    finally:
+        probe.close()
+    return url
+
+
+@pytest.fixture
+def make_store() -> t.Iterator[t.Callable[..., SQLAlchemyStore]]:
+    """Build SQL stores; each one's schema (or tables) is dropped at teardown."""
+    made: list[SQLAlchemyStore] = []
+
+    def make(url: str, **options: t.Any) -> SQLAlchemyStore:
+        store = t.cast("SQLAlchemyStore", store_from_url(url, **options))
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        try:
+            store.drop()
+        finally:
+            store.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+pysqlite:///{tmp_path / 'tokenguard-sa.sqlite3'}"
+
+
+# -- URLs and options ------------------------------------------------------------------
+
+
+def test_postgresql_url_selects_psycopg3() -> None:
+    pytest.importorskip("psycopg")
+    store = t.cast(
+        "SQLAlchemyStore", store_from_url("postgresql://postgres@127.0.0.1:5432/test")
+    )
+    try:
+        assert store._base_engine.url.drivername == "postgresql+psycopg"
+        assert store._base_engine.dialect.driver == "psycopg"
+        dbapi = store._base_engine.dialect.dbapi
+        assert dbapi is not None
+        assert dbapi.__name__ == "psycopg"
+    finally:
+        store.close()
+
+
+def test_explicit_driver_urls_are_kept() -> None:
+    for url, driver in (
+        ("postgresql+psycopg://postgres@127.0.0.1/test", "psycopg"),
+        ("mysql+pymysql://root@127.0.0.1/test", "pymysql"),
+        ("mariadb+pymysql://root@127.0.0.1/test", "pymysql"),
+    ):
+        store = t.cast("SQLAlchemyStore", store_from_url(url))
+        try:
+            assert store._base_engine.dialect.driver == driver
+        finally:
+            store.close()
+
+
+def test_engine_options_are_passed_through(sqlite_url: str) -> None:
+    store = t.cast(
+        "SQLAlchemyStore", store_from_url(sqlite_url, pool_size=3, pool_pre_ping=False)
+    )
+    try:
+        assert t.cast("QueuePool", store._base_engine.pool).size() == 3
+        assert store._base_engine.pool._pre_ping is False
+    finally:
+        store.close()
+    store = t.cast("SQLAlchemyStore", store_from_url(sqlite_url))
+    try:
+        assert store._base_engine.pool._pre_ping is True
+    finally:
+        store.close()
+
+
+def test_bad_options_are_configuration_errors(sqlite_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="isolation_level"):
+        store_from_url(
+            "postgresql://postgres@127.0.0.1/test", isolation_level="SERIALIZABLE"
+        )
+    with pytest.raises(ConfigurationError, match="schema"):
+        store_from_url("postgresql://postgres@127.0.0.1/test", schema="x; DROP TABLE y")
+    with pytest.raises(ConfigurationError, match="schema"):
+        store_from_url(sqlite_url, schema="tgtest_x")
+    with pytest.raises(ConfigurationError):
+        store_from_url(sqlite_url, no_such_engine_option=1)
+
+
+def test_missing_sqlalchemy_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, sqlite_url: str
+) -> None:
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)
+    with pytest.raises(ConfigurationError, match=r"flask-tokenguard\[sql\]"):
+        store_from_url(sqlite_url)
+
+
+def test_importing_the_module_does_not_import_sqlalchemy() -> None:
+    code = (
+        "import sys, flask_tokenguard.stores.sql\n"
+        "assert 'sqlalchemy' not in sys.modules, 'imported eagerly'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_unreachable_server_raises_store_error() -> None:
+    # Port 1 on loopback refuses at once; nothing is created before the first call.
+    store = store_from_url(
+        "postgresql://postgres@127.0.0.1:1/test", connect_args={"connect_timeout": 2}
+    )
+    try:
+        with pytest.raises(StoreError) as caught:
+            store.check()
+        assert isinstance(caught.value.original, sa.exc.OperationalError)
+        with pytest.raises(StoreError):
+            store.get_client("app")
+    finally:
+        store.close()
+
+
+# -- statements are built once ---------------------------------------------------------
+
+
+def test_statements_are_built_once_per_process(sqlite_url: str, tmp_path: Path) -> None:
+    first = t.cast("SQLAlchemyStore", store_from_url(sqlite_url))
+    second = t.cast(
+        "SQLAlchemyStore", store_from_url(f"sqlite+pysqlite:///{tmp_path / 'b.db'}")
+    )
+    try:
+        assert sql_module._sql() is sql_module._sql()
+        assert first._q is second._q is sql_module._sql()
+        assert first._q.lock_pool is second._q.lock_pool
+        assert first._q.insert_session is sql_module._sql().insert_session
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize(
+    "dialect", ["postgresql", "mysql", "mariadb", "mssql", "sqlite"]
+)
+def test_schema_and_statements_compile_for_every_dialect(dialect: str) -> None:
+    # SQL Server has no server here: compiling still catches constructs it lacks.
+    from sqlalchemy.schema import CreateIndex
+    from sqlalchemy.schema import CreateTable
+
+    engine_dialect = sa.make_url(f"{dialect}://").get_dialect()()
+    q = sql_module._sql()
+    ddl = []
+    for table in q.metadata.sorted_tables:
+        ddl.append(str(CreateTable(table).compile(dialect=engine_dialect)))
+        ddl.extend(
+            str(CreateIndex(index).compile(dialect=engine_dialect))
+            for index in table.indexes
+        )
+    text = "\n".join(ddl)
+    assert "FLOAT" not in text.upper().replace("DOUBLE", "")
+    statements = [v for v in vars(q).values() if isinstance(v, sa.sql.ClauseElement)]
+    statements += [s for triple in q.end.values() for s in triple]
+    statements += [s for pair in q.seeds for s in pair]
+    for statement in statements:
+        if isinstance(statement, sa.Table):
+            continue
+        assert str(statement.compile(dialect=engine_dialect))
+    if dialect == "mssql":
+        # Filtered, because a SQL Server UNIQUE constraint admits only one NULL.
+        assert "WHERE alias IS NOT NULL" in text
+        assert "Latin1_General_100_BIN2" in text
+    if dialect in ("mysql", "mariadb"):
+        assert "COLLATE utf8mb4_bin" in text
+        assert "DOUBLE" in text
+
+
+def _exercise(store: SQLAlchemyStore, round_: int) -> None:
+    now = 1000.0 + round_
+    sid = f"s{round_}"
+    assert store.start_session(make_session(sid), 100, now)
+    assert store.get_session(sid, now) is not None
+    assert store.find_refresh(f"hash-{sid}", now) is not None
+    assert (
+        store.rotate_refresh(sid, f"hash-{sid}", f"new-{sid}", 3000.0, now) is not None
+    )
+    assert store.seats_in_use(now) == 1
+    assert store.end_session(sid, now) is not None
+    store.revoke(f"jti-{round_}", 3000.0, now)
+    store.revocations_since(0, now)
+
+
+def _compiled_cache_size(store: SQLAlchemyStore) -> int:
+    cache = store._base_engine._compiled_cache
+    assert cache is not None
+    return len(cache)
+
+
+def test_repeated_calls_hit_the_compiled_cache(sqlite_url: str) -> None:
+    store = t.cast("SQLAlchemyStore", store_from_url(sqlite_url))
+    try:
+        store.reset()
+        _exercise(store, 0)
+        warm = _compiled_cache_size(store)
+        for round_ in range(1, 6):
+            _exercise(store, round_)
+        assert _compiled_cache_size(store) == warm
+    finally:
+        store.drop()
+        store.close()
+
+
+def test_schemas_share_compiled_statements(
+    server_url: str, make_store: t.Callable[..., SQLAlchemyStore]
+) -> None:
+    # schema_translate_map applies after compilation: a schema adds no cache entry.
+    store = make_store(server_url, schema=new_schema())
+    store.reset()
+    _exercise(store, 0)
+    warm = _compiled_cache_size(store)
+    other = make_store(server_url, schema=new_schema())
+    other.reset()
+    for round_ in range(1, 4):
+        _exercise(store, round_)
+        _exercise(other, round_)
+    assert _compiled_cache_size(store) == warm
+    assert store._q is other._q
+
+
+# -- schemas ---------------------------------------------------------------------------
+
+
+def test_schema_isolates_stores_and_drop_removes_it(
+    server_url: str, make_store: t.Callable[..., SQLAlchemyStore]
+) -> None:
+    first_schema, second_schema = new_schema(), new_schema()
+    first = make_store(server_url, schema=first_schema)
+    second = make_store(server_url, schema=second_schema)
+    first.reset()
+    second.reset()
+
+    first.create_client(Client("app", "App", alias="the-app"))
+    assert first.start_session(make_session("s1"), 1, now=1000.0)
+    assert second.get_client("app") is None
+    assert second.start_session(make_session("s1"), 1, now=1000.0), (
+        "seats are per schema"
+    )
+    second.create_client(Client("app", "Other"))
+
+    assert schema_exists(first, first_schema)
+    expected = {table.name for table in first._q.metadata.sorted_tables}
+    assert all(name.startswith("tg_") for name in expected)
+    assert tables_in(first, first_schema) == expected
+
+    first.drop()
+    assert not schema_exists(first, first_schema)
+    assert second.get_client("app") == Client("app", "Other")
+
+    # A dropped store recreates its schema when used again.
+    assert first.get_client("app") is None
+    assert schema_exists(first, first_schema)
+    assert count_rows(first, "tg_pool") == 1
+
+
+def test_reset_keeps_the_schema_and_reseeds(
+    server_url: str, make_store: t.Callable[..., SQLAlchemyStore]
+) -> None:
+    store = make_store(server_url, schema=new_schema())
+    store.create_client(Client("app", "App"))
+    store.revoke("jti", 3000.0, now=1000.0)
+    assert store.revocation_seq() == 1
+
+    store.reset()
+
+    assert store.get_client("app") is None
+    assert store.revocation_seq() == 0
+    for table in ("tg_pool", "tg_counters", "tg_schema_version"):
+        assert count_rows(store, table) == 1
+    assert count_rows(store, "tg_clients") == 0
+    assert store.start_session(make_session("s1"), 1, now=1000.0)
+
+
+def test_drop_without_schema_drops_the_tables(sqlite_url: str) -> None:
+    store = t.cast("SQLAlchemyStore", store_from_url(sqlite_url))
+    try:
+        store.create_client(Client("app", "App"))
+        store.drop()
+        with store._base_engine.connect() as conn:
+            assert not [
+                n for n in sa.inspect(conn).get_table_names() if n.startswith("tg_")
+            ]
+        assert store.get_client("app") is None
+    finally:
+        store.drop()
+        store.close()
+
+
+def test_newer_schema_version_is_refused(sqlite_url: str) -> None:
+    store = t.cast("SQLAlchemyStore", store_from_url(sqlite_url))
+    try:
+        store.check()
+        store.get_client("app")  # creates the schema
+        with store._engine.begin() as conn:
+            conn.execute(store._q.schema_version.update().values(version=999))
+        newer = store_from_url(sqlite_url)
+        try:
+            with pytest.raises(ConfigurationError, match="999"):
+                newer.get_client("app")
+        finally:
+            newer.close()
+    finally:
+        store.close()
+
+
+def _open_concurrently(
+    url: str, options: dict[str, t.Any], workers: int
+) -> list[list[str]]:
+    """Open ``workers`` new stores on one fresh schema at one moment, from threads."""
+    barrier = threading.Barrier(workers)
+    results: list[t.Any] = [None] * workers
+
+    def run(worker: int) -> None:
+        store = store_from_url(url, **options)
+        try:
+            barrier.wait(30)
+            candidate = SigningKey(
+                f"key-{worker}", "ES256", f"pem-{worker}", created_at=1000.0
+            )
+            results[worker] = [k.kid for k in store.ensure_signing_key(candidate)]
+        except BaseException as exc:  # reported to the test thread below
+            results[worker] = exc
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return t.cast("list[list[str]]", results)
+
+
+def _assert_created_once(store: SQLAlchemyStore, keys: list[list[str]]) -> None:
+    assert len({tuple(k) for k in keys}) == 1, (
+        f"workers disagree on the first key: {keys}"
+    )
+    assert len(keys[0]) == 1
+    for table in ("tg_pool", "tg_counters", "tg_schema_version", "tg_signing_keys"):
+        assert count_rows(store, table) == 1, table
+
+
+def test_stores_opened_concurrently_on_a_fresh_schema_threads(
+    server_url: str, make_store: t.Callable[..., SQLAlchemyStore]
+) -> None:
+    schema = new_schema()
+    keys = _open_concurrently(server_url, {"schema": schema}, workers=8)
+    _assert_created_once(make_store(server_url, schema=schema), keys)
+
+
+@pytest.mark.slow
+def test_stores_opened_concurrently_on_a_fresh_schema_processes(
+    server_url: str, make_store: t.Callable[..., SQLAlchemyStore]
+) -> None:
+    import _workers  # put on sys.path by tests/stores/conftest.py
+
+    schema = new_schema()
+    workers = 4
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(workers)
+    results = ctx.Queue()
+    processes = [
+        ctx.Process(
+            target=_workers.open_and_ensure_key,
+            args=(server_url, {"schema": schema}, worker, 1000.0, barrier, results),
+        )
+        for worker in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        reports = [results.get(timeout=120) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(30)
+    errors = [r for r in reports if r[1] != "ok"]
+    assert not errors, errors
+    _assert_created_once(make_store(server_url, schema=schema), [r[2] for r in reports])
+
+
+def test_stores_opened_concurrently_on_a_fresh_sqlite_file(
+    sqlite_url: str, make_store: t.Callable[..., SQLAlchemyStore]
+) -> None:
+    keys = _open_concurrently(sqlite_url, {}, workers=8)
+    _assert_created_once(make_store(sqlite_url), keys)
+
+
+# -- engine-specific details -----------------------------------------------------------
+
+
+def test_connections_run_at_read_committed(
+    server_url: str, make_store: t.Callable[..., SQLAlchemyStore]
+) -> None:
+    store = make_store(server_url, schema=new_schema())
+    with store._engine.connect() as conn:
+        level = conn.get_isolation_level()
+    assert level == "READ COMMITTED"
+
+
+def test_times_keep_double_precision(
+    server_url: str, make_store: t.Callable[..., SQLAlchemyStore]
+) -> None:
+    # MySQL's FLOAT would round 1.7e9 to a multiple of 128 seconds.
+    store = make_store(server_url, schema=new_schema())
+    now = 1_700_000_000.123456
+    session = TokenSession("s1", "app", "alice", "all", True, "h1", now, now + 0.5)
+    assert store.start_session(session, 1, now)
+    assert store.get_session("s1", now) == session
+    assert store.get_session("s1", now + 0.5) is None
+    assert store.earliest_seat_expiry(now) == now + 0.5
+
+
+def test_ids_are_case_sensitive(
+    server_url: str, make_store: t.Callable[..., SQLAlchemyStore]
+) -> None:
+    # MariaDB's default collations ignore case; the tables use a binary collation.
+    store = make_store(server_url, schema=new_schema())
+    store.create_client(Client("App", "Upper"))
+    store.create_client(Client("app", "Lower"))
+    assert store.get_client("APP") is None
+    assert t.cast(Client, store.get_client("app")).name == "Lower"
+    with pytest.raises(ConflictError):
+        store.create_client(Client("other", "Other", alias="App"))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_opens_its_own_connections(
+    server_url: str, make_store: t.Callable[..., SQLAlchemyStore]
+) -> None:
+    # A pooled socket used by parent and child at once corrupts both sessions.
+    store = make_store(server_url, schema=new_schema())
+    store.create_client(Client("app", "App"))
+    parent_pool = store._base_engine.pool
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a process with threads.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 1
+        try:
+            fresh_pool = store._base_engine.pool is not parent_pool
+            if fresh_pool and store.get_client("app") is not None:
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store._base_engine.pool is parent_pool
+    assert store.get_client("app") is not None
+    assert store.claim_once("parent-still-works")
+
+
+def test_store_works_again_after_close(
+    server_url: str, make_store: t.Callable[..., SQLAlchemyStore]
+) -> None:
+    store = make_store(server_url, schema=new_schema())
+    store.create_client(Client("app", "App"))
+    store.close()
+    assert store.get_client("app") is not None
+    store.close()
+    store.close()
+    store.check()
+    assert store.claim_once("after-close")
