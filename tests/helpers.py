@@ -12,6 +12,7 @@ import time
 import typing as t
 from pathlib import Path
 
+import pytest
 import requests
 from flask import Flask
 
@@ -104,3 +105,71 @@ def flask_cli(store_url: str, *args: str, input: str | None = None, **config: st
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def unavailable(reason: str) -> t.NoReturn:
+    """Skip (printing why) when a server or binary is missing; fail under CI instead."""
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(reason)
+    print(f"skipped: {reason}", file=sys.stderr)
+    pytest.skip(reason)
+
+
+class RedisServer:
+    """A private ``redis-server`` without persistence, which a test may kill and restart."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.socket_path = directory / "redis.sock"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--unixsocket", str(self.socket_path),
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.directory),
+                "--logfile", str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.exceptions.ConnectionError:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        log = self.directory / "redis.log"
+                        text = log.read_text() if log.exists() else ""
+                        raise RuntimeError(f"redis-server did not start: {text[-2000:]}")
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """Stop the server at once, as a crash or a dropped network would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -11,8 +11,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 import typing as t
@@ -28,6 +26,8 @@ from flask_tokenguard.models import SigningKey
 from flask_tokenguard.models import TokenSession
 from flask_tokenguard.models import User
 from flask_tokenguard.stores import store_from_url
+from helpers import RedisServer
+from helpers import unavailable
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask_tokenguard.stores.redis import RedisStore
@@ -42,14 +42,6 @@ except ImportError:  # pragma: no cover - the test extra installs redis-py
 pytestmark = pytest.mark.redis
 
 SHARED_URL = os.environ.get("TOKENGUARD_TEST_REDIS_URL") or "redis://127.0.0.1:6379/15"
-
-
-def unavailable(reason: str) -> t.NoReturn:
-    """Skip (printing why) when a server or binary is missing; fail under CI instead."""
-    if os.environ.get("CI", "").lower() in ("true", "1"):
-        pytest.fail(reason)
-    print(f"skipped: {reason}", file=sys.stderr)
-    pytest.skip(reason)
 
 
 def new_prefix() -> str:
@@ -105,63 +97,6 @@ def make_store(raw: redis.Redis) -> t.Iterator[t.Callable[..., RedisStore]]:
             store.reset()
         finally:
             store.close()
-
-
-class RedisServer:
-    """A private ``redis-server`` without persistence, which a test may kill and restart."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = _free_port()
-        self.socket_path = directory / "redis.sock"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--unixsocket", str(self.socket_path),
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.directory),
-                "--logfile", str(self.directory / "redis.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.exceptions.ConnectionError:
-                    if self.process.poll() is not None or time.monotonic() > deadline:
-                        log = self.directory / "redis.log"
-                        text = log.read_text() if log.exists() else ""
-                        raise RuntimeError(f"redis-server did not start: {text[-2000:]}")
-                    time.sleep(0.05)
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
