@@ -1,0 +1,93 @@
+"""The one list of store backends the tests run on (as limits' ``ALL_STORAGES``).
+
+Server URLs can be overridden per backend with environment variables:
+
+- ``TOKENGUARD_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``)
+- ``TOKENGUARD_TEST_POSTGRESQL_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``)
+- ``TOKENGUARD_TEST_MARIADB_URL`` (default ``mysql+pymysql://root@127.0.0.1:3306/test``)
+
+Each test gets its own Redis key prefix, or its own PostgreSQL schema or MariaDB
+database, dropped afterwards, so runs sharing a server never collide. A server that
+cannot be reached skips its tests with the reason, or fails them when ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import typing as t
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flask_tokenguard.errors import StoreError
+from flask_tokenguard.stores import store_from_url
+from flask_tokenguard.stores.base import Store
+from helpers import unavailable
+
+#: Every backend, by id. Servers are marked, so ``pytest -m "not postgresql"`` works.
+BACKENDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql),
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
+    # The SQLAlchemy store on a SQLite file: runs its code on every machine, no server.
+    pytest.param("sqlite+pysqlite", id="sqlite+pysqlite"),
+]
+
+#: Backends whose state separate processes share (all but ``memory``).
+CROSS_PROCESS_BACKENDS = [p for p in BACKENDS if p.values[0] != "memory"]
+
+_SERVERS = {
+    "redis": ("TOKENGUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"),
+    "postgresql": ("TOKENGUARD_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+    "mariadb": ("TOKENGUARD_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
+
+
+def backend_url_and_options(backend_id: str, tmp_path: Path) -> tuple[str, dict[str, t.Any]]:
+    """The URL and options of a fresh, isolated store; nothing is created yet."""
+    run = uuid.uuid4().hex[:12]
+    if backend_id == "memory":
+        return "memory://", {}
+    if backend_id == "sqlite":
+        return f"sqlite:///{tmp_path / 'tokenguard.sqlite3'}", {}
+    if backend_id == "sqlite+pysqlite":
+        return f"sqlite+pysqlite:///{tmp_path / 'tokenguard-sa.sqlite3'}", {}
+    env, default = _SERVERS[backend_id]
+    url = os.environ.get(env) or default
+    if backend_id == "redis":
+        return url, {"key_prefix": f"tgtest:{{{run}}}:"}
+    return url, {"schema": f"tgtest_{run}"}
+
+
+@contextlib.contextmanager
+def open_store(url: str, options: dict[str, t.Any], *, reset: bool = True) -> t.Iterator[Store]:
+    """Build and check a store (emptied unless ``reset=False``); drop and close it after.
+
+    Skips if the server is down, or fails under ``CI=true``.
+    """
+    try:
+        store = store_from_url(url, **options)
+        store.check()
+    except StoreError as exc:
+        unavailable(f"{url} unreachable: {exc}")
+    try:
+        if reset:
+            store.reset()
+        yield store
+    finally:
+        try:
+            store.drop()
+        finally:
+            store.close()
+
+
+@contextlib.contextmanager
+def isolated_store(backend_id: str, tmp_path: Path) -> t.Iterator[tuple[str, dict[str, t.Any]]]:
+    """``(url, options)`` of a reachable, isolated store for apps and processes to open."""
+    url, options = backend_url_and_options(backend_id, tmp_path)
+    with open_store(url, options):
+        yield url, options
