@@ -297,8 +297,10 @@ class TokenVerifier:
     def _remember(self, token: str, access: AccessToken, now: float) -> None:
         cache = self._cache
         if len(cache) >= self._cache_size:
-            for stale in [k for k, v in cache.items() if v.expires_at <= now]:
-                del cache[stale]
+            # list() copies in one step under the GIL: other threads insert meanwhile.
+            for stale, entry in list(cache.items()):
+                if entry.expires_at <= now:
+                    cache.pop(stale, None)
             if len(cache) >= self._cache_size:
                 # Still full of live tokens: forget the oldest half rather than grow.
                 for old in list(cache)[: max(1, len(cache) // 2)]:
