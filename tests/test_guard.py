@@ -375,3 +375,38 @@ def test_https_rule_over_a_real_socket(app_factory: t.Callable[..., Flask], live
     )
     assert response.status_code == 200
     assert requests.get(url + "/whoami", headers=bearer(response.json()["access_token"]), timeout=10).status_code == 200
+
+
+def test_verified_token_cache_stays_bounded(app_factory: t.Callable[..., Flask]) -> None:
+    app = app_factory(TOKEN_CACHE_SIZE=2)
+    client = app.test_client()
+    creds = register(app)
+    tokens = [_token(client, creds, scope="view") for _ in range(5)]
+    for token in tokens * 2:
+        assert client.get("/whoami", headers=bearer(token)).status_code == 200
+    verifier = app.extensions["tokenguard"].state(app).verifier
+    assert len(verifier._cache) <= 2
+
+
+def test_retired_key_stops_verifying_once_its_tokens_expired(
+    app_factory: t.Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask_tokenguard.tokens import KEY_REFRESH_SECONDS
+    from helpers import cli
+
+    app = app_factory(ACCESS_TOKEN_TTL=60)
+    client = app.test_client()
+    creds = register(app)
+    old_token = _token(client, creds)
+    old_kid = jwt.get_unverified_header(old_token)["kid"]
+    new_kid = cli(app, "rotate-keys")["kid"]
+    new_token = _token(client, creds)
+    assert jwt.get_unverified_header(new_token)["kid"] == new_kid
+    assert {k["kid"] for k in client.get("/jwks.json").json["keys"]} == {old_kid, new_kid}
+    assert client.get("/whoami", headers=bearer(old_token)).status_code == 200
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 60 + KEY_REFRESH_SECONDS + 1)
+    assert [k["kid"] for k in client.get("/jwks.json").json["keys"]] == [new_kid]
+    # A token signed by the retired key is refused even if its own exp were later.
+    state = app.extensions["tokenguard"].state(app)
+    assert state.keys.verifier(old_kid, time.time()) is None
