@@ -208,6 +208,9 @@ class RevocationCache:
             return
         try:
             seq = self._store.revocation_seq()
+            if seq < self._seq:
+                # The counter went back (a store emptied or restarted): read it all again.
+                self._seq = 0
             if seq != self._seq:
                 entries, seq = self._store.revocations_since(self._seq, now)
                 # Update in place: a concurrent ``add`` from a request thread must survive.

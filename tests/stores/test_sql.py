@@ -36,6 +36,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
 sa = pytest.importorskip("sqlalchemy")
 
 from flask_tokenguard.stores import sql as sql_module  # noqa: E402 - needs the skip above
+from helpers import unavailable  # noqa: E402
 
 POSTGRESQL_URL = (
     os.environ.get("TOKENGUARD_TEST_POSTGRESQL_URL")
@@ -50,14 +51,6 @@ SERVERS = [
     pytest.param(POSTGRESQL_URL, id="postgresql", marks=pytest.mark.postgresql),
     pytest.param(MARIADB_URL, id="mariadb", marks=pytest.mark.mariadb),
 ]
-
-
-def unavailable(reason: str) -> t.NoReturn:
-    """Skip (printing why) when a server does not answer; fail under CI instead."""
-    if os.environ.get("CI", "").lower() in ("true", "1"):
-        pytest.fail(reason)
-    print(f"skipped: {reason}", file=sys.stderr)
-    pytest.skip(reason)
 
 
 def new_schema() -> str:

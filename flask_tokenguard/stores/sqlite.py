@@ -1,0 +1,762 @@
+"""``sqlite:///path``: several processes on one machine, stdlib ``sqlite3`` only.
+
+The default store (``sqlite:///<instance_path>/tokenguard.sqlite3``): the default
+install needs no server and no extra dependency.
+
+Concurrency (see notes/deploy-and-stores.md, section 3 (a)):
+
+- WAL journal: readers never block the single writer, nor the writer the readers.
+- Every write runs in ``BEGIN IMMEDIATE``, which takes the database's write lock
+  *before* the first read. A seat count and the insert that depends on it therefore
+  cannot interleave with another writer in any thread or process, and a writer that
+  has to wait goes through the busy handler (``busy_timeout``). A deferred transaction
+  that reads and then writes would instead fail at once with ``SQLITE_BUSY`` when
+  another writer got in between, without ever calling the busy handler.
+- One connection per thread: a ``sqlite3`` connection must not be used by two threads
+  at once, and per-thread connections need no pool.
+
+WAL needs every process on one host with a local disk: SQLite is not for network
+shares.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sqlite3
+import threading
+import typing as t
+import weakref
+from urllib.parse import parse_qsl
+
+from ..errors import ConfigurationError
+from ..errors import ConflictError
+from ..errors import StoreError
+from ..models import Client
+from ..models import SigningKey
+from ..models import TokenSession
+from ..models import User
+from .base import Store
+
+#: Version of the tables below, kept in ``tg_meta`` so that later versions can migrate.
+SCHEMA_VERSION = 1
+
+_PREFIX = "sqlite:///"
+
+#: Accepted values of ``?synchronous=``. NORMAL survives application crashes; FULL
+#: also survives a power loss, at the price of one more fsync per write.
+_SYNCHRONOUS = ("normal", "full", "extra")
+
+#: DDL run in one ``BEGIN IMMEDIATE`` transaction, so that processes opening a new file
+#: at the same moment create it exactly once: the first takes the write lock, and the
+#: others wait for it, then find every ``IF NOT EXISTS`` satisfied.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS tg_meta (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    )""",
+    "CREATE TABLE IF NOT EXISTS tg_claims (name TEXT PRIMARY KEY)",
+    """CREATE TABLE IF NOT EXISTS tg_signing_keys (
+        kid TEXT PRIMARY KEY,
+        alg TEXT NOT NULL,
+        private_pem TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        retire_at REAL
+    )""",
+    """CREATE TABLE IF NOT EXISTS tg_clients (
+        client_id TEXT PRIMARY KEY,
+        alias TEXT UNIQUE,
+        name TEXT NOT NULL,
+        secret_hash TEXT,
+        grants TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        enabled INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS tg_users (
+        username TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS tg_sessions (
+        session_id TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        holds_seat INTEGER NOT NULL,
+        refresh_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS tg_sessions_expires_at ON tg_sessions (expires_at)",
+    "CREATE INDEX IF NOT EXISTS tg_sessions_client_id ON tg_sessions (client_id)",
+    # Used refresh hashes are kept for replay detection while their session lives; the
+    # cascade drops them with the session (expiry sweep or end).
+    """CREATE TABLE IF NOT EXISTS tg_used_refresh (
+        hash TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL
+            REFERENCES tg_sessions (session_id) ON DELETE CASCADE
+    )""",
+    """CREATE INDEX IF NOT EXISTS tg_used_refresh_session_id
+        ON tg_used_refresh (session_id)""",
+    """CREATE TABLE IF NOT EXISTS tg_revoked (
+        token_id TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL,
+        seq INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS tg_revoked_seq ON tg_revoked (seq)",
+    "CREATE INDEX IF NOT EXISTS tg_revoked_expires_at ON tg_revoked (expires_at)",
+    "INSERT OR IGNORE INTO tg_meta (name, value) VALUES ('revocation_seq', 0)",
+    "INSERT OR IGNORE INTO tg_meta (name, value)"
+    f" VALUES ('schema_version', {SCHEMA_VERSION})",
+)
+
+#: Tables emptied by ``reset()``; ``tg_used_refresh`` before ``tg_sessions``.
+_DATA_TABLES = (
+    "tg_claims",
+    "tg_signing_keys",
+    "tg_clients",
+    "tg_users",
+    "tg_used_refresh",
+    "tg_sessions",
+    "tg_revoked",
+)
+
+# Statements, written once here so that each method reads as its logic, and so that
+# every query in the store can be reviewed (and index-checked) in one place.
+
+_GET_SCHEMA_VERSION = "SELECT value FROM tg_meta WHERE name = 'schema_version'"
+_GET_SEQ = "SELECT value FROM tg_meta WHERE name = 'revocation_seq'"
+_ADD_TO_SEQ = "UPDATE tg_meta SET value = value + ? WHERE name = 'revocation_seq'"
+_ZERO_SEQ = "UPDATE tg_meta SET value = 0 WHERE name = 'revocation_seq'"
+
+_CLAIM = "INSERT OR IGNORE INTO tg_claims (name) VALUES (?)"
+
+_KEY_COLUMNS = "kid, alg, private_pem, created_at, retire_at"
+_ANY_KEY = "SELECT 1 FROM tg_signing_keys LIMIT 1"
+_LIST_KEYS = f"SELECT {_KEY_COLUMNS} FROM tg_signing_keys ORDER BY created_at, rowid"
+_INSERT_KEY = f"INSERT INTO tg_signing_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+_RETIRE_KEYS = "UPDATE tg_signing_keys SET retire_at = ? WHERE retire_at IS NULL"
+_DROP_RETIRED_KEYS = (
+    "DELETE FROM tg_signing_keys WHERE retire_at IS NOT NULL AND retire_at <= ?"
+)
+
+_CLIENT_COLUMNS = (
+    "client_id, alias, name, secret_hash, grants, scopes, enabled, created_at"
+)
+#: Ids and aliases share one namespace: a new client's id and alias (or its id twice).
+_NAME_TAKEN = (
+    "SELECT 1 FROM tg_clients"
+    " WHERE client_id IN (:id, :alias) OR alias IN (:id, :alias) LIMIT 1"
+)
+_ALIAS_TAKEN_BY_OTHER = (
+    "SELECT 1 FROM tg_clients"
+    " WHERE client_id != :id AND (client_id = :alias OR alias = :alias)"
+)
+_CLIENT_EXISTS = "SELECT 1 FROM tg_clients WHERE client_id = ?"
+_INSERT_CLIENT = (
+    f"INSERT INTO tg_clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+#: Ids and aliases are disjoint, so one row at most matches; the ORDER BY only makes
+#: "id first" explicit.
+_GET_CLIENT = (
+    f"SELECT {_CLIENT_COLUMNS} FROM tg_clients WHERE client_id = :name OR alias = :name"
+    " ORDER BY client_id = :name DESC LIMIT 1"
+)
+_UPDATE_CLIENT = (
+    "UPDATE tg_clients SET alias = ?, name = ?, secret_hash = ?, grants = ?,"
+    " scopes = ?, enabled = ?, created_at = ? WHERE client_id = ?"
+)
+_DELETE_CLIENT = "DELETE FROM tg_clients WHERE client_id = ?"
+_LIST_CLIENTS = (
+    f"SELECT {_CLIENT_COLUMNS} FROM tg_clients ORDER BY created_at, client_id"
+)
+
+_USER_COLUMNS = "username, password_hash, created_at"
+_INSERT_USER = f"INSERT OR IGNORE INTO tg_users ({_USER_COLUMNS}) VALUES (?, ?, ?)"
+_GET_USER = f"SELECT {_USER_COLUMNS} FROM tg_users WHERE username = ?"
+_UPDATE_USER = (
+    "UPDATE tg_users SET password_hash = ?, created_at = ? WHERE username = ?"
+)
+_DELETE_USER = "DELETE FROM tg_users WHERE username = ?"
+_LIST_USERS = f"SELECT {_USER_COLUMNS} FROM tg_users ORDER BY username"
+
+_SESSION_COLUMNS = (
+    "session_id, client_id, subject, scope, holds_seat, refresh_hash, created_at,"
+    " expires_at"
+)
+_S_SESSION_COLUMNS = ", ".join(f"s.{c.strip()}" for c in _SESSION_COLUMNS.split(","))
+#: Deleting a session cascades to its used refresh hashes.
+_SWEEP_SESSIONS = "DELETE FROM tg_sessions WHERE expires_at <= ?"
+_COUNT_SEATS = (
+    "SELECT count(*) FROM tg_sessions WHERE holds_seat = 1 AND expires_at > ?"
+)
+_EARLIEST_SEAT_EXPIRY = (
+    "SELECT min(expires_at) FROM tg_sessions WHERE holds_seat = 1 AND expires_at > ?"
+)
+_INSERT_SESSION = (
+    f"INSERT INTO tg_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_GET_SESSION = f"SELECT {_SESSION_COLUMNS} FROM tg_sessions WHERE session_id = ?"
+_GET_LIVE_SESSION = _GET_SESSION + " AND expires_at > ?"
+#: Current hash first, else a used one; one statement, so one snapshot: a concurrent
+#: rotation moves a hash from current to used atomically, and we see exactly one side.
+_FIND_REFRESH = (
+    f"SELECT {_SESSION_COLUMNS}, 1 FROM tg_sessions"
+    " WHERE refresh_hash = :hash AND expires_at > :now"
+    f" UNION ALL SELECT {_S_SESSION_COLUMNS}, 0"
+    " FROM tg_used_refresh AS u JOIN tg_sessions AS s ON s.session_id = u.session_id"
+    " WHERE u.hash = :hash AND s.expires_at > :now"
+    " LIMIT 1"
+)
+#: The compare-and-swap: the WHERE clause is the comparison.
+_SWAP_REFRESH = (
+    "UPDATE tg_sessions SET refresh_hash = ?, expires_at = ?"
+    " WHERE session_id = ? AND refresh_hash = ? AND expires_at > ?"
+)
+_MARK_USED = "INSERT OR REPLACE INTO tg_used_refresh (hash, session_id) VALUES (?, ?)"
+_DELETE_SESSION = "DELETE FROM tg_sessions WHERE session_id = ?"
+_ALL_SESSIONS = f"SELECT {_SESSION_COLUMNS} FROM tg_sessions"
+_CLIENT_SESSIONS = _ALL_SESSIONS + " WHERE client_id = ?"
+_LIST_SESSIONS = (
+    f"SELECT {_SESSION_COLUMNS} FROM tg_sessions"
+    " WHERE expires_at > :now AND (:client_id IS NULL OR client_id = :client_id)"
+    " ORDER BY created_at, session_id"
+)
+
+_REVOKE = (
+    "INSERT OR REPLACE INTO tg_revoked (token_id, expires_at, seq) VALUES (?, ?, ?)"
+)
+_PURGE_REVOKED = "DELETE FROM tg_revoked WHERE expires_at <= ?"
+_REVOKED_SINCE = (
+    "SELECT token_id, expires_at FROM tg_revoked WHERE seq > ? AND expires_at > ?"
+)
+
+#: Connections inherited through ``fork()``. SQLite forbids using, and advises against
+#: closing, a connection in a child process: they stay referenced and are never closed.
+_FORK_ORPHANS: list[sqlite3.Connection] = []
+
+
+def parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """Split ``sqlite:///path?opt=value`` into the file path and its options.
+
+    As in SQLAlchemy, the path is everything after the third slash: ``sqlite:///rel/x``
+    is relative to the working directory and ``sqlite:////abs/x`` is absolute.
+    """
+    if not url.lower().startswith(_PREFIX):
+        raise ConfigurationError(
+            f"TOKENGUARD_STORE_URL {url!r} must look like sqlite:///relative/path"
+            " or sqlite:////absolute/path"
+        )
+    path, _, query = url[len(_PREFIX) :].partition("?")
+    if not path or path == ":memory:" or path.startswith("file:"):
+        # An in-memory database would be private to one connection, i.e. one thread.
+        raise ConfigurationError(
+            f"TOKENGUARD_STORE_URL {url!r} must name a file;"
+            " use memory:// for a throwaway store"
+        )
+    return path, dict(parse_qsl(query, keep_blank_values=True))
+
+
+def _forget_after_fork(ref: weakref.ref[SQLiteStore]) -> None:
+    store = ref()
+    if store is not None:
+        store._forget_connections()
+
+
+class SQLiteStore(Store):
+    """Tables in one SQLite file, shared by the processes of one machine."""
+
+    schemes = ("sqlite",)
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 10.0,
+        synchronous: str | None = None,
+        **options: t.Any,
+    ) -> None:
+        """Open ``url`` and create the schema if the file is new.
+
+        :param timeout: seconds a writer waits for the write lock before ``StoreError``.
+        :param synchronous: ``normal`` (default), ``full`` or ``extra``; the URL's
+            ``?synchronous=`` wins.
+        """
+        path, query = parse_url(url)
+        synchronous = query.pop("synchronous", synchronous) or "normal"
+        if query or options:
+            unknown = ", ".join(sorted({*query, *options}))
+            raise ConfigurationError(f"unknown SQLite store option(s): {unknown}")
+        if synchronous.lower() not in _SYNCHRONOUS:
+            raise ConfigurationError(
+                f"SQLite synchronous must be one of {', '.join(_SYNCHRONOUS)},"
+                f" got {synchronous!r}"
+            )
+        #: The database file; absolute, so that changing directory is harmless.
+        self.path = os.path.abspath(path)
+        self._synchronous = synchronous.upper()
+        self._timeout = float(timeout)
+        self._local = threading.local()
+        #: Guards ``_connections`` and ``_generation``.
+        self._lock = threading.Lock()
+        #: Every open connection by owning thread, so that ``close()`` and the pruning
+        #: of ended threads close them explicitly instead of leaving it to the GC.
+        self._connections: dict[threading.Thread, sqlite3.Connection] = {}
+        #: Bumped by ``close()``: a thread whose connection is older reconnects.
+        self._generation = 0
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(
+                after_in_child=functools.partial(_forget_after_fork, weakref.ref(self))
+            )
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        except OSError as exc:
+            message = f"cannot create the folder of {self.path}: {exc}"
+            raise StoreError(message, exc) from exc
+        with self.wrap_errors():
+            self._create_schema()
+            # Hold no connection after set-up: a server that forks its workers after
+            # loading the app must not hand this process's connection to them.
+            self.close()
+
+    @property
+    def base_exceptions(self) -> tuple[type[BaseException], ...]:
+        return (sqlite3.Error,)
+
+    # -- connections and transactions --------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use and again after ``close()``."""
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.generation == self._generation:
+            return conn
+        conn = self._open()
+        thread = threading.current_thread()
+        with self._lock:
+            # Close the connections of ended threads: a server that starts a thread per
+            # request would otherwise pile them up.
+            for ended in [th for th in self._connections if not th.is_alive()]:
+                self._connections.pop(ended).close()
+            previous = self._connections.pop(thread, None)
+            if previous is not None:
+                previous.close()
+            self._connections[thread] = conn
+            local.conn = conn
+            local.generation = self._generation
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        # isolation_level=None: the module never issues an implicit BEGIN; we issue
+        # our own. check_same_thread=False only so that close() may close another
+        # thread's connection; each connection is still used by its own thread alone.
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _forget_connections(self) -> None:
+        """After ``fork()``, in the child: drop the parent's connections untouched."""
+        _FORK_ORPHANS.extend(self._connections.values())
+        self._connections = {}
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _write(self) -> t.Iterator[sqlite3.Connection]:
+        """A write transaction that holds the write lock from its first statement."""
+        conn = self._connection()
+        # BEGIN IMMEDIATE: take the write lock before reading anything, so that what
+        # we read (a seat count, a refresh hash, a taken alias) cannot change before
+        # we write, and so that waiting for another writer uses the busy handler.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    @contextlib.contextmanager
+    def _read(self) -> t.Iterator[sqlite3.Connection]:
+        """A read transaction: its statements share one snapshot, and never block."""
+        conn = self._connection()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def _create_schema(self) -> None:
+        conn = self._connection()
+        # WAL is persistent: set once per file. Switching takes exclusive access for a
+        # moment and waits for it through the busy handler.
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        # Read first: an existing file (the usual case) needs no write lock.
+        version = _schema_version(conn)
+        if version is None:
+            with self._write() as conn:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+            version = _schema_version(conn)
+        if version != SCHEMA_VERSION:
+            # Version 1 is the first; later versions migrate older files here.
+            raise StoreError(
+                f"{self.path} has store schema version {version};"
+                f" this flask_tokenguard supports {SCHEMA_VERSION}"
+            )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def check(self) -> None:
+        with self.wrap_errors():
+            self._connection().execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        """Close every connection of this store; any thread reconnects on next use."""
+        with self.wrap_errors():
+            with self._lock:
+                self._generation += 1
+                connections = list(self._connections.values())
+                self._connections.clear()
+            self._local.conn = None
+            for conn in connections:
+                conn.close()
+
+    def reset(self) -> None:
+        with self.wrap_errors(), self._write() as conn:
+            for table in _DATA_TABLES:
+                conn.execute(f"DELETE FROM {table}")  # noqa: S608 - constant names
+            conn.execute(_ZERO_SEQ)
+
+    def claim_once(self, name: str) -> bool:
+        with self.wrap_errors(), self._write() as conn:
+            return conn.execute(_CLAIM, (name,)).rowcount == 1
+
+    # -- signing keys ------------------------------------------------------------------
+
+    def ensure_signing_key(self, candidate: SigningKey) -> list[SigningKey]:
+        with self.wrap_errors(), self._write() as conn:
+            # Under the write lock: of processes starting at once, exactly one inserts.
+            if conn.execute(_ANY_KEY).fetchone() is None:
+                conn.execute(_INSERT_KEY, _key_row(candidate))
+            return [_key(row) for row in conn.execute(_LIST_KEYS)]
+
+    def add_signing_key(self, key: SigningKey, retire_others_at: float) -> None:
+        with self.wrap_errors(), self._write() as conn:
+            conn.execute(_RETIRE_KEYS, (retire_others_at,))
+            conn.execute(_INSERT_KEY, _key_row(key))
+
+    def signing_keys(self, now: float) -> list[SigningKey]:
+        with self.wrap_errors():
+            # Read first: every process calls this every few seconds, and only rarely
+            # is there a key to drop, the one case that needs the write lock.
+            keys = [_key(row) for row in self._connection().execute(_LIST_KEYS)]
+            if any(k.retire_at is not None and k.retire_at <= now for k in keys):
+                with self._write() as conn:
+                    conn.execute(_DROP_RETIRED_KEYS, (now,))
+                    keys = [_key(row) for row in conn.execute(_LIST_KEYS)]
+            return keys
+
+    # -- clients -----------------------------------------------------------------------
+
+    def create_client(self, client: Client) -> None:
+        with self.wrap_errors(), self._write() as conn:
+            # No UNIQUE constraint spans ids and aliases together; the write lock makes
+            # this check and the insert one step.
+            names = {"id": client.client_id, "alias": client.alias or client.client_id}
+            if conn.execute(_NAME_TAKEN, names).fetchone() is not None:
+                raise ConflictError("client id or alias is taken")
+            conn.execute(_INSERT_CLIENT, _client_row(client))
+
+    def get_client(self, id_or_alias: str) -> Client | None:
+        with self.wrap_errors():
+            name = {"name": id_or_alias}
+            row = self._connection().execute(_GET_CLIENT, name).fetchone()
+            return None if row is None else _client(row)
+
+    def update_client(self, client: Client) -> bool:
+        with self.wrap_errors(), self._write() as conn:
+            if conn.execute(_CLIENT_EXISTS, (client.client_id,)).fetchone() is None:
+                return False
+            if client.alias:
+                names = {"id": client.client_id, "alias": client.alias}
+                if conn.execute(_ALIAS_TAKEN_BY_OTHER, names).fetchone() is not None:
+                    raise ConflictError("alias is taken")
+            row = _client_row(client)
+            conn.execute(_UPDATE_CLIENT, row[1:] + row[:1])
+            return True
+
+    def delete_client(self, client_id: str) -> bool:
+        with self.wrap_errors(), self._write() as conn:
+            return conn.execute(_DELETE_CLIENT, (client_id,)).rowcount == 1
+
+    def list_clients(self) -> list[Client]:
+        with self.wrap_errors():
+            return [_client(row) for row in self._connection().execute(_LIST_CLIENTS)]
+
+    # -- users -------------------------------------------------------------------------
+
+    def create_user(self, user: User) -> None:
+        with self.wrap_errors(), self._write() as conn:
+            if conn.execute(_INSERT_USER, _user_row(user)).rowcount != 1:
+                raise ConflictError("user exists")
+
+    def get_user(self, username: str) -> User | None:
+        with self.wrap_errors():
+            row = self._connection().execute(_GET_USER, (username,)).fetchone()
+            return None if row is None else User(*row)
+
+    def update_user(self, user: User) -> bool:
+        with self.wrap_errors(), self._write() as conn:
+            row = (user.password_hash, user.created_at, user.username)
+            return conn.execute(_UPDATE_USER, row).rowcount == 1
+
+    def delete_user(self, username: str) -> bool:
+        with self.wrap_errors(), self._write() as conn:
+            return conn.execute(_DELETE_USER, (username,)).rowcount == 1
+
+    def list_users(self) -> list[User]:
+        with self.wrap_errors():
+            return [User(*row) for row in self._connection().execute(_LIST_USERS)]
+
+    # -- sessions and seats ------------------------------------------------------------
+
+    def start_session(
+        self, session: TokenSession, seat_limit: int | None, now: float
+    ) -> bool:
+        with self.wrap_errors(), self._write() as conn:
+            # Sweep, count and insert under one write lock: no other thread or process
+            # can insert between our count and our insert.
+            conn.execute(_SWEEP_SESSIONS, (now,))
+            conn.execute(_PURGE_REVOKED, (now,))
+            if session.holds_seat and seat_limit is not None:
+                (held,) = conn.execute(_COUNT_SEATS, (now,)).fetchone()
+                if held >= seat_limit:
+                    return False
+            conn.execute(_INSERT_SESSION, _session_row(session))
+            return True
+
+    def earliest_seat_expiry(self, now: float) -> float | None:
+        with self.wrap_errors():
+            (earliest,) = self._connection().execute(
+                _EARLIEST_SEAT_EXPIRY, (now,)
+            ).fetchone()
+            return None if earliest is None else float(earliest)
+
+    def seats_in_use(self, now: float) -> int:
+        with self.wrap_errors():
+            (held,) = self._connection().execute(_COUNT_SEATS, (now,)).fetchone()
+            return int(held)
+
+    def get_session(self, session_id: str, now: float) -> TokenSession | None:
+        with self.wrap_errors():
+            row = self._connection().execute(
+                _GET_LIVE_SESSION, (session_id, now)
+            ).fetchone()
+            return None if row is None else _session(row)
+
+    def find_refresh(
+        self, refresh_hash: str, now: float
+    ) -> tuple[TokenSession, bool] | None:
+        with self.wrap_errors():
+            row = self._connection().execute(
+                _FIND_REFRESH, {"hash": refresh_hash, "now": now}
+            ).fetchone()
+            return None if row is None else (_session(row[:-1]), bool(row[-1]))
+
+    def rotate_refresh(
+        self,
+        session_id: str,
+        old_hash: str,
+        new_hash: str,
+        expires_at: float,
+        now: float,
+    ) -> TokenSession | None:
+        with self.wrap_errors(), self._write() as conn:
+            # The write lock makes the swap and the "used" record of the old hash one
+            # step: no reader sees the old hash as neither current nor used.
+            swap = (new_hash, expires_at, session_id, old_hash, now)
+            if conn.execute(_SWAP_REFRESH, swap).rowcount != 1:
+                return None
+            conn.execute(_MARK_USED, (old_hash, session_id))
+            return _session(conn.execute(_GET_SESSION, (session_id,)).fetchone())
+
+    def end_session(self, session_id: str, now: float) -> TokenSession | None:
+        with self.wrap_errors(), self._write() as conn:
+            conn.execute(_PURGE_REVOKED, (now,))
+            row = conn.execute(_GET_SESSION, (session_id,)).fetchone()
+            if row is None:
+                return None
+            session = _session(row)
+            _end(conn, [session], now)
+            return session if session.is_live(now) else None
+
+    def end_sessions(self, client_id: str | None, now: float) -> int:
+        with self.wrap_errors(), self._write() as conn:
+            conn.execute(_PURGE_REVOKED, (now,))
+            if client_id is None:
+                rows = conn.execute(_ALL_SESSIONS).fetchall()
+            else:
+                rows = conn.execute(_CLIENT_SESSIONS, (client_id,)).fetchall()
+            sessions = [_session(row) for row in rows]
+            _end(conn, sessions, now)
+            return sum(1 for s in sessions if s.is_live(now))
+
+    def list_sessions(self, client_id: str | None, now: float) -> list[TokenSession]:
+        with self.wrap_errors():
+            query = {"now": now, "client_id": client_id}
+            rows = self._connection().execute(_LIST_SESSIONS, query)
+            return [_session(row) for row in rows]
+
+    # -- revocation --------------------------------------------------------------------
+
+    def revoke(self, token_id: str, expires_at: float, now: float) -> None:
+        with self.wrap_errors(), self._write() as conn:
+            conn.execute(_PURGE_REVOKED, (now,))
+            seq = _advance_seq(conn, 1)
+            conn.execute(_REVOKE, (token_id, expires_at, seq))
+
+    def revocation_seq(self) -> int:
+        with self.wrap_errors():
+            # Polled by every process several times a second: one primary-key read.
+            (seq,) = self._connection().execute(_GET_SEQ).fetchone()
+            return int(seq)
+
+    def revocations_since(self, seq: int, now: float) -> tuple[dict[str, float], int]:
+        with self.wrap_errors(), self._read() as conn:
+            # One snapshot for both reads. Read apart, a revocation committed in
+            # between could be counted in the returned seq yet missing from the
+            # entries, and the caller would never ask for it again.
+            (current,) = conn.execute(_GET_SEQ).fetchone()
+            rows = conn.execute(_REVOKED_SINCE, (seq, now)).fetchall()
+            return {token_id: float(exp) for token_id, exp in rows}, int(current)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back after a failure, keeping the original error if this fails too."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _schema_version(conn: sqlite3.Connection) -> int | None:
+    """The file's schema version; None for a new file without tables."""
+    try:
+        row = conn.execute(_GET_SCHEMA_VERSION).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None
+        raise
+    return None if row is None else int(row[0])
+
+
+def _advance_seq(conn: sqlite3.Connection, count: int) -> int:
+    """Advance ``revocation_seq`` by ``count`` (in a write transaction); return it."""
+    conn.execute(_ADD_TO_SEQ, (count,))
+    (seq,) = conn.execute(_GET_SEQ).fetchone()
+    return int(seq)
+
+
+def _end(conn: sqlite3.Connection, sessions: list[TokenSession], now: float) -> None:
+    """Delete ``sessions`` and revoke their ids, in the caller's write transaction."""
+    if not sessions:
+        return
+    first = _advance_seq(conn, len(sessions)) - len(sessions) + 1
+    conn.executemany(_DELETE_SESSION, [(s.session_id,) for s in sessions])
+    # Revoked for at least a moment beyond ``now``, so that other processes' next poll
+    # still sees a session that was ended just as it expired.
+    conn.executemany(
+        _REVOKE,
+        [
+            (s.session_id, max(s.expires_at, now + 1), seq)
+            for seq, s in enumerate(sessions, start=first)
+        ],
+    )
+
+
+def _key_row(key: SigningKey) -> tuple[t.Any, ...]:
+    return (key.kid, key.alg, key.private_pem, key.created_at, key.retire_at)
+
+
+def _key(row: t.Sequence[t.Any]) -> SigningKey:
+    kid, alg, private_pem, created_at, retire_at = row
+    return SigningKey(kid, alg, private_pem, created_at, retire_at)
+
+
+def _client_row(client: Client) -> tuple[t.Any, ...]:
+    # Grants and scopes are tokens without spaces (RFC 6749 3.3), so a space joins them.
+    return (
+        client.client_id,
+        client.alias,
+        client.name,
+        client.secret_hash,
+        " ".join(client.grants),
+        " ".join(client.scopes),
+        int(client.enabled),
+        client.created_at,
+    )
+
+
+def _client(row: t.Sequence[t.Any]) -> Client:
+    client_id, alias, name, secret_hash, grants, scopes, enabled, created_at = row
+    return Client(
+        client_id=client_id,
+        name=name,
+        secret_hash=secret_hash,
+        alias=alias,
+        grants=tuple(grants.split()),
+        scopes=tuple(scopes.split()),
+        enabled=bool(enabled),
+        created_at=created_at,
+    )
+
+
+def _user_row(user: User) -> tuple[t.Any, ...]:
+    return (user.username, user.password_hash, user.created_at)
+
+
+def _session_row(session: TokenSession) -> tuple[t.Any, ...]:
+    return (
+        session.session_id,
+        session.client_id,
+        session.subject,
+        session.scope,
+        int(session.holds_seat),
+        session.refresh_hash,
+        session.created_at,
+        session.expires_at,
+    )
+
+
+def _session(row: t.Sequence[t.Any]) -> TokenSession:
+    session_id, client_id, subject, scope, holds_seat, refresh_hash = row[:6]
+    created_at, expires_at = row[6:]
+    return TokenSession(
+        session_id=session_id,
+        client_id=client_id,
+        subject=subject,
+        scope=scope,
+        holds_seat=bool(holds_seat),
+        refresh_hash=refresh_hash,
+        created_at=created_at,
+        expires_at=expires_at,
+    )

@@ -1,0 +1,92 @@
+"""Worker functions for the multi-process store tests.
+
+They live in a plain module (not the test module) because ``spawn`` children import
+the target by module name; ``tests/stores/conftest.py`` puts this folder on
+``sys.path``, and spawned children inherit it. Only ``flask_tokenguard`` is imported
+here, never pytest.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from flask_tokenguard.errors import StoreError
+from flask_tokenguard.models import SigningKey
+from flask_tokenguard.models import TokenSession
+from flask_tokenguard.stores import store_from_url
+
+if t.TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Barrier
+
+#: How long a worker waits for the others at the starting line.
+BARRIER_TIMEOUT = 60.0
+
+
+def race_seats(
+    url: str,
+    options: dict[str, t.Any],
+    worker: int,
+    attempts: int,
+    seat_limit: int,
+    now: float,
+    barrier: Barrier,
+    results: Queue[tuple[int, str, t.Any]],
+) -> None:
+    """Try ``attempts`` times to start a session holding a seat; report the grants."""
+    try:
+        store = store_from_url(url, **options)
+        try:
+            store.check()
+            barrier.wait(BARRIER_TIMEOUT)
+            granted = 0
+            for attempt in range(attempts):
+                session = TokenSession(
+                    session_id=f"p{worker}-{attempt}",
+                    client_id="racer",
+                    subject=f"worker{worker}",
+                    scope="all",
+                    holds_seat=True,
+                    refresh_hash=f"refresh-p{worker}-{attempt}",
+                    created_at=now,
+                    expires_at=now + 600,
+                )
+                granted += store.start_session(session, seat_limit, now)
+            results.put((worker, "ok", granted))
+        finally:
+            store.close()
+    except BaseException as exc:  # report every failure to the parent, which asserts
+        barrier.abort()
+        results.put((worker, "error", f"{type(exc).__name__}: {exc}"))
+
+
+def open_and_ensure_key(
+    url: str,
+    options: dict[str, t.Any],
+    worker: int,
+    now: float,
+    barrier: Barrier,
+    results: Queue[tuple[int, str, t.Any]],
+) -> None:
+    """Open a store that may not exist yet, at the same moment as the other workers.
+
+    Reports the key ids that ``ensure_signing_key`` returned, or ``"unreachable"`` when
+    the server is down (the parent then skips).
+    """
+    try:
+        barrier.wait(BARRIER_TIMEOUT)
+        try:
+            store = store_from_url(url, **options)
+            store.check()
+        except StoreError as exc:
+            results.put((worker, "unreachable", str(exc)))
+            return
+        try:
+            candidate = SigningKey(f"key-{worker}", "ES256", f"pem-{worker}", now)
+            keys = store.ensure_signing_key(candidate)
+            results.put((worker, "ok", [k.kid for k in keys]))
+        finally:
+            store.close()
+    except BaseException as exc:
+        barrier.abort()
+        results.put((worker, "error", f"{type(exc).__name__}: {exc}"))
