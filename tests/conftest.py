@@ -35,20 +35,28 @@ def _no_app_context_leaks() -> t.Iterator[None]:
 
 
 @pytest.fixture
-def app_factory(tmp_path: Path) -> t.Callable[..., Flask]:
-    """Build the sample app on a fresh store: ``app_factory(store_url=None, **config)``."""
+def app_factory(tmp_path: Path) -> t.Iterator[t.Callable[..., Flask]]:
+    """Build the sample app on a fresh store: ``app_factory(store_url=None, **config)``.
+
+    Config keys may drop the ``TOKENGUARD_`` prefix. The apps' stores are closed after.
+    """
+    apps: list[Flask] = []
 
     def build(store_url: str | None = None, **config: t.Any) -> Flask:
         settings = {
             "TESTING": True,
             "TOKENGUARD_STORE_URL": store_url or "memory://",
-            # The slowest scrypt cost allowed: tests hash many passwords.
+            # The cheapest scrypt cost allowed: tests hash many passwords.
             "TOKENGUARD_PASSWORD_HASH_COST": 10,
             **{(k if k.startswith("TOKENGUARD_") else f"TOKENGUARD_{k}"): v for k, v in config.items()},
         }
-        return sample_app.create_app(settings)
+        app = sample_app.create_app(settings)
+        apps.append(app)
+        return app
 
-    return build
+    yield build
+    for app in apps:
+        app.extensions["tokenguard"].close_store(app)
 
 
 @pytest.fixture
