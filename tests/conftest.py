@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import typing as t
 from pathlib import Path
 
@@ -18,8 +19,10 @@ import pytest
 from flask import Flask
 
 import sample_app
+from helpers import RedisServer
 from helpers import SampleServer
 from helpers import free_port
+from helpers import unavailable
 
 @pytest.fixture(autouse=True)
 def _no_app_context_leaks() -> t.Iterator[None]:
@@ -113,3 +116,16 @@ def sample_server(tmp_path: Path) -> t.Iterator[t.Callable[..., SampleServer]]:
     for server in started:
         if server.process.poll() is None:
             server.stop()
+
+
+@pytest.fixture
+def own_redis_server(tmp_path: Path) -> t.Iterator[RedisServer]:
+    """A private ``redis-server`` on a free port, which a test may kill and restart."""
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server binary not found on PATH")
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -5,7 +5,6 @@ Uses a private ``redis-server`` on a free port, which the test kills and restart
 
 from __future__ import annotations
 
-import shutil
 import typing as t
 from pathlib import Path
 
@@ -17,25 +16,14 @@ from helpers import RedisServer
 from helpers import basic
 from helpers import bearer
 from helpers import cli
-from helpers import unavailable
 
 pytestmark = [pytest.mark.redis, pytest.mark.server]
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> t.Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        unavailable("redis-server binary not found on PATH")
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
-
-
 def test_store_outage_is_503_and_recovers(
-    app_factory: t.Callable[..., Flask], redis_server: RedisServer, live_server: t.Any
+    app_factory: t.Callable[..., Flask], own_redis_server: RedisServer, live_server: t.Any
 ) -> None:
-    app = app_factory(redis_server.url, LICENSES=1, REVOCATION_LAG=0,
+    app = app_factory(own_redis_server.url, LICENSES=1, REVOCATION_LAG=0,
                       STORE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1})
     creds = cli(app, "create-client", "outage")
     url = live_server(app)
@@ -44,7 +32,7 @@ def test_store_outage_is_503_and_recovers(
     assert first.status_code == 200
     token = first.json()["access_token"]
 
-    redis_server.kill()
+    own_redis_server.kill()
     refused = requests.post(url + "/token", data={"grant_type": "client_credentials"}, headers=auth, timeout=30)
     assert refused.status_code == 503
     assert refused.json()["error"] == "temporarily_unavailable"
@@ -55,7 +43,7 @@ def test_store_outage_is_503_and_recovers(
 
     # Back, but empty (this server keeps nothing on disk): the app serves again without a
     # restart. The wiped client is unknown now; a new one gets tokens and a seat.
-    redis_server.start()
+    own_redis_server.start()
     gone = requests.post(url + "/token", data={"grant_type": "client_credentials"}, headers=auth, timeout=10)
     assert gone.status_code == 401 and gone.json()["error"] == "invalid_client"
     fresh = cli(app, "create-client", "after the outage")
@@ -67,26 +55,26 @@ def test_store_outage_is_503_and_recovers(
 
 
 def test_outage_without_data_loss_keeps_the_session(
-    app_factory: t.Callable[..., Flask], redis_server: RedisServer, live_server: t.Any
+    app_factory: t.Callable[..., Flask], own_redis_server: RedisServer, live_server: t.Any
 ) -> None:
     """A dropped connection (the server paused, not wiped) leaves sessions and seats intact."""
     import os
     import signal
 
-    app = app_factory(redis_server.url, LICENSES=1, REVOCATION_LAG=0,
+    app = app_factory(own_redis_server.url, LICENSES=1, REVOCATION_LAG=0,
                       STORE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1})
     creds = cli(app, "create-client", "outage")
     url = live_server(app)
     auth = basic(creds["client_id"], creds["client_secret"])
     first = requests.post(url + "/token", data={"grant_type": "client_credentials"}, headers=auth, timeout=10)
     assert first.status_code == 200
-    assert redis_server.process is not None
-    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    assert own_redis_server.process is not None
+    os.kill(own_redis_server.process.pid, signal.SIGSTOP)
     try:
         hung = requests.post(url + "/token", data={"grant_type": "client_credentials"}, headers=auth, timeout=60)
         assert hung.status_code == 503
     finally:
-        os.kill(redis_server.process.pid, signal.SIGCONT)
+        os.kill(own_redis_server.process.pid, signal.SIGCONT)
     token = first.json()["access_token"]
     assert requests.get(url + "/whoami", headers=bearer(token), timeout=10).status_code == 200
     assert cli(app, "licenses") == {"in_use": 1, "total": 1}

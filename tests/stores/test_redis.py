@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -99,19 +98,6 @@ def make_store(raw: redis.Redis) -> t.Iterator[t.Callable[..., RedisStore]]:
             store.close()
 
 
-@pytest.fixture
-def own_server(tmp_path: Path) -> t.Iterator[RedisServer]:
-    """A running private server, killed at teardown."""
-    if shutil.which("redis-server") is None:
-        unavailable("redis-server binary not found on PATH")
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
 # -- key prefix -----------------------------------------------------------------------
 
 
@@ -135,10 +121,10 @@ def test_reset_deletes_only_its_own_prefix(
     assert second.revocations_since(0, now=1000.0) == ({"jti-1": 3000.0}, 1)
 
 
-def test_every_key_carries_the_prefix_and_one_cluster_slot(own_server: RedisServer) -> None:
+def test_every_key_carries_the_prefix_and_one_cluster_slot(own_redis_server: RedisServer) -> None:
     # A private server, so that every key in it is this store's.
-    store = t.cast("RedisStore", store_from_url(own_server.url))
-    raw = redis.Redis.from_url(own_server.url, decode_responses=True)
+    store = t.cast("RedisStore", store_from_url(own_redis_server.url))
+    raw = redis.Redis.from_url(own_redis_server.url, decode_responses=True)
     try:
         store.claim_once("demo-client")
         store.ensure_signing_key(SigningKey("k1", "ES256", "pem", created_at=1000.0))
@@ -221,14 +207,14 @@ def test_sweep_removes_every_index_entry(
 # -- errors, reconnects, lifecycle ----------------------------------------------------
 
 
-def test_server_going_away_raises_store_error_and_recovers(own_server: RedisServer) -> None:
-    store = store_from_url(own_server.url, key_prefix=new_prefix())
+def test_server_going_away_raises_store_error_and_recovers(own_redis_server: RedisServer) -> None:
+    store = store_from_url(own_redis_server.url, key_prefix=new_prefix())
     try:
         store.check()
         store.create_client(Client("app", "App"))
         assert store.start_session(make_session("s1"), 1, now=1000.0)
 
-        own_server.kill()
+        own_redis_server.kill()
         with pytest.raises(StoreError) as caught:
             store.get_client("app")
         assert isinstance(caught.value.original, redis.exceptions.RedisError)
@@ -237,7 +223,7 @@ def test_server_going_away_raises_store_error_and_recovers(own_server: RedisServ
         with pytest.raises(StoreError):
             store.check()
 
-        own_server.start()  # same port, empty: no persistence
+        own_redis_server.start()  # same port, empty: no persistence
         store.check()
         assert store.get_client("app") is None
         # The scripts were flushed with the server: EVALSHA falls back to loading them.
@@ -249,13 +235,13 @@ def test_server_going_away_raises_store_error_and_recovers(own_server: RedisServ
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP (POSIX)")
-def test_hung_server_fails_within_the_socket_timeout(own_server: RedisServer) -> None:
+def test_hung_server_fails_within_the_socket_timeout(own_redis_server: RedisServer) -> None:
     # Timeouts are not retried: a hung server costs one socket_timeout, then StoreError.
-    store = store_from_url(own_server.url, key_prefix=new_prefix(), socket_timeout=0.5)
-    assert own_server.process is not None
+    store = store_from_url(own_redis_server.url, key_prefix=new_prefix(), socket_timeout=0.5)
+    assert own_redis_server.process is not None
     try:
         assert store.start_session(make_session("s1"), 5, now=1000.0)
-        own_server.process.send_signal(signal.SIGSTOP)
+        own_redis_server.process.send_signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
             with pytest.raises(StoreError) as caught:
@@ -263,15 +249,15 @@ def test_hung_server_fails_within_the_socket_timeout(own_server: RedisServer) ->
             assert time.monotonic() - started < 2.0
             assert isinstance(caught.value.original, redis.exceptions.TimeoutError)
         finally:
-            own_server.process.send_signal(signal.SIGCONT)
+            own_redis_server.process.send_signal(signal.SIGCONT)
         assert store.seats_in_use(now=1000.0) == 1
     finally:
         store.close()
 
 
-def test_scripts_reload_after_script_flush(own_server: RedisServer) -> None:
-    store = store_from_url(own_server.url, key_prefix=new_prefix())
-    raw = redis.Redis.from_url(own_server.url)
+def test_scripts_reload_after_script_flush(own_redis_server: RedisServer) -> None:
+    store = store_from_url(own_redis_server.url, key_prefix=new_prefix())
+    raw = redis.Redis.from_url(own_redis_server.url)
     try:
         assert store.start_session(make_session("s1"), 5, now=1000.0)
         raw.script_flush()
@@ -293,10 +279,10 @@ def test_store_works_again_after_close(make_store: t.Callable[..., RedisStore]) 
 
 
 def test_check_warns_when_keys_may_be_evicted(
-    own_server: RedisServer, caplog: pytest.LogCaptureFixture
+    own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = store_from_url(own_server.url)
-    raw = redis.Redis.from_url(own_server.url)
+    store = store_from_url(own_redis_server.url)
+    raw = redis.Redis.from_url(own_redis_server.url)
     try:
         with caplog.at_level(logging.WARNING, logger="flask_tokenguard.stores.redis"):
             store.check()
@@ -328,8 +314,8 @@ def test_check_tolerates_a_disabled_config_command(
     assert not caplog.records
 
 
-def test_unix_socket_scheme(own_server: RedisServer) -> None:
-    store = store_from_url(f"redis+unix://{own_server.socket_path}?db=0", key_prefix=new_prefix())
+def test_unix_socket_scheme(own_redis_server: RedisServer) -> None:
+    store = store_from_url(f"redis+unix://{own_redis_server.socket_path}?db=0", key_prefix=new_prefix())
     try:
         store.check()
         assert store.claim_once("via-socket")
