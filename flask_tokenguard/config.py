@@ -254,6 +254,11 @@ class Settings:
                 raise ConfigurationError(
                     f"TOKENGUARD_SCOPE_IMPLIES must map configured scopes, got {scope!r}"
                 )
+        if not self.licensed_scopes <= self.scopes.keys():
+            raise ConfigurationError(
+                "TOKENGUARD_LICENSED_SCOPES must name configured scopes, "
+                f"got {sorted(self.licensed_scopes)!r}"
+            )
         for scope in self.scopes:
             if not scope or any(c in scope for c in ' "\\') or not scope.isprintable():
                 raise ConfigurationError(f"TOKENGUARD_SCOPES has an invalid scope name {scope!r}")

@@ -67,7 +67,7 @@ def _state() -> AppState:
 def _check_transport() -> None:
     state = _state()
     request.max_content_length = state.settings.max_body
-    check_https(state.settings, request.scheme, request.remote_addr)
+    check_https(state.settings, request.environ)
 
 
 @bp.after_request
@@ -140,6 +140,10 @@ def read_params() -> dict[str, str]:
             raise InvalidRequestError("Every parameter must be a string.")
         if "\x00" in value or "\x00" in key:
             raise InvalidRequestError("A parameter holds a NUL character.")
+        try:
+            value.encode("utf-8")  # JSON may carry lone surrogates, which no store can keep
+        except UnicodeEncodeError:
+            raise InvalidRequestError("A parameter is not valid Unicode.") from None
     return params
 
 
@@ -232,8 +236,10 @@ def logoff() -> Response:
         ended = state.store.end_session(access.session_id, now)
         session_id = access.session_id
     else:
-        params = read_params()
-        refresh_token = params.get("refresh_token")
+        try:
+            refresh_token = read_params().get("refresh_token")
+        except InvalidRequestError:
+            refresh_token = None  # an unreadable body carries no token: 401 below
         if not refresh_token:
             parse_bearer(None, realm)  # raises the bare 401 challenge
         ended = end_session_by_refresh_token(state.store, refresh_token, now)
@@ -269,7 +275,8 @@ def revoke() -> Response:
         except InvalidTokenError:
             access = None
         if access is not None and access.client_id == client.client_id:
-            state.store.revoke(access.token_id, access.expires_at, now)
+            # Kept while the guard still accepts the token: until exp + clock skew.
+            state.store.revoke(access.token_id, access.expires_at + state.settings.clock_skew, now)
     return Response(status=200, headers=_NO_STORE)
 
 

@@ -39,7 +39,9 @@ class AppState:
         self.keys = KeyRing(store, settings.signing_alg, settings.access_token_ttl)
         #: Bearer token validation with the per-process cache and revocation set.
         self.verifier = TokenVerifier(
-            self.keys, RevocationCache(store, settings.revocation_lag), settings
+            self.keys,
+            RevocationCache(store, settings.revocation_lag, settings.clock_skew),
+            settings,
         )
 
     @property

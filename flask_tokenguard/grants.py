@@ -55,11 +55,32 @@ def resolve_scope(settings: Settings, client: Client, requested: str | None) -> 
         if all(s in client.scopes for s in default):
             return " ".join(default)
         return " ".join(s for s in client.scopes if s in settings.scopes)
-    wanted = list(dict.fromkeys(requested.split()))
+    wanted = split_scope(requested)
     allowed = settings.expand_scopes(s for s in client.scopes if s in settings.scopes)
     if any(s not in settings.scopes or s not in allowed for s in wanted):
         raise InvalidScopeError()
     return " ".join(wanted)
+
+
+def split_scope(scope: str) -> list[str]:
+    """Split a ``scope`` parameter on spaces only (RFC 6749 3.3), dropping repeats.
+
+    Tabs and other white space stay inside a token, which then matches no scope.
+    """
+    return list(dict.fromkeys(s for s in scope.split(" ") if s))
+
+
+def _still_valid(context: GrantContext, client: Client, session: TokenSession, now: float) -> None:
+    """Undo the session if an administrator changed the client meanwhile.
+
+    Disabling, rotating or deleting a client changes its record, then ends its sessions.
+    A request that authenticated just before the change may start its session just
+    after that sweep; reading the record again after starting closes the gap: either the
+    sweep saw this session, or this read sees the change.
+    """
+    if context.store.get_client(client.client_id) != client:
+        context.store.end_session(session.session_id, now)
+        raise InvalidGrantError("The client changed during the request.")
 
 
 def _require(params: t.Mapping[str, str], name: str) -> str:
@@ -91,6 +112,7 @@ def _client_credentials(
         context.store, context.settings, client_id=client.client_id,
         subject=client.client_id, scope=scope, now=now,
     )
+    _still_valid(context, client, session, now)
     return _token_response(context, session, scope, refresh_token, now)
 
 
@@ -113,6 +135,7 @@ def _password(
         context.store, context.settings, client_id=client.client_id,
         subject=str(subject), scope=scope, now=now,
     )
+    _still_valid(context, client, session, now)
     return _token_response(context, session, scope, refresh_token, now)
 
 
@@ -121,7 +144,7 @@ def _refresh_token(
 ) -> dict[str, t.Any]:
     token = _require(params, "refresh_token")
     requested = params.get("scope")
-    wanted = list(dict.fromkeys(requested.split())) if requested and requested.strip() else None
+    wanted = split_scope(requested) if requested and requested.strip() else None
 
     def check_scope(session: TokenSession) -> None:
         # RFC 6749 section 6: a narrower scope for this access token, never a wider one.
@@ -134,6 +157,7 @@ def _refresh_token(
         now=now, check=check_scope,
     )
     scope = " ".join(wanted) if wanted else session.scope
+    _still_valid(context, client, session, now)
     return _token_response(context, session, scope, refresh_token, now)
 
 
@@ -156,6 +180,7 @@ def _token_response(
         audience=settings.audience or context.issuer,
         ttl=settings.access_token_ttl,
         now=now,
+        clock_skew=settings.clock_skew,
     )
     return {
         "access_token": access_token,

@@ -63,18 +63,27 @@ def is_loopback(address: str | None) -> bool:
     return (mapped or ip).is_loopback
 
 
-def check_https(settings: Settings, scheme: str, remote_addr: str | None) -> None:
+def check_https(settings: Settings, environ: t.Mapping[str, t.Any]) -> None:
     """Refuse plain HTTP unless it comes from loopback with no proxy in front.
 
-    ``scheme`` and ``remote_addr`` are as the WSGI server set them; behind the trusted
-    proxy waitress has already applied its ``X-Forwarded-Proto``/``-For``. With a proxy
-    configured the loopback exemption is off, because a proxy on the same host makes
-    every request arrive from loopback.
+    Under our waitress runner the trusted proxy's ``X-Forwarded-Proto``/``-For`` were
+    already applied to ``wsgi.url_scheme`` and ``REMOTE_ADDR``. Under another server the
+    peer is still the proxy itself, so its ``X-Forwarded-Proto`` is read here, and
+    only when the peer is exactly that address. With a proxy configured the loopback
+    exemption is off, because a proxy on the same host makes every request loopback.
     """
-    if not settings.require_https or scheme == "https":
+    if not settings.require_https or environ.get("wsgi.url_scheme") == "https":
         return
-    if settings.trusted_proxy is None and is_loopback(remote_addr):
-        return
+    remote_addr = environ.get("REMOTE_ADDR")
+    proxy = settings.trusted_proxy
+    if proxy is None:
+        if is_loopback(remote_addr):
+            return
+    elif remote_addr == proxy and "x-forwarded-proto" in settings.trusted_proxy_headers:
+        forwarded = environ.get("HTTP_X_FORWARDED_PROTO", "")
+        # The proxy appends its own value last; earlier ones came from the client.
+        if forwarded.rsplit(",", 1)[-1].strip().lower() == "https":
+            return
     raise HTTPSRequiredError()
 
 
@@ -97,7 +106,7 @@ def authorize(state: AppState, environ: t.Mapping[str, t.Any], scopes: t.Collect
     Plain WSGI, so that ``TokenGuardMiddleware`` runs the very same check.
     """
     settings = state.settings
-    check_https(settings, environ.get("wsgi.url_scheme", "http"), environ.get("REMOTE_ADDR"))
+    check_https(settings, environ)
     token = parse_bearer(environ.get("HTTP_AUTHORIZATION"), settings.realm)
     try:
         access = state.verifier.verify(token, time.time())

@@ -10,13 +10,17 @@ Rules map path prefixes, optionally with methods, to the scopes they need::
     app = TokenGuardMiddleware(legacy_wsgi_app, rules, config={"TOKENGUARD_STORE_URL": ...})
 
 The longest matching prefix wins, and a rule naming the method wins over one that does
-not. Paths no rule matches pass through untouched. The validated token is put in the
+not (a ``GET`` rule also covers ``HEAD``). Paths are matched after merging repeated
+slashes and resolving dot segments, and without regard to case, so ``//Admin/./x``
+cannot slip past a ``/admin`` rule. Paths no rule matches pass through untouched. The validated token is put in the
 WSGI environ as ``environ["tokenguard.token"]`` (an ``AccessToken``). Responses to
 refused requests are the RFC 6750 ones the Flask guard gives.
 """
 
 from __future__ import annotations
 
+import posixpath
+import re
 import typing as t
 
 from flask import Flask
@@ -45,10 +49,19 @@ def _compile(rules: Rules) -> list[tuple[str, str | None, tuple[str, ...] | None
         if not isinstance(prefix, str) or not prefix.startswith("/"):
             raise ValueError(f"a rule's path prefix must start with '/', got {prefix!r}")
         needed = None if scopes is None else ((scopes,) if isinstance(scopes, str) else tuple(scopes))
-        compiled.append((prefix, method.upper() if method else None, needed))
+        compiled.append((prefix.lower(), method.upper() if method else None, needed))
     # Longest prefix first; for one prefix, the method-specific rule first.
     compiled.sort(key=lambda rule: (len(rule[0]), rule[1] is not None), reverse=True)
     return compiled
+
+
+def _normalize(path: str) -> str:
+    """Lower-case ``path``, merge repeated slashes, resolve ``.`` and ``..`` segments."""
+    merged = re.sub(r"/+", "/", path.lower())
+    normal = posixpath.normpath(merged)
+    if merged.endswith("/") and normal != "/":
+        normal += "/"
+    return normal
 
 
 class TokenGuardMiddleware:
@@ -90,6 +103,8 @@ class TokenGuardMiddleware:
 
     def scopes_for(self, path: str, method: str) -> tuple[str, ...] | None:
         """The scopes a request needs, or None when no rule guards it."""
+        path = _normalize(path)
+        method = "GET" if method == "HEAD" else method
         for prefix, rule_method, scopes in self.rules:
             if path.startswith(prefix) and rule_method in (None, method):
                 return scopes

@@ -59,7 +59,8 @@ def seconds_until_seat(store: Store, settings: Settings, now: float) -> int:
     """Seconds until the earliest held seat expires (for ``Retry-After``)."""
     earliest = store.earliest_seat_expiry(now)
     if earliest is None:
-        return settings.session_ttl
+        # No seat is held: either none exist (LICENSES=0) or one freed just now.
+        return settings.session_ttl if not settings.licenses else 1
     return max(1, math.ceil(earliest - now))
 
 

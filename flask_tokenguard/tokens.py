@@ -82,18 +82,24 @@ class KeyRing:
 
     def reload(self, now: float) -> None:
         """Re-read the keys; create the first one if the store has none."""
-        records = self._store.signing_keys(now)
-        if not records:
-            records = self._store.ensure_signing_key(generate_signing_key(self._alg, now))
-        keys = {r.kid: self._keys.get(r.kid) or _LoadedKey(r) for r in records}
-        signers = [k for k in keys.values() if k.record.retire_at is None]
+        # One reload at a time, so a slow one cannot overwrite a newer key list, and a
+        # cold start generates one key, not one per thread.
         with self._lock:
+            records = self._store.signing_keys(now)
+            if not records:
+                records = self._store.ensure_signing_key(generate_signing_key(self._alg, now))
+            keys = {r.kid: self._keys.get(r.kid) or _LoadedKey(r) for r in records}
+            signers = [k for k in keys.values() if k.record.retire_at is None]
             self._keys = keys
             self._signer = max(signers or keys.values(), key=lambda k: k.record.created_at)
             self._loaded_at = now
 
     def _fresh(self, now: float) -> None:
         if now - self._loaded_at >= KEY_REFRESH_SECONDS or self._signer is None:
+            loaded_at = self._loaded_at
+            with self._lock:
+                if self._loaded_at != loaded_at:
+                    return  # another thread reloaded while this one waited
             self.reload(now)
 
     def signer(self, now: float) -> _LoadedKey:
@@ -133,6 +139,7 @@ class KeyRing:
                 jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public))
             else:
                 jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public))
+            jwk.pop("key_ops", None)  # RFC 7517 4.3: not together with "use"
             jwk.update(kid=key.record.kid, alg=key.record.alg, use="sig")
             keys.append(jwk)
         return {"keys": keys}
@@ -146,13 +153,15 @@ def issue_access_token(
     audience: str,
     ttl: int,
     now: float,
+    clock_skew: int = 0,
 ) -> tuple[str, int]:
     """Sign an access token for ``session``; return it and its ``expires_in``.
 
     ``expires_in`` is min(ttl, seconds left in the session), so no access token outlives
-    the seat its session holds.
+    the seat its session holds; with a clock skew the guard accepts a token that much
+    past its ``exp``, so the skew comes off the session's share.
     """
-    expires_in = max(0, min(ttl, int(session.expires_at - now)))
+    expires_in = max(0, min(ttl, int(session.expires_at - now - clock_skew)))
     issued_at = int(now)
     claims = {
         "iss": issuer,
@@ -183,9 +192,11 @@ class RevocationCache:
     ``revocation_seq``, and pulls entries only when it changed.
     """
 
-    def __init__(self, store: Store, lag: float) -> None:
+    def __init__(self, store: Store, lag: float, clock_skew: float = 0) -> None:
         self._store = store
         self._lag = lag
+        # Tokens are accepted until exp + skew, so their revocations must last as long.
+        self._skew = clock_skew
         self._revoked: dict[str, float] = {}
         self._seq = 0
         self._polled_at = float("-inf")
@@ -212,12 +223,12 @@ class RevocationCache:
                 # The counter went back (a store emptied or restarted): read it all again.
                 self._seq = 0
             if seq != self._seq:
-                entries, seq = self._store.revocations_since(self._seq, now)
+                entries, seq = self._store.revocations_since(self._seq, now - self._skew)
                 # Update in place: a concurrent ``add`` from a request thread must survive.
                 revoked = self._revoked
                 revoked.update(entries)
                 for token_id, expires_at in list(revoked.items()):
-                    if expires_at <= now:
+                    if expires_at + self._skew <= now:
                         revoked.pop(token_id, None)
                 self._seq = seq
             self._polled_at = now

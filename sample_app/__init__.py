@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 import threading
 import typing as t
 
@@ -19,6 +20,8 @@ from flask_tokenguard import current_token
 from flask_tokenguard import require_token
 
 guard = TokenGuard()
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 _orders_lock = threading.Lock()
 _ORDERS: list[dict[str, t.Any]] = [
@@ -47,6 +50,8 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
         orders = list(_ORDERS)
         if since is not None:
             try:
+                if not _DATE.fullmatch(since):
+                    raise ValueError(since)
                 start = datetime.date.fromisoformat(since)
             except ValueError:
                 return jsonify(error="invalid_request", error_description="from must be YYYY-MM-DD"), 400

@@ -56,6 +56,8 @@ def main(argv: t.Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     app = create_app()
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal in a URL
     try:
         ensure_demo_client(app, f"http://{host}:{args.port}")
     except StoreError as exc:

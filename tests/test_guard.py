@@ -20,6 +20,7 @@ from flask_tokenguard import TokenGuard
 from flask_tokenguard import current_token
 from flask_tokenguard import require_token
 from flask_tokenguard.tokens import generate_signing_key
+from helpers import basic
 from helpers import bearer
 from helpers import get_token
 from helpers import register
@@ -28,6 +29,10 @@ from helpers import register
 @pytest.fixture
 def creds(app: Flask) -> dict[str, t.Any]:
     return register(app)
+
+
+def basic_header(creds: dict[str, t.Any]) -> str:
+    return basic(creds["client_id"], creds["client_secret"])["Authorization"]
 
 
 def _token(client: t.Any, creds: dict[str, t.Any], **params: str) -> str:
@@ -341,6 +346,23 @@ def test_loopback_exemption_is_off_behind_a_trusted_proxy(app_factory: t.Callabl
     app = app_factory(TRUSTED_PROXY="127.0.0.1")
     response = app.test_client().post("/token", data={"grant_type": "client_credentials"})
     assert response.status_code == 400 and response.json["error_description"] == "HTTPS required."
+
+
+def test_trusted_proxy_header_is_believed_only_from_the_proxy(app_factory: t.Callable[..., Flask]) -> None:
+    """Under a server other than our runner, the peer is the proxy itself."""
+    app = app_factory(TRUSTED_PROXY="10.0.0.1")
+    client = app.test_client()
+    creds = register(app)
+    https = {"X-Forwarded-Proto": "https"}
+    data = {"grant_type": "client_credentials"}
+    auth = {"Authorization": basic_header(creds)}
+    from_proxy = client.post("/token", data=data, headers={**auth, **https}, environ_base={"REMOTE_ADDR": "10.0.0.1"})
+    assert from_proxy.status_code == 200
+    spoofed = client.post("/token", data=data, headers={**auth, **https}, environ_base={"REMOTE_ADDR": "10.0.0.2"})
+    assert spoofed.status_code == 400 and spoofed.json["error_description"] == "HTTPS required."
+    client_says = client.post("/token", data=data, headers={**auth, "X-Forwarded-Proto": "https, http"},
+                              environ_base={"REMOTE_ADDR": "10.0.0.1"})
+    assert client_says.status_code == 400
 
 
 @pytest.mark.server

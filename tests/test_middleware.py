@@ -93,6 +93,18 @@ def test_method_rule_needs_its_scope(guarded: Client, tokens: dict[str, str]) ->
     assert guarded.post("/api/orders", headers=bearer(tokens["all"])).status_code == 200
 
 
+@pytest.mark.parametrize("path", ["//api/orders", "/API/orders", "/api/./orders", "/x/../api/orders"])
+def test_path_tricks_do_not_slip_past_a_rule(guarded: Client, path: str) -> None:
+    # PATH_INFO set directly: the test client would read "//api" as a host name.
+    assert guarded.get("/", environ_overrides={"PATH_INFO": path}).status_code == 401
+
+
+def test_head_is_guarded_like_get(tmp_path: Path) -> None:
+    middleware = TokenGuardMiddleware(legacy_app, {("/reports", "GET"): "view"}, config={
+        "TOKENGUARD_STORE_URL": "memory://", "TESTING": True})
+    assert Client(middleware).head("/reports").status_code == 401
+
+
 def test_bad_token_is_invalid_token(guarded: Client) -> None:
     response = guarded.get("/api/orders", headers=bearer("not-a-jwt"))
     assert response.status_code == 401 and 'error="invalid_token"' in response.headers["WWW-Authenticate"]

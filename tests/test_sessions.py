@@ -248,8 +248,10 @@ def test_logoff_with_json_refresh_token(licensed: Flask) -> None:
         {},
         {"headers": {"Authorization": "Bearer nonsense"}},
         {"data": {"refresh_token": "unknown"}},
+        {"data": b"refresh_token=x", "content_type": "text/plain"},
+        {"json": {"refresh_token": 42}},
     ],
-    ids=["nothing", "bad-bearer", "unknown-refresh"],
+    ids=["nothing", "bad-bearer", "unknown-refresh", "text-plain", "non-string"],
 )
 def test_logoff_without_a_valid_token_is_401(app: Flask, kwargs: dict[str, t.Any]) -> None:
     response = app.test_client().post("/logoff", **kwargs)
@@ -495,3 +497,53 @@ def test_revocation_lag_zero_checks_every_request(app_factory: t.Callable[..., F
     assert two.test_client().get("/whoami", headers=bearer(body["access_token"])).status_code == 200
     cli(one, "logoff", "--all")
     assert two.test_client().get("/whoami", headers=bearer(body["access_token"])).status_code == 401
+
+
+def test_retry_after_is_one_second_when_a_seat_just_freed(licensed: Flask) -> None:
+    from flask_tokenguard.sessions import seconds_until_seat
+
+    state = licensed.extensions["tokenguard"].state(licensed)
+    assert seconds_until_seat(state.store, state.settings, time.time()) == 1
+
+
+def test_client_disabled_during_a_token_request_gets_no_session(app: Flask) -> None:
+    """The admin's change lands between authentication and the new session."""
+    import sample_app
+    from flask_tokenguard import clients
+
+    public = register(app, "spa", "--public")
+    store = app.extensions["tokenguard"].store(app)
+    original = sample_app.guard._password_verifier
+
+    @sample_app.guard.password_verifier
+    def disable_meanwhile(username: str, password: str) -> str:
+        clients.set_enabled(store, public["client_id"], False, now=time.time())
+        return username
+
+    try:
+        response = _password(app.test_client(), public["client_id"], "carol", "pw")
+    finally:
+        sample_app.guard._password_verifier = original
+    assert response.status_code == 400 and response.json["error"] == "invalid_grant"
+    assert cli(app, "sessions") == []
+
+
+def test_revocation_outlives_exp_by_the_clock_skew(
+    app_factory: t.Callable[..., Flask], tmp_path: Path, clock: Clock
+) -> None:
+    url = f"sqlite:///{tmp_path / 'skew.sqlite3'}"
+    one = app_factory(url, ACCESS_TOKEN_TTL=60, CLOCK_SKEW=30)
+    two = app_factory(url, ACCESS_TOKEN_TTL=60, CLOCK_SKEW=30)
+    creds = register(one)
+    body = _ok(get_token(one.test_client(), creds))
+    assert _revoke(one.test_client(), creds, token=body["access_token"]).status_code == 200
+    clock(65)  # past exp, within exp + skew: still a token the guard would take
+    _ok(get_token(one.test_client(), creds))  # any later write sweeps expired rows
+    assert two.test_client().get("/whoami", headers=bearer(body["access_token"])).status_code == 401
+
+
+def test_licensed_scopes_must_be_configured(app_factory: t.Callable[..., Flask]) -> None:
+    from flask_tokenguard import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="TOKENGUARD_LICENSED_SCOPES"):
+        app_factory(LICENSED_SCOPES=["ALL"])

@@ -89,10 +89,11 @@ class MemoryStore(Store):
             self._clients[client.client_id] = client
 
     def get_client(self, id_or_alias: str) -> Client | None:
-        client = self._clients.get(id_or_alias)
-        if client is None:
-            client = next((c for c in self._clients.values() if c.alias == id_or_alias), None)
-        return client
+        with self._lock:
+            client = self._clients.get(id_or_alias)
+            if client is None:
+                client = next((c for c in self._clients.values() if c.alias == id_or_alias), None)
+            return client
 
     def update_client(self, client: Client) -> bool:
         with self._lock:
@@ -108,7 +109,9 @@ class MemoryStore(Store):
             return self._clients.pop(client_id, None) is not None
 
     def list_clients(self) -> list[Client]:
-        return sorted(self._clients.values(), key=lambda c: (c.created_at, c.client_id))
+        with self._lock:
+            clients = list(self._clients.values())
+        return sorted(clients, key=lambda c: (c.created_at, c.client_id))
 
     # -- users
 
@@ -133,7 +136,9 @@ class MemoryStore(Store):
             return self._users.pop(username, None) is not None
 
     def list_users(self) -> list[User]:
-        return sorted(self._users.values(), key=lambda u: u.username)
+        with self._lock:
+            users = list(self._users.values())
+        return sorted(users, key=lambda u: u.username)
 
     # -- sessions
 
