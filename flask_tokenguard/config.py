@@ -58,6 +58,12 @@ DEFAULTS: dict[str, t.Any] = {
     "TOKENGUARD_CLOCK_SKEW": 0,
     #: How many verified tokens each process keeps to skip signature checks.
     "TOKENGUARD_TOKEN_CACHE_SIZE": 10000,
+    #: Failed password-grant attempts per user name before it is locked out; 0 = never.
+    "TOKENGUARD_LOCKOUT_THRESHOLD": 10,
+    #: Seconds the failures are counted over, and a lockout lasts.
+    "TOKENGUARD_LOCKOUT_SECONDS": 300,
+    #: Seconds after which the signing key is replaced by itself; None = only by rotate-keys.
+    "TOKENGUARD_KEY_ROTATION": None,
     #: scrypt cost (log2 of N) for user passwords.
     "TOKENGUARD_PASSWORD_HASH_COST": 15,
     #: ``realm`` in ``WWW-Authenticate`` challenges.
@@ -170,6 +176,9 @@ _CONVERTERS: dict[str, t.Callable[[t.Any], t.Any]] = {
     "TOKENGUARD_SIGNING_ALG": _as_alg,
     "TOKENGUARD_CLOCK_SKEW": _as_int(0),
     "TOKENGUARD_TOKEN_CACHE_SIZE": _as_int(0),
+    "TOKENGUARD_LOCKOUT_THRESHOLD": _as_int(0),
+    "TOKENGUARD_LOCKOUT_SECONDS": _as_int(1),
+    "TOKENGUARD_KEY_ROTATION": _as_optional(_as_int(60)),
     "TOKENGUARD_PASSWORD_HASH_COST": _as_int(10),
     "TOKENGUARD_REALM": _as_str,
     "TOKENGUARD_MAX_BODY": _as_int(1024),
@@ -204,6 +213,9 @@ class Settings:
     signing_alg: str
     clock_skew: int
     token_cache_size: int
+    lockout_threshold: int
+    lockout_seconds: int
+    key_rotation: int | None
     password_hash_cost: int
     realm: str
     max_body: int

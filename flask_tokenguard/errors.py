@@ -13,6 +13,7 @@ Every ``error_description`` is a fixed string from this package; user input is n
 from __future__ import annotations
 
 import json
+import math
 import typing as t
 
 from werkzeug.exceptions import HTTPException
@@ -129,6 +130,15 @@ class InvalidGrantError(OAuthError):
 
     error = "invalid_grant"
     description = "The grant is invalid, expired or revoked."
+
+
+class LockedOutError(InvalidGrantError):
+    """Too many failed password attempts for this user name; ``Retry-After`` says how long."""
+
+    description = "Too many failed sign-ins for this user. Try again later."
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
 class UnauthorizedClientError(OAuthError):

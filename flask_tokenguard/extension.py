@@ -36,7 +36,9 @@ class AppState:
         #: The store chosen by ``TOKENGUARD_STORE_URL``.
         self.store = store
         #: Signing keys (newest signs; older ones verify until their tokens expire).
-        self.keys = KeyRing(store, settings.signing_alg, settings.access_token_ttl)
+        self.keys = KeyRing(
+            store, settings.signing_alg, settings.access_token_ttl, settings.key_rotation
+        )
         #: Bearer token validation with the per-process cache and revocation set.
         self.verifier = TokenVerifier(
             self.keys,

@@ -14,6 +14,7 @@ import typing as t
 from .errors import InvalidGrantError
 from .errors import InvalidRequestError
 from .errors import InvalidScopeError
+from .errors import LockedOutError
 from .errors import UnauthorizedClientError
 from .errors import UnsupportedGrantTypeError
 from .models import Client
@@ -122,15 +123,26 @@ def _password(
     username = _require(params, "username")
     password = _require(params, "password")
     scope = resolve_scope(context.settings, client, params.get("scope"))
+    settings, store = context.settings, context.store
+    # Counted per user name, known or not, so a lockout says nothing about who exists;
+    # checked before the KDF, so guessing also stops costing the server CPU.
+    lockout_key = f"user:{username}"
+    failures = 0
+    if settings.lockout_threshold:
+        failures, until = store.failures(lockout_key, now)
+        if failures >= settings.lockout_threshold:
+            raise LockedOutError(retry_after=until - now)
     if context.password_verifier is not None:
         subject = context.password_verifier(username, password)
     else:
-        ok = check_user_password(
-            context.store, username, password, cost=context.settings.password_hash_cost
-        )
+        ok = check_user_password(store, username, password, cost=settings.password_hash_cost)
         subject = username if ok else None
     if not subject:
+        if settings.lockout_threshold:
+            store.record_failure(lockout_key, settings.lockout_seconds, now)
         raise InvalidGrantError("The user name or password is wrong.")
+    if failures:
+        store.clear_failures(lockout_key)
     session, refresh_token = start_session(
         context.store, context.settings, client_id=client.client_id,
         subject=str(subject), scope=scope, now=now,

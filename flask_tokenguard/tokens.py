@@ -71,10 +71,13 @@ class KeyRing:
     Loading is lazy, so an app that only runs CLI commands never generates a key.
     """
 
-    def __init__(self, store: Store, alg: str, access_token_ttl: int) -> None:
+    def __init__(
+        self, store: Store, alg: str, access_token_ttl: int, max_age: int | None = None
+    ) -> None:
         self._store = store
         self._alg = alg
         self._ttl = access_token_ttl
+        self._max_age = max_age
         self._lock = threading.Lock()
         self._keys: dict[str, _LoadedKey] = {}
         self._signer: _LoadedKey | None = None
@@ -103,10 +106,20 @@ class KeyRing:
             self.reload(now)
 
     def signer(self, now: float) -> _LoadedKey:
-        """The key that signs new tokens."""
+        """The key that signs new tokens; replaced once it is older than ``max_age``."""
         self._fresh(now)
-        assert self._signer is not None
-        return self._signer
+        signer = self._signer
+        assert signer is not None
+        if self._max_age is not None and now - signer.record.created_at >= self._max_age:
+            # claim_once picks one process (of any number sharing the store) to rotate;
+            # the others pick the new key up at their next reload.
+            if self._store.claim_once(f"key-rotation:{signer.record.kid}"):
+                self.rotate(now)
+            elif now - self._loaded_at >= 1.0:
+                self.reload(now)
+            assert self._signer is not None
+            signer = self._signer
+        return signer
 
     def verifier(self, kid: str, now: float) -> _LoadedKey | None:
         """The key with ``kid``; an unknown kid triggers one reload (rate-limited)."""

@@ -432,3 +432,20 @@ def test_retired_key_stops_verifying_once_its_tokens_expired(
     # A token signed by the retired key is refused even if its own exp were later.
     state = app.extensions["tokenguard"].state(app)
     assert state.keys.verifier(old_kid, time.time()) is None
+
+
+def test_signing_key_rotates_itself_after_key_rotation_seconds(
+    app_factory: t.Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = app_factory(KEY_ROTATION=60)
+    client = app.test_client()
+    creds = register(app)
+    first = _token(client, creds)
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 61)
+    second = _token(client, creds)
+    third = _token(client, creds)
+    kids = [jwt.get_unverified_header(token)["kid"] for token in (first, second, third)]
+    assert kids[0] != kids[1] == kids[2]
+    assert client.get("/whoami", headers=bearer(first)).status_code == 200
+    assert len(client.get("/jwks.json").json["keys"]) == 2

@@ -547,3 +547,51 @@ def test_licensed_scopes_must_be_configured(app_factory: t.Callable[..., Flask])
 
     with pytest.raises(ConfigurationError, match="TOKENGUARD_LICENSED_SCOPES"):
         app_factory(LICENSED_SCOPES=["ALL"])
+
+
+# -- lockout -------------------------------------------------------------------------------------
+
+
+def test_password_lockout_after_threshold(app_factory: t.Callable[..., Flask], clock: Clock) -> None:
+    app = app_factory(LOCKOUT_THRESHOLD=3, LOCKOUT_SECONDS=120)
+    cli(app, "create-user", "alice", "--password-stdin", input="wonderland\n")
+    public = register(app, "spa", "--public")
+    client = app.test_client()
+    for _ in range(3):
+        assert _password(client, public["client_id"], password="guess").json["error"] == "invalid_grant"
+    locked = _password(client, public["client_id"])  # even the right password
+    assert locked.status_code == 400 and locked.json["error"] == "invalid_grant"
+    assert "Too many" in locked.json["error_description"]
+    assert 1 <= int(locked.headers["Retry-After"]) <= 120
+    clock(121)
+    _ok(_password(client, public["client_id"]))
+
+
+def test_lockout_counts_unknown_users_alike(app_factory: t.Callable[..., Flask]) -> None:
+    app = app_factory(LOCKOUT_THRESHOLD=2)
+    public = register(app, "spa", "--public")
+    client = app.test_client()
+    for _ in range(2):
+        _password(client, public["client_id"], username="nobody", password="x")
+    assert "Retry-After" in _password(client, public["client_id"], username="nobody", password="x").headers
+
+
+def test_success_clears_failures(app_factory: t.Callable[..., Flask]) -> None:
+    app = app_factory(LOCKOUT_THRESHOLD=2)
+    cli(app, "create-user", "alice", "--password-stdin", input="wonderland\n")
+    public = register(app, "spa", "--public")
+    client = app.test_client()
+    _password(client, public["client_id"], password="guess")
+    _ok(_password(client, public["client_id"]))
+    _password(client, public["client_id"], password="guess")
+    _ok(_password(client, public["client_id"]))
+
+
+def test_lockout_zero_never_locks(app_factory: t.Callable[..., Flask]) -> None:
+    app = app_factory(LOCKOUT_THRESHOLD=0)
+    cli(app, "create-user", "alice", "--password-stdin", input="wonderland\n")
+    public = register(app, "spa", "--public")
+    client = app.test_client()
+    for _ in range(12):
+        _password(client, public["client_id"], password="guess")
+    _ok(_password(client, public["client_id"]))

@@ -26,7 +26,7 @@ SCHEMES: dict[str, type[Store]] = {}
 
 
 class Store(abc.ABC):
-    """Abstract store: clients, users, sessions, seats, revocations and signing keys."""
+    """Abstract store: clients, users, sessions, seats, revocations, signing keys and lockouts."""
 
     #: URL schemes this class serves, e.g. ``("sqlite",)``.
     schemes: t.ClassVar[tuple[str, ...]] = ()
@@ -213,3 +213,24 @@ class Store(abc.ABC):
 
         Returns ``({id: expires_at}, current_seq)``. Passing 0 returns every live entry.
         """
+
+    # -- lockout counters --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def record_failure(self, key: str, window: float, now: float) -> tuple[int, float]:
+        """Count one failed attempt for ``key`` (e.g. "user:alice"); return (count, until).
+
+        The count lives ``window`` seconds from the first failure of its window: when a
+        failure arrives at or after ``until``, the count restarts at 1 with until = now + window.
+        Atomic: N concurrent calls on a fresh key return counts 1..N exactly once each.
+        Keys are arbitrary strings (any printable Unicode, a few hundred characters),
+        compared exactly: case, spaces and normalization all count.
+        """
+
+    @abc.abstractmethod
+    def failures(self, key: str, now: float) -> tuple[int, float]:
+        """(count, until) for ``key``; (0, 0.0) if none or if ``until <= now``."""
+
+    @abc.abstractmethod
+    def clear_failures(self, key: str) -> None:
+        """Forget ``key``'s failures (after a success)."""

@@ -16,6 +16,10 @@ from ..models import TokenSession
 from ..models import User
 from .base import Store
 
+#: ``record_failure`` purges expired counts once the dict reaches this size, then again
+#: at twice the size left after the purge: amortized O(1) per call.
+_FAILURES_PURGE_MIN = 1024
+
 
 class MemoryStore(Store):
     """Dicts behind a lock."""
@@ -43,6 +47,10 @@ class MemoryStore(Store):
         self._used_refresh: dict[str, str] = {}
         self._revoked: dict[str, tuple[float, int]] = {}
         self._seq = 0
+        #: lockout key -> (count, until).
+        self._failures: dict[str, tuple[int, float]] = {}
+        #: Size of ``_failures`` at which ``record_failure`` next purges expired counts.
+        self._failures_purge_at = _FAILURES_PURGE_MIN
 
     def claim_once(self, name: str) -> bool:
         with self._lock:
@@ -234,3 +242,27 @@ class MemoryStore(Store):
         with self._lock:
             entries = {k: exp for k, (exp, s) in self._revoked.items() if s > seq and exp > now}
             return entries, self._seq
+
+    # -- lockout counters
+
+    def record_failure(self, key: str, window: float, now: float) -> tuple[int, float]:
+        with self._lock:
+            if len(self._failures) >= self._failures_purge_at:
+                self._failures = {k: v for k, v in self._failures.items() if v[1] > now}
+                self._failures_purge_at = max(_FAILURES_PURGE_MIN, 2 * len(self._failures))
+            count, until = self._failures.get(key, (0, 0.0))
+            if until > now:
+                count += 1
+            else:
+                count, until = 1, now + window
+            self._failures[key] = (count, until)
+            return count, until
+
+    def failures(self, key: str, now: float) -> tuple[int, float]:
+        with self._lock:
+            count, until = self._failures.get(key, (0, 0.0))
+        return (count, until) if until > now else (0, 0.0)
+
+    def clear_failures(self, key: str) -> None:
+        with self._lock:
+            self._failures.pop(key, None)

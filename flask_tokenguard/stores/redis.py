@@ -10,7 +10,8 @@ clock. Redis TTLs are only a safety net that frees the keys of sessions nobody s
 They are *relative* (PEXPIRE of ``expires_at - now`` plus a margin of real time), not
 PEXPIREAT at ``expires_at``: the caller's ``now`` need not be the wall clock (tests use
 ``now=1000``; app hosts may be skewed), and an absolute deadline in the past would delete
-a live session at once. Aggregate keys (seat and session indexes, revocations) have no
+a live session at once. Lockout counters get the same kind of safety net (their window
+plus the margin). Aggregate keys (seat and session indexes, revocations) have no
 TTL and are swept explicitly by ``now``.
 """
 
@@ -63,6 +64,7 @@ _SCRIPTS = (
     "get_client",
     "update_user",
     "signing_keys",
+    "record_failure",
 )
 
 #: Characters that SCAN's MATCH treats as glob syntax.
@@ -482,3 +484,26 @@ class RedisStore(Store):
             reply = self._run("revocations_since", [self._key("revoked_seq")], args)
         entries = {reply[i]: float(reply[i + 1]) for i in range(1, len(reply), 2)}
         return entries, int(reply[0])
+
+    # -- lockout counters --------------------------------------------------------------
+
+    def record_failure(self, key: str, window: float, now: float) -> tuple[int, float]:
+        until = now + window
+        args = [_num(now), _num(until), _ttl_ms(until, now)]
+        with self.wrap_errors():
+            count, stored_until = self._run("record_failure", [self._key("failures", key)], args)
+        return int(count), float(stored_until)
+
+    def failures(self, key: str, now: float) -> tuple[int, float]:
+        with self.wrap_errors():
+            count, until = t.cast(
+                "list[str | None]",
+                self._client.hmget(self._key("failures", key), ["count", "until"]),
+            )
+        if count is None or until is None or float(until) <= now:
+            return 0, 0.0
+        return int(count), float(until)
+
+    def clear_failures(self, key: str) -> None:
+        with self.wrap_errors():
+            self._client.delete(self._key("failures", key))

@@ -13,6 +13,7 @@
 --   P..'revoked'                zset   id -> expires_at of the revocation
 --   P..'revoked_seq'            zset   id -> revocation seq
 --   P..'revocation_seq'         string counter
+--   P..'failures:'..key         hash   lockout counter: count, until (caller's time)
 --
 -- Numbers: times travel as the strings Python wrote (repr of a float) and are only ever
 -- compared after tonumber(); they are never turned back into strings here, because Lua's

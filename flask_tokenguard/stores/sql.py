@@ -13,7 +13,14 @@ One class serves every server engine, so the seat-locking design is written once
   revokers and hands out the sequence number stored with the revoked ids.
 
 Lock order, to rule out deadlocks: pool row, then counter row, then revoked rows,
-then session rows. A writer of one session row (refresh rotation) takes no other lock.
+then session rows; failure rows come after the pool row (the opportunistic purge).
+A writer of one session row (refresh rotation) or of one failure row (``record_failure``)
+takes no other lock.
+
+Lockout counters (``tg_failures``) are keyed by the SHA-256 hex of the caller's key, so a
+key of any length and characters fits one short primary key on every engine (InnoDB
+limits index keys to 3072 bytes, 768 utf8mb4 characters) and compares byte for byte,
+whatever the column collations (MySQL's PAD SPACE would make "bob" equal "bob ").
 
 SQLAlchemy is imported lazily: the tables and statements are built once per process by
 ``_sql()`` on first use and then shared by every store, so the compiled-statement cache
@@ -23,6 +30,7 @@ hits on every call (building statements per call triples the cost of Core).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import re
@@ -54,6 +62,13 @@ _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}")
 _SEQ = "revocation_seq"
 #: Seconds for which schema creation is retried; concurrent creators lose races.
 _SETUP_PATIENCE = 15.0
+#: Characters of a lockout key kept, for people reading the table; the hash is the key.
+_FAILURE_KEY_CHARS = 512
+#: Attempts of ``record_failure`` before giving up; one retry follows each lost race to
+#: insert a key's first row, and each deletion of the row between two statements.
+_FAILURE_ATTEMPTS = 10
+#: One ``record_failure`` in this many that starts a window also purges expired rows.
+_FAILURE_PURGE_EVERY = 16
 
 #: Stores alive in this process, so that a forked child drops the parent's connections.
 _STORES: weakref.WeakSet[SQLAlchemyStore] = weakref.WeakSet()
@@ -212,6 +227,17 @@ class _SQL:
             sa.Column("private_pem", sa.UnicodeText, nullable=False),
             sa.Column("created_at", when(), nullable=False),
             sa.Column("retire_at", when(), nullable=True),
+            **table_kw,
+        )
+        #: Not in schema version 1 at first: ``_create`` adds it to older schemas.
+        self.failures = failures = sa.Table(
+            "tg_failures",
+            metadata,
+            sa.Column("key_hash", key(64), primary_key=True),
+            sa.Column("key", sa.Unicode(_FAILURE_KEY_CHARS), nullable=False),
+            sa.Column("count", sa.Integer, nullable=False),
+            sa.Column("until", when(), nullable=False),
+            sa.Index("tg_failures_until", "until"),
             **table_kw,
         )
 
@@ -387,6 +413,40 @@ class _SQL:
         self.revoked_since = sa.select(revoked.c.token_id, revoked.c.expires_at).where(
             revoked.c.seq > bp("b_seq"), revoked.c.expires_at > now
         )
+
+        # -- lockout counters
+        live_window = failures.c.until > now
+        #: Count one failure, or start a new window if the row's has ended, in one
+        #: statement: its row lock serializes concurrent failures of the key, and on
+        #: READ COMMITTED a waiting UPDATE re-reads the row its predecessor committed.
+        #: Ordered: MySQL evaluates SET left to right with the new values, so ``count``
+        #: must read ``until`` before ``until`` changes.
+        self.count_failure = (
+            failures.update()
+            .where(failures.c.key_hash == bp("b_key_hash"))
+            .ordered_values(
+                (
+                    failures.c.count,
+                    sa.case((live_window, failures.c.count + 1), else_=1),
+                ),
+                (
+                    failures.c.until,
+                    sa.case((live_window, failures.c.until), else_=bp("b_until")),
+                ),
+            )
+        )
+        self.count_failure_returning = self.count_failure.returning(
+            failures.c.count, failures.c.until
+        )
+        self.get_failures = sa.select(failures.c.count, failures.c.until).where(
+            failures.c.key_hash == bp("b_key_hash")
+        )
+        self.get_live_failures = self.get_failures.where(live_window)
+        self.insert_failure = failures.insert()
+        self.clear_failures = failures.delete().where(
+            failures.c.key_hash == bp("b_key_hash")
+        )
+        self.purge_failures = failures.delete().where(failures.c.until <= now)
 
 
 _SQL_LOCK = threading.Lock()
@@ -664,6 +724,10 @@ class SQLAlchemyStore(Store):
         q = self._q
         version = self._stored_version()
         if version == SCHEMA_VERSION:
+            # Tables added within version 1 (old code ignores them), for schemas created
+            # before them. A concurrent creator's error is retried by ``_setup``.
+            with self._engine.begin() as conn:
+                q.failures.create(conn, checkfirst=True)
             return
         if version is not None and version > SCHEMA_VERSION:
             raise ConfigurationError(
@@ -1054,3 +1118,68 @@ class SQLAlchemyStore(Store):
             current = int(conn.execute(q.get_seq).scalar_one())
             rows = conn.execute(q.revoked_since, {"b_seq": seq, "now": now}).all()
         return {row.token_id: float(row.expires_at) for row in rows}, current
+
+    # -- lockout counters --------------------------------------------------------------
+
+    def record_failure(self, key: str, window: float, now: float) -> tuple[int, float]:
+        q = self._q
+        key_hash = _failure_key_hash(key)
+        until = now + window
+        params = {"b_key_hash": key_hash, "b_until": until, "now": now}
+        for _attempt in range(_FAILURE_ATTEMPTS):
+            try:
+                with self._tx() as conn:
+                    # The UPDATE locks the key's row (no other lock): count or restart.
+                    if self._returning:
+                        row = conn.execute(q.count_failure_returning, params).first()
+                    elif conn.execute(q.count_failure, params).rowcount == 1:
+                        # Our own row lock holds: this reads what we just wrote.
+                        row = conn.execute(q.get_failures, params).first()
+                    else:
+                        row = None
+                    if row is None:
+                        # The key's first failure (or first since clear/purge). A racing
+                        # first insert makes one of us fail and retry with the UPDATE.
+                        conn.execute(
+                            q.insert_failure,
+                            {
+                                "key_hash": key_hash,
+                                "key": key[:_FAILURE_KEY_CHARS],
+                                "count": 1,
+                                "until": until,
+                            },
+                        )
+                        result = (1, until)
+                    else:
+                        result = (int(row[0]), float(row[1]))
+            except ConflictError:
+                continue
+            if result[0] == 1 and random.randrange(_FAILURE_PURGE_EVERY) == 0:
+                self._purge_failures(now)
+            return result
+        raise StoreError(
+            f"record_failure lost {_FAILURE_ATTEMPTS} races for one key in a row"
+        )
+
+    def _purge_failures(self, now: float) -> None:
+        """Delete expired lockout rows; under the pool lock, so purgers never deadlock."""
+        with self._tx() as conn:
+            self._lock_pool(conn)
+            conn.execute(self._q.purge_failures, {"now": now})
+
+    def failures(self, key: str, now: float) -> tuple[int, float]:
+        params = {"b_key_hash": _failure_key_hash(key), "now": now}
+        with self._tx() as conn:
+            row = conn.execute(self._q.get_live_failures, params).first()
+        return (0, 0.0) if row is None else (int(row[0]), float(row[1]))
+
+    def clear_failures(self, key: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                self._q.clear_failures, {"b_key_hash": _failure_key_hash(key)}
+            )
+
+
+def _failure_key_hash(key: str) -> str:
+    """The primary key of a lockout key: SHA-256 hex of its UTF-8 bytes."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()

@@ -48,6 +48,18 @@ _PREFIX = "sqlite:///"
 #: also survives a power loss, at the price of one more fsync per write.
 _SYNCHRONOUS = ("normal", "full", "extra")
 
+#: Lockout counters: one row per key, purged once ``until`` has passed. Added after the
+#: first release without a schema version change (old code simply ignores the table), so
+#: ``_create_schema`` also adds it to files created before it existed.
+_FAILURES_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS tg_failures (
+        key TEXT PRIMARY KEY,
+        count INTEGER NOT NULL,
+        until REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS tg_failures_until ON tg_failures (until)",
+)
+
 #: DDL run in one ``BEGIN IMMEDIATE`` transaction, so that processes opening a new file
 #: at the same moment create it exactly once: the first takes the write lock, and the
 #: others wait for it, then find every ``IF NOT EXISTS`` satisfied.
@@ -107,6 +119,7 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS tg_revoked_seq ON tg_revoked (seq)",
     "CREATE INDEX IF NOT EXISTS tg_revoked_expires_at ON tg_revoked (expires_at)",
+    *_FAILURES_SCHEMA,
     "INSERT OR IGNORE INTO tg_meta (name, value) VALUES ('revocation_seq', 0)",
     "INSERT OR IGNORE INTO tg_meta (name, value)"
     f" VALUES ('schema_version', {SCHEMA_VERSION})",
@@ -121,6 +134,7 @@ _DATA_TABLES = (
     "tg_used_refresh",
     "tg_sessions",
     "tg_revoked",
+    "tg_failures",
 )
 
 # Statements, written once here so that each method reads as its logic, and so that
@@ -232,6 +246,17 @@ _PURGE_REVOKED = "DELETE FROM tg_revoked WHERE expires_at <= ?"
 _REVOKED_SINCE = (
     "SELECT token_id, expires_at FROM tg_revoked WHERE seq > ? AND expires_at > ?"
 )
+
+_HAS_FAILURES_TABLE = (
+    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tg_failures'"
+)
+#: Run first in ``record_failure``: afterwards any row of the key is live.
+_PURGE_FAILURES = "DELETE FROM tg_failures WHERE until <= ?"
+_GET_FAILURES = "SELECT count, until FROM tg_failures WHERE key = ?"
+_GET_LIVE_FAILURES = _GET_FAILURES + " AND until > ?"
+_COUNT_FAILURE = "UPDATE tg_failures SET count = count + 1 WHERE key = ?"
+_FIRST_FAILURE = "INSERT INTO tg_failures (key, count, until) VALUES (?, 1, ?)"
+_CLEAR_FAILURES = "DELETE FROM tg_failures WHERE key = ?"
 
 #: Connections inherited through ``fork()``. SQLite forbids using, and advises against
 #: closing, a connection in a child process: they stay referenced and are never closed.
@@ -420,6 +445,12 @@ class SQLiteStore(Store):
                 f"{self.path} has store schema version {version};"
                 f" this flask_tokenguard supports {SCHEMA_VERSION}"
             )
+        # Tables added within version 1, for files created before them: read first, as
+        # above; IF NOT EXISTS makes a concurrent opener's creation harmless.
+        if conn.execute(_HAS_FAILURES_TABLE).fetchone() is None:
+            with self._write() as conn:
+                for statement in _FAILURES_SCHEMA:
+                    conn.execute(statement)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -646,6 +677,30 @@ class SQLiteStore(Store):
             (current,) = conn.execute(_GET_SEQ).fetchone()
             rows = conn.execute(_REVOKED_SINCE, (seq, now)).fetchall()
             return {token_id: float(exp) for token_id, exp in rows}, int(current)
+
+    # -- lockout counters --------------------------------------------------------------
+
+    def record_failure(self, key: str, window: float, now: float) -> tuple[int, float]:
+        with self.wrap_errors(), self._write() as conn:
+            # Under the write lock, purge, read and write are one step: concurrent
+            # failures of one key each see the previous one's count.
+            conn.execute(_PURGE_FAILURES, (now,))
+            row = conn.execute(_GET_FAILURES, (key,)).fetchone()
+            if row is None:
+                until = now + window
+                conn.execute(_FIRST_FAILURE, (key, until))
+                return 1, until
+            conn.execute(_COUNT_FAILURE, (key,))
+            return int(row[0]) + 1, float(row[1])
+
+    def failures(self, key: str, now: float) -> tuple[int, float]:
+        with self.wrap_errors():
+            row = self._connection().execute(_GET_LIVE_FAILURES, (key, now)).fetchone()
+            return (0, 0.0) if row is None else (int(row[0]), float(row[1]))
+
+    def clear_failures(self, key: str) -> None:
+        with self.wrap_errors(), self._write() as conn:
+            conn.execute(_CLEAR_FAILURES, (key,))
 
 
 # -- helpers ---------------------------------------------------------------------------

@@ -649,6 +649,116 @@ def test_revocations_leave_out_expired_entries(store: Store) -> None:
     assert store.revocations_since(0, NOW + 10)[0] == {"long": NOW + 100}
 
 
+# -- lockout counters ------------------------------------------------------------------
+
+WINDOW = 300.0
+
+
+def test_record_failure_counts_failures_within_the_window(store: Store) -> None:
+    assert store.record_failure("user:alice", WINDOW, NOW) == (1, NOW + WINDOW)
+    assert store.record_failure("user:alice", WINDOW, NOW + 10) == (2, NOW + WINDOW)
+    assert store.record_failure("user:alice", WINDOW, NOW + 20) == (3, NOW + WINDOW)
+
+
+def test_record_failure_keeps_the_window_of_its_first_failure(store: Store) -> None:
+    store.record_failure("user:alice", WINDOW, NOW)
+    # A later call's window does not move ``until``, longer or shorter.
+    assert store.record_failure("user:alice", 10 * WINDOW, NOW + 1) == (2, NOW + WINDOW)
+    assert store.record_failure("user:alice", 1.0, NOW + 2) == (3, NOW + WINDOW)
+
+
+def test_failures_reports_the_count_and_until(store: Store) -> None:
+    store.record_failure("user:alice", WINDOW, NOW)
+    store.record_failure("user:alice", WINDOW, NOW + 1)
+    assert store.failures("user:alice", NOW + 2) == (2, NOW + WINDOW)
+
+
+def test_failures_is_zero_for_an_unknown_key(store: Store) -> None:
+    assert store.failures("user:nobody", NOW) == (0, 0.0)
+
+
+def test_failures_is_zero_once_until_is_reached(store: Store) -> None:
+    store.record_failure("user:alice", WINDOW, NOW)
+    assert store.failures("user:alice", NOW + WINDOW - 0.5) == (1, NOW + WINDOW)
+    assert store.failures("user:alice", NOW + WINDOW) == (0, 0.0)
+    assert store.failures("user:alice", NOW + 2 * WINDOW) == (0, 0.0)
+
+
+def test_record_failure_restarts_at_until(store: Store) -> None:
+    store.record_failure("user:alice", WINDOW, NOW)
+    store.record_failure("user:alice", WINDOW, NOW + 1)
+    later = NOW + WINDOW
+    assert store.record_failure("user:alice", WINDOW, later) == (1, later + WINDOW)
+    assert store.failures("user:alice", later) == (1, later + WINDOW)
+
+
+def test_record_failure_restarts_long_after_until(store: Store) -> None:
+    store.record_failure("user:alice", WINDOW, NOW)
+    later = NOW + 10 * WINDOW
+    assert store.record_failure("user:alice", 60.0, later) == (1, later + 60.0)
+    assert store.record_failure("user:alice", 60.0, later + 1) == (2, later + 60.0)
+
+
+def test_until_keeps_fractional_seconds(store: Store) -> None:
+    now = NOW + 0.123456
+    assert store.record_failure("user:alice", 0.5, now) == (1, now + 0.5)
+    assert store.failures("user:alice", now) == (1, now + 0.5)
+
+
+def test_clear_failures_resets_the_count(store: Store) -> None:
+    store.record_failure("user:alice", WINDOW, NOW)
+    store.record_failure("user:alice", WINDOW, NOW + 1)
+    store.clear_failures("user:alice")
+    assert store.failures("user:alice", NOW + 2) == (0, 0.0)
+    assert store.record_failure("user:alice", WINDOW, NOW + 3) == (1, NOW + 3 + WINDOW)
+
+
+def test_clear_failures_of_an_unknown_key_does_nothing(store: Store) -> None:
+    assert store.clear_failures("user:nobody") is None
+    assert store.failures("user:nobody", NOW) == (0, 0.0)
+
+
+def test_failure_keys_are_independent(store: Store) -> None:
+    store.record_failure("user:alice", WINDOW, NOW)
+    store.record_failure("user:alice", WINDOW, NOW)
+    store.record_failure("user:bob", WINDOW, NOW + 5)
+    store.clear_failures("user:bob")
+    assert store.failures("user:alice", NOW + 5) == (2, NOW + WINDOW)
+    assert store.failures("user:bob", NOW + 5) == (0, 0.0)
+
+
+def test_failure_keys_may_hold_unicode_and_spaces(store: Store) -> None:
+    keys = [
+        "user:Zoë O'Brien",
+        "user:山田 太郎",
+        "user:emoji 😀 \\ {tag} * ? [x]",
+        "user:" + "é" * 300,
+    ]
+    for i, key in enumerate(keys):
+        for _ in range(i + 1):
+            store.record_failure(key, WINDOW, NOW)
+    assert [store.failures(key, NOW)[0] for key in keys] == [1, 2, 3, 4]
+    store.clear_failures(keys[1])
+    assert [store.failures(key, NOW)[0] for key in keys] == [1, 0, 3, 4]
+
+
+def test_failure_keys_compare_exactly(store: Store) -> None:
+    # Case, trailing spaces and Unicode normalization all make different keys (SQL
+    # collations may ignore some of them).
+    keys = ["user:bob", "user:Bob", "user:bob ", "user:e\u0301", "user:\u00e9"]
+    for i, key in enumerate(keys):
+        for _ in range(i + 1):
+            store.record_failure(key, WINDOW, NOW)
+    assert [store.failures(key, NOW)[0] for key in keys] == [1, 2, 3, 4, 5]
+
+
+def test_reset_clears_failures(store: Store) -> None:
+    store.record_failure("user:alice", WINDOW, NOW)
+    store.reset()
+    assert store.failures("user:alice", NOW) == (0, 0.0)
+    assert store.record_failure("user:alice", WINDOW, NOW) == (1, NOW + WINDOW)
+
+
 # -- concurrency -----------------------------------------------------------------------
 
 
@@ -695,6 +805,15 @@ def test_racing_refreshes_of_one_token_have_one_winner(store: Store) -> None:
     assert len(winners) == 1
     assert store.find_refresh(winners[0].refresh_hash, NOW + 1) == (winners[0], True)
     assert store.find_refresh("refresh-s1", NOW + 1) == (winners[0], False)
+
+
+def test_racing_failures_of_one_key_count_each_once(store: Store) -> None:
+    def fail(i: int) -> tuple[int, float]:
+        return store.record_failure("user:alice", WINDOW, NOW)
+
+    results = _run_threads(16, fail)
+    assert sorted(results) == [(count, NOW + WINDOW) for count in range(1, 17)]
+    assert store.failures("user:alice", NOW) == (16, NOW + WINDOW)
 
 
 def _spawn_workers(
