@@ -233,7 +233,7 @@ def logoff() -> Response:
     realm = state.settings.realm
     if request.headers.get("Authorization", "").lower().startswith("bearer"):
         access = authorize(state, request.environ, ())
-        ended = state.store.end_session(access.session_id, now)
+        state.store.end_session(access.session_id, now)
         session_id = access.session_id
     else:
         try:
