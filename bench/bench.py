@@ -138,7 +138,8 @@ def bench_guard(n: int = 4000) -> None:
 
 
 _SERVER_SCRIPT = """
-import sys, time
+import logging, sys, time
+logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 sys.path.insert(0, {bench_dir!r})
 from bench import make_app
 from waitress import serve
@@ -147,7 +148,7 @@ serve(app, host="127.0.0.1", port={port}, threads=4, _quiet=True)
 """
 
 
-def bench_waitress(seconds: int = 4, rounds: int = 3) -> None:
+def bench_waitress(seconds: int = 5, rounds: int = 5) -> None:
     print(f"== waitress, wrk -t2 -c16, {rounds} alternating rounds of {seconds} s (requests/s)")
     if shutil.which("wrk") is None:
         print("  wrk not found (apt-get install wrk): skipped")
