@@ -1,7 +1,7 @@
 """Benchmarks for the figures quoted in issue notes; not a test (these machines are noisy).
 
     .venv/bin/python bench/bench.py guard      # bearer check in-process, 1 vs 10,000 sessions
-    .venv/bin/python bench/bench.py waitress   # guarded vs open route under waitress (needs wrk)
+    .venv/bin/python bench/bench.py waitress   # guarded vs open under waitress, Flask and WSGI (needs wrk)
     .venv/bin/python bench/bench.py seats      # seat acquire + release per second, per store
     .venv/bin/python bench/bench.py tokens     # token and guarded requests per second, per store
     .venv/bin/python bench/bench.py all
@@ -142,9 +142,25 @@ import logging, sys, time
 logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 sys.path.insert(0, {bench_dir!r})
 from bench import make_app
+from flask_tokenguard import TokenGuardMiddleware
 from waitress import serve
 app = make_app({store_url!r})
-serve(app, host="127.0.0.1", port={port}, threads=4, _quiet=True)
+
+def bare(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [b'{{"ok": true}}']
+
+guarded_bare = TokenGuardMiddleware(bare, {{"/mw": "view"}}, app=app)
+
+def root(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/bare":
+        return bare(environ, start_response)
+    if path == "/mw":
+        return guarded_bare(environ, start_response)
+    return app(environ, start_response)
+
+serve(root, host="127.0.0.1", port={port}, threads=4, _quiet=True)
 """
 
 
@@ -177,9 +193,10 @@ def bench_waitress(seconds: int = 5, rounds: int = 5) -> None:
         token = requests.post(
             base + "/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret), timeout=10
         ).json()["access_token"]
-        results: dict[str, list[float]] = {"open": [], "guarded": []}
+        paths = ("open", "guarded", "bare", "mw")
+        results: dict[str, list[float]] = {path: [] for path in paths}
         for _ in range(rounds):
-            for path in ("open", "guarded"):
+            for path in paths:
                 out = subprocess.run(
                     ["wrk", "-t2", "-c16", f"-d{seconds}s", "-H", f"Authorization: Bearer {token}", f"{base}/{path}"],
                     capture_output=True, text=True, check=True,
@@ -188,9 +205,12 @@ def bench_waitress(seconds: int = 5, rounds: int = 5) -> None:
                 if "Non-2xx" in out:
                     raise SystemExit(f"errors on /{path}: {out}")
                 results[path].append(float(line.split()[1]))
-        open_rps, guarded_rps = statistics.median(results["open"]), statistics.median(results["guarded"])
-        print(f"  open {open_rps:8.0f}   guarded {guarded_rps:8.0f}   ratio {guarded_rps / open_rps:.3f}")
-        print(f"  rounds: open {results['open']}, guarded {results['guarded']}")
+        rps = {path: statistics.median(results[path]) for path in paths}
+        print(f"  Flask route: open {rps['open']:8.0f}   @require_token {rps['guarded']:8.0f}   "
+              f"ratio {rps['guarded'] / rps['open']:.3f}")
+        print(f"  bare WSGI:   open {rps['bare']:8.0f}   TokenGuardMiddleware {rps['mw']:8.0f}   "
+              f"ratio {rps['mw'] / rps['bare']:.3f}")
+        print("  rounds: " + ", ".join(f"{path} {[round(x) for x in results[path]]}" for path in paths))
     finally:
         server.terminate()
         server.wait()
