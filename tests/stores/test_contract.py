@@ -11,6 +11,11 @@ import threading
 import typing as t
 
 import _workers
+from records import NOW
+from records import TTL
+from records import make_client
+from records import make_key
+from records import make_session
 import pytest
 
 from flask_tokenguard.errors import ConflictError
@@ -20,31 +25,6 @@ from flask_tokenguard.models import TokenSession
 from flask_tokenguard.models import User
 from flask_tokenguard.stores.base import Store
 
-NOW = 1_700_000_000.0
-TTL = 1200.0
-
-
-def make_client(client_id: str = "app", **fields: t.Any) -> Client:
-    fields.setdefault("name", f"Client {client_id}")
-    fields.setdefault("secret_hash", f"hash-of-{client_id}")
-    fields.setdefault("created_at", NOW)
-    return Client(client_id=client_id, **fields)
-
-
-def make_session(session_id: str = "s1", **fields: t.Any) -> TokenSession:
-    fields.setdefault("client_id", "app")
-    fields.setdefault("subject", "alice")
-    fields.setdefault("scope", "all")
-    fields.setdefault("holds_seat", True)
-    fields.setdefault("refresh_hash", f"refresh-{session_id}")
-    fields.setdefault("created_at", NOW)
-    fields.setdefault("expires_at", NOW + TTL)
-    return TokenSession(session_id=session_id, **fields)
-
-
-def make_key(kid: str, created_at: float = NOW, **fields: t.Any) -> SigningKey:
-    pem = f"-----PEM {kid}-----"
-    return SigningKey(kid, "ES256", pem, created_at, **fields)
 
 
 # -- lifecycle -------------------------------------------------------------------------
@@ -419,14 +399,14 @@ def test_start_session_sweeps_expired_sessions(store: Store) -> None:
     store.start_session(new, None, NOW + 20)
     # Asked with an earlier ``now``, a session that was only hidden would reappear.
     assert store.get_session("old", NOW) is None
-    assert store.find_refresh("refresh-old", NOW) is None
+    assert store.find_refresh("hash-old", NOW) is None
 
 
 def test_start_session_sweeps_used_hashes_of_expired_sessions(store: Store) -> None:
     store.start_session(make_session("old", expires_at=NOW + 10), None, NOW)
-    store.rotate_refresh("old", "refresh-old", "refresh-old-2", NOW + 15, NOW + 5)
+    store.rotate_refresh("old", "hash-old", "hash-old-2", NOW + 15, NOW + 5)
     store.start_session(make_session("new", expires_at=NOW + 500), None, NOW + 20)
-    assert store.find_refresh("refresh-old", NOW) is None
+    assert store.find_refresh("hash-old", NOW) is None
 
 
 def test_seats_in_use_counts_only_live_seat_holders(store: Store) -> None:
@@ -487,13 +467,13 @@ def test_list_sessions_leaves_out_expired_sessions(store: Store) -> None:
 
 def test_find_refresh_finds_the_current_hash(store: Store) -> None:
     store.start_session(make_session("s1"), None, NOW)
-    assert store.find_refresh("refresh-s1", NOW) == (make_session("s1"), True)
+    assert store.find_refresh("hash-s1", NOW) == (make_session("s1"), True)
 
 
 def test_find_refresh_reports_a_used_hash_as_not_current(store: Store) -> None:
     store.start_session(make_session("s1"), None, NOW)
-    updated = store.rotate_refresh("s1", "refresh-s1", "next", NOW + TTL + 5, NOW + 5)
-    assert store.find_refresh("refresh-s1", NOW + 6) == (updated, False)
+    updated = store.rotate_refresh("s1", "hash-s1", "next", NOW + TTL + 5, NOW + 5)
+    assert store.find_refresh("hash-s1", NOW + 6) == (updated, False)
 
 
 def test_find_refresh_returns_none_for_an_unknown_hash(store: Store) -> None:
@@ -503,12 +483,12 @@ def test_find_refresh_returns_none_for_an_unknown_hash(store: Store) -> None:
 
 def test_find_refresh_returns_none_for_an_expired_session(store: Store) -> None:
     store.start_session(make_session("s1", expires_at=NOW + 10), None, NOW)
-    assert store.find_refresh("refresh-s1", NOW + 10) is None
+    assert store.find_refresh("hash-s1", NOW + 10) is None
 
 
 def test_rotate_refresh_swaps_the_hash_and_extends_the_session(store: Store) -> None:
     store.start_session(make_session("s1", expires_at=NOW + 100), None, NOW)
-    updated = store.rotate_refresh("s1", "refresh-s1", "next", NOW + 150, NOW + 50)
+    updated = store.rotate_refresh("s1", "hash-s1", "next", NOW + 150, NOW + 50)
     expected = make_session("s1", refresh_hash="next", expires_at=NOW + 150)
     assert updated == expected
     assert store.get_session("s1", NOW + 120) == expected
@@ -517,17 +497,17 @@ def test_rotate_refresh_swaps_the_hash_and_extends_the_session(store: Store) -> 
 
 def test_rotate_refresh_fails_with_a_stale_hash(store: Store) -> None:
     store.start_session(make_session("s1"), None, NOW)
-    store.rotate_refresh("s1", "refresh-s1", "refresh-s1-b", NOW + TTL, NOW)
-    stale = store.rotate_refresh("s1", "refresh-s1", "other", NOW + TTL + 9, NOW + 1)
+    store.rotate_refresh("s1", "hash-s1", "hash-s1-b", NOW + TTL, NOW)
+    stale = store.rotate_refresh("s1", "hash-s1", "other", NOW + TTL + 9, NOW + 1)
     assert stale is None
     stored = store.get_session("s1", NOW + 1)
     assert stored is not None
-    assert (stored.refresh_hash, stored.expires_at) == ("refresh-s1-b", NOW + TTL)
+    assert (stored.refresh_hash, stored.expires_at) == ("hash-s1-b", NOW + TTL)
 
 
 def test_rotate_refresh_fails_on_an_expired_session(store: Store) -> None:
     store.start_session(make_session("s1", expires_at=NOW + 10), None, NOW)
-    late = store.rotate_refresh("s1", "refresh-s1", "next", NOW + 100, NOW + 10)
+    late = store.rotate_refresh("s1", "hash-s1", "next", NOW + 100, NOW + 10)
     assert late is None
     assert store.get_session("s1", NOW + 50) is None
 
@@ -538,7 +518,7 @@ def test_rotate_refresh_fails_on_an_unknown_session(store: Store) -> None:
 
 def test_rotate_refresh_keeps_the_seat(store: Store) -> None:
     store.start_session(make_session("s1"), 1, NOW)
-    store.rotate_refresh("s1", "refresh-s1", "refresh-s1-b", NOW + TTL + 60, NOW + 60)
+    store.rotate_refresh("s1", "hash-s1", "hash-s1-b", NOW + TTL + 60, NOW + 60)
     assert store.seats_in_use(NOW + TTL + 30) == 1
     assert store.start_session(make_session("s2"), 1, NOW + 61) is False
 
@@ -565,10 +545,10 @@ def test_end_session_frees_its_seat(store: Store) -> None:
 
 def test_end_session_forgets_its_refresh_hashes(store: Store) -> None:
     store.start_session(make_session("s1"), None, NOW)
-    store.rotate_refresh("s1", "refresh-s1", "refresh-s1-b", NOW + TTL, NOW)
+    store.rotate_refresh("s1", "hash-s1", "hash-s1-b", NOW + TTL, NOW)
     store.end_session("s1", NOW + 1)
-    assert store.find_refresh("refresh-s1", NOW + 1) is None
-    assert store.find_refresh("refresh-s1-b", NOW + 1) is None
+    assert store.find_refresh("hash-s1", NOW + 1) is None
+    assert store.find_refresh("hash-s1-b", NOW + 1) is None
 
 
 def test_end_session_records_the_session_as_revoked(store: Store) -> None:
@@ -798,13 +778,13 @@ def test_racing_refreshes_of_one_token_have_one_winner(store: Store) -> None:
     store.start_session(make_session("s1"), None, NOW)
 
     def refresh(i: int) -> TokenSession | None:
-        return store.rotate_refresh("s1", "refresh-s1", f"next-{i}", NOW + TTL, NOW + 1)
+        return store.rotate_refresh("s1", "hash-s1", f"next-{i}", NOW + TTL, NOW + 1)
 
     results = _run_threads(16, refresh)
     winners = [r for r in results if r is not None]
     assert len(winners) == 1
     assert store.find_refresh(winners[0].refresh_hash, NOW + 1) == (winners[0], True)
-    assert store.find_refresh("refresh-s1", NOW + 1) == (winners[0], False)
+    assert store.find_refresh("hash-s1", NOW + 1) == (winners[0], False)
 
 
 def test_racing_failures_of_one_key_count_each_once(store: Store) -> None:

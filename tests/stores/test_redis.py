@@ -7,6 +7,7 @@ in a temporary directory, never touching the shared one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -22,11 +23,11 @@ from flask_tokenguard.errors import ConfigurationError
 from flask_tokenguard.errors import StoreError
 from flask_tokenguard.models import Client
 from flask_tokenguard.models import SigningKey
-from flask_tokenguard.models import TokenSession
 from flask_tokenguard.models import User
 from flask_tokenguard.stores import store_from_url
 from helpers import RedisServer
 from helpers import unavailable
+import records
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask_tokenguard.stores.redis import RedisStore
@@ -48,17 +49,8 @@ def new_prefix() -> str:
     return f"tgtest:{{{uuid.uuid4().hex}}}:"
 
 
-def make_session(sid: str, *, expires_at: float = 2000.0, holds_seat: bool = True) -> TokenSession:
-    return TokenSession(
-        session_id=sid,
-        client_id="app",
-        subject="alice",
-        scope="all",
-        holds_seat=holds_seat,
-        refresh_hash=f"hash-{sid}",
-        created_at=1000.0,
-        expires_at=expires_at,
-    )
+# This file's sessions start at 1000 and end at 2000 unless a test says otherwise.
+make_session = functools.partial(records.make_session, created_at=1000.0, expires_at=2000.0)
 
 
 def keys_under(raw: redis.Redis, prefix: str) -> list[str]:

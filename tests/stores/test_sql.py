@@ -8,6 +8,7 @@ file.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import subprocess
@@ -37,6 +38,7 @@ sa = pytest.importorskip("sqlalchemy")
 
 from flask_tokenguard.stores import sql as sql_module  # noqa: E402 - needs the skip above
 from helpers import unavailable  # noqa: E402
+import records
 
 POSTGRESQL_URL = (
     os.environ.get("TOKENGUARD_TEST_POSTGRESQL_URL")
@@ -57,19 +59,8 @@ def new_schema() -> str:
     return f"tgtest_{uuid.uuid4().hex[:12]}"
 
 
-def make_session(
-    sid: str, *, expires_at: float = 2000.0, holds_seat: bool = True
-) -> TokenSession:
-    return TokenSession(
-        session_id=sid,
-        client_id="app",
-        subject="alice",
-        scope="all",
-        holds_seat=holds_seat,
-        refresh_hash=f"hash-{sid}",
-        created_at=1000.0,
-        expires_at=expires_at,
-    )
+# This file's sessions start at 1000 and end at 2000 unless a test says otherwise.
+make_session = functools.partial(records.make_session, created_at=1000.0, expires_at=2000.0)
 
 
 def count_rows(store: SQLAlchemyStore, table_name: str) -> int:
