@@ -32,7 +32,7 @@ from flask_tokenguard.models import TokenSession
 from flask_tokenguard.stores import store_from_url
 
 SERVERS = {
-    "redis": ("redis://127.0.0.1:6379/15", lambda run: {"key_prefix": f"tgbench:{run}:"}),
+    "redis": ("redis://127.0.0.1:6379/15", lambda run: {"key_prefix": f"tgbench:{{{run}}}:"}),
     "postgresql": ("postgresql://postgres@127.0.0.1:5432/test", lambda run: {"schema": f"tgbench_{run}"}),
     "mariadb": ("mysql+pymysql://root@127.0.0.1:3306/test", lambda run: {"schema": f"tgbench_{run}"}),
 }
