@@ -11,7 +11,6 @@ import threading
 import typing as t
 
 from flask import Flask
-from flask import abort
 from flask import jsonify
 from flask import request
 

@@ -156,7 +156,7 @@ class RedisServer:
                     if self.process.poll() is not None or time.monotonic() > deadline:
                         log = self.directory / "redis.log"
                         text = log.read_text() if log.exists() else ""
-                        raise RuntimeError(f"redis-server did not start: {text[-2000:]}")
+                        raise RuntimeError(f"redis-server did not start: {text[-2000:]}") from None
                     time.sleep(0.05)
         finally:
             client.close()
