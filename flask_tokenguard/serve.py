@@ -5,15 +5,24 @@ service. Waitress has no supported graceful stop (Pylons/waitress#343, #372, #19
 Ctrl+C path cancels queued tasks and truncates responses in flight), so :class:`Runner`
 drains by hand, in this order:
 
-a. close the listening sockets inside the event-loop thread, so new connections are
-   refused while the ones already accepted carry on;
-b. wait until no channel holds a request or unsent output, up to the drain timeout;
+a. inside the event-loop thread, flag the drain, close the listening sockets (new
+   connections are refused) and close the idle keep-alive connections;
+b. let every other connection finish: the last request it has received, or receives
+   next, is answered with ``Connection: close`` and the connection closes once that
+   response is sent, so a keep-alive client (IIS/ARR pools them) sends no further
+   request on it; one that stays idle is closed after a short grace. Wait until
+   every connection is closed and no worker is in the app, up to the drain timeout;
 c. shut the worker threads down (``task_dispatcher.shutdown()``);
 d. close every remaining channel, which ends the loop, and close the app's store.
 
+Waiting for "no request in progress" is not enough: it is true between two requests of
+a keep-alive connection, and the dispatcher would then cancel the next one.
+
 This leans on waitress internals that have been stable across 2.x and 3.x (``_map``,
-``channel.requests``, ``total_outbufs_len``, ``trigger.pull_trigger``); setup.cfg pins
-``waitress<4`` and ``tests/test_serve.py`` covers the drain with a real SIGTERM.
+``channel.requests``/``request``/``requests_lock``, ``total_outbufs_len``,
+``last_activity``, ``task_dispatcher.queue``, ``trigger.pull_trigger``); setup.cfg pins
+``waitress<4`` and ``tests/test_serve.py`` covers the drain with a real SIGTERM and
+with keep-alive and pipelined connections.
 
 Proxy trust goes through waitress's own ``trusted_proxy``/``trusted_proxy_headers``
 (the peer address is checked, untrusted ``X-Forwarded-*`` headers are cleared) rather
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -54,8 +64,17 @@ access_logger = logging.getLogger("flask_tokenguard.serve.access")
 #: Format of the handler :func:`configure_logging` installs.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+T = t.TypeVar("T")
+
 #: Seconds a stop waits for the loop thread to run a scheduled call or to end.
 _LOOP_TIMEOUT = 5.0
+
+#: Seconds a drain keeps open a keep-alive connection that has just answered a
+#: request. A client reusing it (IIS/ARR pools connections) sends its next request
+#: within milliseconds: that one is then answered with "Connection: close" instead of
+#: being lost when the connection closes under it. Closing a connection idle for
+#: longer can still race with a client picking it; HTTP clients retry then.
+_IDLE_GRACE = 0.25
 
 # Characters left as they are when a path is written to the access log; anything else
 # (control characters, spaces, newlines that could forge log lines) is percent-encoded.
@@ -136,20 +155,108 @@ class _AccessLog:
         )
 
 
-class _Task(WSGITask):
-    """waitress's task, sending ``WWW-Authenticate`` spelled as RFC 7235 spells it.
+class _DrainState:
+    """What a runner shares with its channels: has the drain begun, who is busy.
 
+    The drain waits for workers still serving a request whose client went away (its
+    channel is closed, the app runs to the end): the store must outlive them.
+    """
+
+    def __init__(self) -> None:
+        #: Set in the event-loop thread when the drain begins.
+        self.started = threading.Event()
+        self._lock = threading.Lock()
+        self._serving = 0
+
+    @property
+    def serving(self) -> int:
+        """How many channels a worker thread is serving now."""
+        return self._serving
+
+    def enter(self) -> None:
+        with self._lock:
+            self._serving += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._serving -= 1
+
+
+class _Task(WSGITask):
+    """waitress's task, closing its connection in a drain, with RFC 7235 spelling.
+
+    During a drain, the response to the last request a connection has sent says
+    ``Connection: close`` and the connection closes once it is sent (see
+    :meth:`Runner.stop`). And ``WWW-Authenticate`` is spelled as RFC 7235 spells it:
     waitress capitalises every header name (``Www-Authenticate``). Names are
     case-insensitive, but some clients and scripts read headers into a plain dict.
     """
 
+    channel: _Channel
+
     def build_response_header(self) -> bytes:
+        if self._last_before_drain():
+            # Answer as if the client had asked for "Connection: close": waitress
+            # then sends that header, for HTTP/1.0 and 1.1 alike, and closes the
+            # connection once the response is flushed. The environ was built before
+            # the app ran, so the app never sees this.
+            self.request.headers["CONNECTION"] = "close"
         header: bytes = super().build_response_header()
         return header.replace(b"\r\nWww-Authenticate:", b"\r\nWWW-Authenticate:")
 
+    def _last_before_drain(self) -> bool:
+        """True during a drain when no request is queued behind this one.
+
+        Pipelined requests already received are answered; the last one closes.
+        Runs in a worker thread: the event-loop thread appends to ``requests`` under
+        ``requests_lock``, and during a drain it reads no more while one is queued.
+        """
+        channel = self.channel
+        if not channel.drain.started.is_set():
+            return False
+        with channel.requests_lock:
+            return len(channel.requests) <= 1
+
 
 class _Channel(HTTPChannel):
+    """waitress's channel, aware of the runner's drain.
+
+    ``Runner.start`` gives every listener its :class:`_DrainState`
+    (``tokenguard_drain``); the channels it accepts share it.
+    """
+
     task_class = _Task
+
+    def __init__(
+        self,
+        server: BaseWSGIServer,
+        sock: socket.socket,
+        addr: t.Any,
+        adj: t.Any,
+        map: dict[int, t.Any] | None = None,  # noqa: A002 - waitress's name
+    ) -> None:
+        self.drain: _DrainState = server.tokenguard_drain  # type: ignore[attr-defined]
+        super().__init__(server, sock, addr, adj, map)
+        if self.drain.started.is_set():
+            # Accepted as the listener closed: refuse it rather than start a request
+            # the drain did not count on.
+            self.handle_close()
+
+    def readable(self) -> bool:
+        # During a drain, read nothing while a request is queued (even with
+        # channel_request_lookahead), so that _Task._last_before_drain stays true
+        # once it is: its response closes the connection.
+        if self.drain.started.is_set() and self.requests:
+            return False
+        return bool(super().readable())
+
+    def service(self) -> None:
+        # Runs in a worker thread, for one request.
+        self.drain.enter()
+        try:
+            super().service()
+        finally:
+            self.drain.leave()
 
 
 class Runner:
@@ -253,6 +360,7 @@ class Runner:
         self._listeners: list[BaseWSGIServer] = []
         self._thread: threading.Thread | None = None
         self._abort = threading.Event()
+        self._drain_state = _DrainState()
         self._stop_lock = threading.Lock()
         self._stopped: bool | None = None
 
@@ -284,6 +392,7 @@ class Runner:
         ]
         for listener in self._listeners:
             listener.channel_class = _Channel
+            listener.tokenguard_drain = self._drain_state  # type: ignore[attr-defined]
         self._thread = threading.Thread(
             target=self._run, name="tokenguard-serve", daemon=True
         )
@@ -356,15 +465,13 @@ class Runner:
             return drained
 
     def _drain(self, deadline: float) -> bool:
-        # (a) Close the listening sockets in the loop thread: asyncore is not
-        # thread-safe, and closing there means no accept() races with the close.
-        # The base dispatcher close keeps the trigger, which we still need.
-        self._call_in_loop(
-            lambda: [wasyncore.dispatcher.close(s) for s in self._listeners]
-        )
+        # (a) Everything that touches channels runs in the loop thread: asyncore is not
+        # thread-safe, and there no accept() or read races with the close. The base
+        # dispatcher close keeps the trigger, which we still need.
+        self._call_in_loop(self._begin_drain)
         logger.info("Stopped accepting connections; draining requests in flight")
-        # (b) Wait for queued and running requests and for their output to be sent.
-        drained = self._wait_idle(deadline)
+        # (b) Wait for every connection to close and every worker to leave the app.
+        drained = self._wait_closed(deadline)
         if not drained:
             logger.warning("drain timed out with requests in flight; closing them")
         # (c) Idle workers exit at once. After a timeout the busy ones are stuck in the
@@ -379,21 +486,40 @@ class Runner:
         logger.info("Server stopped")
         return drained
 
-    def _call_in_loop(self, thunk: t.Callable[[], t.Any]) -> None:
+    def _begin_drain(self) -> int:
+        # Loop thread. The flag first: from now on a task answering the last request
+        # of its connection closes it, and a channel accepted late closes at once.
+        self._drain_state.started.set()
+        for listener in self._listeners:
+            wasyncore.dispatcher.close(listener)
+        return self._close_idle()
+
+    def _call_in_loop(self, thunk: t.Callable[[], T]) -> T:
+        """Run ``thunk`` in the loop thread and return its result (or raise its error).
+
+        If the loop is gone or does not answer within :data:`_LOOP_TIMEOUT`, run it in
+        this thread: nothing else touches the channels then.
+        """
         done = threading.Event()
+        outcome: list[T] = []
+        error: list[BaseException] = []
 
         def call() -> None:
             try:
-                thunk()
+                outcome.append(thunk())
+            except BaseException as exc:  # re-raised in the calling thread
+                error.append(exc)
             finally:
                 done.set()
 
         if self._thread is not None and self._thread.is_alive() and self._listeners:
             self._listeners[0].trigger.pull_trigger(call)
             if done.wait(_LOOP_TIMEOUT):
-                return
+                if error:
+                    raise error[0]
+                return outcome[0]
             logger.warning("the event loop did not respond; closing from this thread")
-        call()
+        return thunk()
 
     def _close_all(self) -> None:
         for obj in list(self._map.values()):
@@ -410,23 +536,43 @@ class Runner:
             except OSError as exc:  # pragma: no cover - already closed by the peer
                 logger.debug("closing %r: %s", obj, exc)
 
-    def _busy(self) -> bool:
-        for _ in range(3):
-            try:
-                channels = [
-                    c for c in list(self._map.values()) if isinstance(c, HTTPChannel)
-                ]
-                break
-            except RuntimeError:  # the loop thread changed the map while we copied it
-                continue
-        else:  # pragma: no cover
-            return True
-        return any(
-            c.requests or c.total_outbufs_len or c.request is not None for c in channels
-        )
+    def _close_idle(self) -> int:
+        """Close the idle channels; return how many stay open. Loop thread only.
 
-    def _wait_idle(self, deadline: float) -> bool:
-        while self._busy():
+        A channel with a request queued, running or half received stays open: its
+        last response closes it (see :class:`_Task`). So does one still sending a
+        response. One with nothing to do closes now, unless it was active within
+        :data:`_IDLE_GRACE` or a request has just arrived on it: the loop reads that
+        next, and answers it with ``Connection: close``.
+        """
+        remaining = 0
+        recent = time.time() - _IDLE_GRACE  # waitress's last_activity is time.time()
+        for channel in list(self._map.values()):
+            if not isinstance(channel, HTTPChannel):
+                continue
+            # requests before total_outbufs_len: a worker writes the output of a
+            # request before it removes the request (under requests_lock).
+            if channel.requests or channel.request is not None:
+                remaining += 1
+            elif channel.total_outbufs_len:
+                # A response begun before the drain, without "close". Closing once it
+                # is flushed would race with the client's next request, sent as soon
+                # as it has read this one: let that request come (grace, below).
+                remaining += 1
+            elif channel.will_close or channel.close_when_flushed:
+                remaining += 1  # writable: handle_write closes it next
+            elif channel.last_activity > recent or _input_waiting(channel.socket):
+                remaining += 1
+            else:
+                channel.handle_close()
+        return remaining
+
+    def _workers_busy(self) -> bool:
+        # A channel is queued, or a worker serves one, possibly already closed.
+        return bool(self._server.task_dispatcher.queue) or self._drain_state.serving > 0
+
+    def _wait_closed(self, deadline: float) -> bool:
+        while self._call_in_loop(self._close_idle) or self._workers_busy():
             if time.monotonic() >= deadline or self._abort.wait(0.05):
                 return False
         return True
@@ -456,6 +602,19 @@ class Runner:
                 return False
             self._thread.join(step)
         return True
+
+
+def _input_waiting(sock: socket.socket | None) -> bool:
+    """True if bytes have arrived on ``sock`` (non-blocking, as waitress keeps it).
+
+    An end of stream or a reset counts as no input: the channel is closed anyway.
+    """
+    if sock is None:
+        return False
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except OSError:  # BlockingIOError: nothing to read; or the peer reset it
+        return False
 
 
 def _stop_signals() -> list[signal.Signals]:

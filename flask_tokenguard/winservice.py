@@ -70,6 +70,33 @@ class ServiceStartError(RuntimeError):
     """
 
 
+class _EventLogHandler(logging.Handler):
+    """Write records to the Event Log through ``servicemanager``, under the service.
+
+    Not ``logging.handlers.NTEventLogHandler(name)``: it registers the event source
+    ``name`` again with win32service.pyd as its message file, overwriting the
+    registration pythonservice.exe made with servicemanager.pyd, after which Event
+    Viewer can no longer render the service's messages. ``servicemanager.Log*Msg``
+    log under the service's own source with the messages registered for it.
+    """
+
+    def __init__(self, servicemanager: t.Any, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self._servicemanager = servicemanager
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            if record.levelno >= logging.ERROR:
+                self._servicemanager.LogErrorMsg(message)
+            elif record.levelno >= logging.WARNING:
+                self._servicemanager.LogWarningMsg(message)
+            else:
+                self._servicemanager.LogInfoMsg(message)
+        except Exception:
+            self.handleError(record)
+
+
 def load_app(spec: str) -> Flask:
     """Import ``"module:attr"`` and return the Flask app it names.
 
@@ -320,7 +347,7 @@ class _ServiceMixin:
 
         try:
             root.setLevel(min(previous_level or logging.INFO, logging.INFO))
-            add_handler(logging.handlers.NTEventLogHandler(name), logging.WARNING)
+            add_handler(_EventLogHandler(servicemanager), logging.WARNING)
             try:
                 options = self._read_options()
                 workdir = options.get("workdir")

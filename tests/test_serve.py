@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import importlib.util
 import logging
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 from flask import Flask
+from flask import Response
 
 from flask_tokenguard import serve as serve_module
 from flask_tokenguard.errors import ConfigurationError
@@ -178,6 +180,171 @@ def test_stop_reports_a_drain_cut_short(
         assert time.monotonic() - began < 1
         with pytest.raises(requests.ConnectionError):
             future.result()
+
+
+def _gated_app(held: int) -> tuple[Flask, list[int], threading.Event]:
+    """An app whose ``held``-th ``/page`` waits for the gate: (app, calls, gate)."""
+    app = Flask(__name__)
+    calls: list[int] = []
+    gate = threading.Event()
+    payload = slow_app.body()
+
+    @app.get("/page")
+    def page() -> Response:
+        calls.append(len(calls))
+        if len(calls) == held:
+            gate.wait(5)
+        return Response(payload, mimetype="application/octet-stream")
+
+    return app, calls, gate
+
+
+def _stop_in_thread(
+    runner: Runner, pool: concurrent.futures.ThreadPoolExecutor
+) -> concurrent.futures.Future[bool]:
+    """Start ``runner.stop()``; return once the listener is closed (the drain began)."""
+    future = pool.submit(runner.stop)
+    deadline = time.monotonic() + 5
+    while not _refused(runner.effective_port):
+        assert time.monotonic() < deadline, "the drain did not start"
+        assert not future.done(), future.result()
+        time.sleep(0.01)
+    return future
+
+
+@pytest.mark.server
+def test_stop_closes_a_keep_alive_connection_after_its_response(
+    runner_factory: t.Callable[..., Runner], caplog: pytest.LogCaptureFixture
+) -> None:
+    # IIS/ARR pools keep-alive connections: the client sends its next request as soon
+    # as a response is read. The drain must answer the request in flight with
+    # "Connection: close", close the connection, and not cancel anything.
+    caplog.set_level(logging.INFO, logger="waitress")
+    app, calls, gate = _gated_app(held=3)
+    runner = runner_factory(app, drain_timeout=2)
+    port = runner.effective_port
+    results: list[tuple[int, bool, str | None]] = []
+    outcome: list[BaseException] = []
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            while len(results) < 50:
+                try:
+                    conn.request("GET", "/page")
+                    response = conn.getresponse()
+                    body = response.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    outcome.append(exc)
+                    return
+                results.append(
+                    (
+                        response.status,
+                        body == slow_app.body(),
+                        response.getheader("Connection"),
+                    )
+                )
+        finally:
+            conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        client_done = pool.submit(client)
+        deadline = time.monotonic() + 5
+        while len(calls) < 3:  # the third request is in the app, held by the gate
+            assert time.monotonic() < deadline and not client_done.done()
+            time.sleep(0.01)
+        stopped = _stop_in_thread(runner, pool)
+        gate.set()
+        assert stopped.result(timeout=10) is True
+        client_done.result(timeout=10)
+    assert results == [(200, True, None)] * 2 + [(200, True, "close")]
+    # The next request needed a new connection, and the listener was closed.
+    assert [type(exc) for exc in outcome] == [ConnectionRefusedError]
+    assert len(calls) == 3
+    assert "Canceling" not in caplog.text
+
+
+@pytest.mark.server
+def test_stop_answers_pipelined_requests_before_closing(
+    runner_factory: t.Callable[..., Runner], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Both requests arrive in one packet; the first is in the app when the drain
+    # begins. The second must still be answered, and only its response says "close".
+    caplog.set_level(logging.INFO, logger="waitress")
+    app, calls, gate = _gated_app(held=1)
+    runner = runner_factory(app, drain_timeout=2)
+    with (
+        socket.create_connection(("127.0.0.1", runner.effective_port)) as sock,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        sock.settimeout(10)
+        request = b"GET /page HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        sock.sendall(request * 2)
+        deadline = time.monotonic() + 5
+        while not calls:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        stopped = _stop_in_thread(runner, pool)
+        gate.set()
+        received = bytearray()
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+        assert stopped.result(timeout=10) is True
+    heads = re.findall(rb"HTTP/1\.1 [^\r]*\r\n(?:[^\r]+\r\n)*\r\n", received)
+    assert [h.split(b"\r\n", 1)[0] for h in heads] == [b"HTTP/1.1 200 OK"] * 2
+    assert [b"Connection: close" in h for h in heads] == [False, True]
+    assert len(received) == sum(map(len, heads)) + 2 * len(slow_app.body())
+    assert len(calls) == 2
+    assert "Canceling" not in caplog.text
+
+
+@pytest.mark.server
+def test_stop_answers_a_request_sent_just_after_the_drain_began(
+    runner_factory: t.Callable[..., Runner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client reuses its keep-alive connection as the drain begins: the request
+    # is answered with "Connection: close" rather than lost with the connection.
+    monkeypatch.setattr(serve_module, "_IDLE_GRACE", 5.0)  # whatever the machine load
+    runner = runner_factory(drain_timeout=5)
+    conn = http.client.HTTPConnection("127.0.0.1", runner.effective_port, timeout=10)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            conn.request("GET", "/echo")
+            first = conn.getresponse()
+            first.read()
+            began = time.monotonic()
+            stopped = _stop_in_thread(runner, pool)
+            conn.request("GET", "/echo")
+            second = conn.getresponse()
+            second.read()
+            assert stopped.result(timeout=10) is True
+            assert time.monotonic() - began < 2  # closed with the response, no grace
+            with pytest.raises(ConnectionRefusedError):
+                conn.request("GET", "/echo")
+        finally:
+            conn.close()
+    assert (first.status, first.getheader("Connection")) == (200, None)
+    assert (second.status, second.getheader("Connection")) == (200, "close")
+
+
+@pytest.mark.server
+def test_stop_closes_idle_keep_alive_connections_promptly(
+    runner_factory: t.Callable[..., Runner],
+) -> None:
+    runner = runner_factory(drain_timeout=5)
+    conn = http.client.HTTPConnection("127.0.0.1", runner.effective_port, timeout=10)
+    try:
+        conn.request("GET", "/echo")
+        response = conn.getresponse()
+        assert response.status == 200 and response.getheader("Connection") is None
+        response.read()
+        assert conn.sock is not None
+        began = time.monotonic()
+        assert runner.stop() is True
+        assert time.monotonic() - began < 1  # not held until the drain timeout
+        assert conn.sock.recv(1) == b""  # closed in order (FIN), not reset
+    finally:
+        conn.close()
 
 
 @pytest.mark.server

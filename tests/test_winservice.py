@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import logging.handlers
 import socket
 import subprocess
 import sys
@@ -41,6 +42,10 @@ class FakePywin32:
         self.config2: list[tuple[t.Any, int, t.Any]] = []
         self.closed_handles: list[t.Any] = []
         self.service_log: list[tuple[t.Any, ...]] = []
+        #: (level, message) of servicemanager.LogErrorMsg/LogWarningMsg/LogInfoMsg.
+        self.messages: list[tuple[str, str]] = []
+        #: What NTEventLogHandler would do: register a source and report events.
+        self.registered_sources: list[tuple[str, str]] = []
         self.events: list[tuple[str, int, str]] = []
         self.fail_config2 = False
 
@@ -137,13 +142,17 @@ class FakePywin32:
             PYS_SERVICE_STARTED=0x40000002,
             PYS_SERVICE_STOPPED=0x40000006,
             LogMsg=lambda *args: fake.service_log.append(args),
-            LogErrorMsg=lambda msg: fake.service_log.append(("error", msg)),
+            LogErrorMsg=lambda msg: fake.messages.append(("error", msg)),
+            LogWarningMsg=lambda msg: fake.messages.append(("warning", msg)),
+            LogInfoMsg=lambda msg: fake.messages.append(("info", msg)),
         )
 
         evtlogutil = types.ModuleType("win32evtlogutil")
         evtlogutil.__file__ = "/fake/win32/lib/win32evtlogutil.py"
         evtlogutil.__dict__.update(
-            AddSourceToRegistry=lambda appname, dllname, logtype: None,
+            AddSourceToRegistry=lambda appname, dllname, logtype: (
+                fake.registered_sources.append((appname, dllname))
+            ),
             ReportEvent=lambda appname, id, cat, type, strings: fake.events.append(
                 (appname, type, strings[0])
             ),
@@ -482,7 +491,8 @@ def test_service_serves_and_drains_on_stop(
     log = (tmp_path / "instance" / f"{name}.log").read_text()
     assert "Serving on http://127.0.0.1:" in log
     assert "Server stopped" in log
-    assert pywin32.events == []  # nothing at WARNING or above
+    assert pywin32.messages == []  # nothing at WARNING or above
+    assert pywin32.registered_sources == [] and pywin32.events == []
     assert logging.getLogger().handlers == root_handlers
 
 
@@ -495,13 +505,93 @@ def test_service_start_failure_goes_to_the_event_log(
     service = winservice.TokenGuardService(["TokenGuard"])
     with pytest.raises(winservice.ServiceStartError, match="could not start"):
         service.SvcDoRun()
-    [(source, event_type, message)] = pywin32.events
-    assert (source, event_type) == ("TokenGuard", 1)  # EVENTLOG_ERROR_TYPE
+    [(level, message)] = pywin32.messages
+    assert level == "error"
     assert "no_such_module_for_tokenguard" in message
+    # Not NTEventLogHandler: it would register the source again, with
+    # win32service.pyd as message file, over pythonservice's servicemanager.pyd.
+    assert pywin32.registered_sources == [] and pywin32.events == []
     assert logging.getLogger().handlers == root_handlers
+
+
+@pytest.fixture
+def no_nt_event_log_handler(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make NTEventLogHandler record its use instead of registering a source."""
+    created: list[str] = []
+
+    class Recording(logging.Handler):
+        def __init__(self, appname: str, *args: t.Any, **kwargs: t.Any) -> None:
+            super().__init__()
+            created.append(appname)
+
+        def emit(self, record: logging.LogRecord) -> None:
+            pass
+
+    monkeypatch.setattr(logging.handlers, "NTEventLogHandler", Recording)
+    return created
+
+
+def test_service_warnings_and_errors_go_through_servicemanager(
+    pywin32: FakePywin32,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_nt_event_log_handler: list[str],
+) -> None:
+    # The app's factory logs, then fails: WARNING and above reach the Event Log
+    # through servicemanager at their level; INFO does not.
+    (tmp_path / "warn_app.py").write_text(
+        textwrap.dedent(
+            """
+            import logging
+
+            def create_app():
+                log = logging.getLogger("warn_app")
+                log.info("an info line")
+                log.warning("a warning line")
+                log.error("an error line")
+                raise RuntimeError("no database")
+            """
+        )
+    )
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "warn_app", raising=False)
+    pywin32.options[("TokenGuard", "app")] = "warn_app:create_app"
+    service = winservice.TokenGuardService(["TokenGuard"])
+    try:
+        with pytest.raises(winservice.ServiceStartError, match="could not start"):
+            service.SvcDoRun()
+    finally:
+        sys.modules.pop("warn_app", None)
+    levels = [level for level, _ in pywin32.messages]
+    assert levels == ["warning", "error", "error"]
+    assert "a warning line" in pywin32.messages[0][1]
+    assert "an error line" in pywin32.messages[1][1]
+    assert "could not start: no database" in pywin32.messages[2][1]
+    assert not any("an info line" in m for _, m in pywin32.messages)
+    assert no_nt_event_log_handler == []
+    assert pywin32.registered_sources == [] and pywin32.events == []
 
 
 def test_service_without_an_app_fails_to_start(pywin32: FakePywin32) -> None:
     service = winservice.TokenGuardService(["TokenGuard"])
     with pytest.raises(winservice.ServiceStartError, match="reinstall with --app"):
         service.SvcDoRun()
+
+
+def test_event_log_handler_maps_levels_to_servicemanager(
+    pywin32: FakePywin32,
+) -> None:
+    handler = winservice._EventLogHandler(sys.modules["servicemanager"])
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.CRITICAL):
+        record = logging.makeLogRecord(
+            {"msg": "m", "levelno": level, "levelname": logging.getLevelName(level)}
+        )
+        handler.handle(record)
+    assert pywin32.messages == [
+        ("info", "DEBUG m"),
+        ("info", "INFO m"),
+        ("warning", "WARNING m"),
+        ("error", "CRITICAL m"),
+    ]
