@@ -183,6 +183,11 @@ class Store(abc.ABC):
         Atomic compare-and-swap: of two concurrent refreshes with one token only one wins.
         Remembers ``old_hash`` as used, sets ``expires_at``, and returns the updated session,
         or None when the swap did not happen.
+
+        A backend whose driver may resend a command after a lost reply (redis-py does)
+        must treat the resend as the success it was: when the session's hash already is
+        ``new_hash`` and ``old_hash`` is recorded as used by it, return the session again.
+        ``new_hash`` is known only to the caller that made it, so this admits no replay.
         """
 
     @abc.abstractmethod
@@ -222,7 +227,8 @@ class Store(abc.ABC):
 
         The count lives ``window`` seconds from the first failure of its window: when a
         failure arrives at or after ``until``, the count restarts at 1 with until = now + window.
-        Atomic: N concurrent calls on a fresh key return counts 1..N exactly once each.
+        Atomic: N concurrent calls on a fresh key return counts 1..N exactly once each,
+        and a driver's resend of one call after a lost reply counts it once.
         Keys are arbitrary strings (any printable Unicode, a few hundred characters),
         compared exactly: case, spaces and normalization all count.
         """

@@ -3,7 +3,16 @@
 Every primitive that must be atomic is one Lua script (package data ``redis_*.lua``, run by
 EVALSHA with a fallback to loading it): a script runs with nothing interleaved, and it
 costs one round trip. All keys of a store start with ``key_prefix``, whose hash tag
-(``{...}``) puts them in one Cluster slot, so the scripts are Cluster-safe.
+(``{...}``) puts them in one Cluster slot, so the scripts are Cluster-safe. The scripts
+build most keys from the prefix (passed in ARGV) rather than receiving them in KEYS,
+which Redis Cluster allows only for keys in the slot of the KEYS passed: a prefix
+without a non-empty hash tag is therefore refused.
+
+Retries: redis-py resends a command whose connection broke after it was sent, so a
+script may run twice for one call. The scripts whose second run would answer
+differently recognise their own first run: ``start_session`` and ``rotate_refresh`` by
+the refresh hash only the caller knows, ``record_failure`` by an attempt id drawn per
+call.
 
 Expiry: every decision compares with the ``now`` the caller passes, never with Redis's
 clock. Redis TTLs are only a safety net that frees the keys of sessions nobody sweeps.
@@ -22,6 +31,7 @@ import importlib.resources
 import json
 import logging
 import math
+import secrets
 import typing as t
 
 from ..errors import ConfigurationError
@@ -88,6 +98,24 @@ def _read_script(name: str) -> str:
     lib = files.joinpath("redis_lib.lua").read_text(encoding="utf-8")
     body = files.joinpath(f"redis_{name}.lua").read_text(encoding="utf-8")
     return f"{lib}\n{body}"
+
+
+def _check_hash_tag(prefix: str) -> None:
+    """Refuse a prefix without a non-empty hash tag, as Redis Cluster computes it.
+
+    Cluster hashes only the part between the first ``{`` and the first ``}`` after it,
+    if that part is non-empty; both must lie in the prefix, or each key's own suffix
+    would choose its slot.
+    """
+    start = prefix.find("{")
+    end = prefix.find("}", start + 1) if start >= 0 else -1
+    if end <= start + 1:
+        raise ConfigurationError(
+            f"key_prefix {prefix!r} has no Redis Cluster hash tag: it needs a non-empty "
+            "'{...}' such as 'myapp:{tg}:'. The store's scripts build keys from the "
+            "prefix, which is safe only while every key of the store hashes to one "
+            "Cluster slot, and only a hash tag puts them there."
+        )
 
 
 def _session_from(fields: t.Mapping[str, str], session_id: str) -> TokenSession:
@@ -166,6 +194,7 @@ class RedisStore(Store):
         prefix = options.pop("key_prefix", DEFAULT_KEY_PREFIX)
         if not isinstance(prefix, str) or not prefix:
             raise ConfigurationError("key_prefix must be a non-empty string")
+        _check_hash_tag(prefix)
         self.key_prefix: str = prefix
         # A store that hangs is worse than one that fails: bounded waits, then StoreError.
         options.setdefault("socket_connect_timeout", 5.0)
@@ -489,7 +518,8 @@ class RedisStore(Store):
 
     def record_failure(self, key: str, window: float, now: float) -> tuple[int, float]:
         until = now + window
-        args = [_num(now), _num(until), _ttl_ms(until, now)]
+        # A fresh id per call: a resend of this call's script is recognised, not counted.
+        args = [_num(now), _num(until), _ttl_ms(until, now), secrets.token_hex(8)]
         with self.wrap_errors():
             count, stored_until = self._run("record_failure", [self._key("failures", key)], args)
         return int(count), float(stored_until)

@@ -11,11 +11,22 @@ if #flat == 0 then
   return false
 end
 local s = to_table(flat)
-if tonumber(s['expires_at']) <= tonumber(now) or s['refresh_hash'] ~= old_hash then
+if tonumber(s['expires_at']) <= tonumber(now) then
   return false
 end
 if s['holds_seat'] == '1' and not redis.call('ZSCORE', prefix .. 'seats', sid) then
   -- Its seat was swept (by a caller with a later now): the session is over.
+  return false
+end
+if s['refresh_hash'] ~= old_hash then
+  -- A retry of a call that ran but whose reply was lost (redis-py resends a command when
+  -- the connection drops) finds its own swap done: new_hash current, old_hash used by
+  -- this session. new_hash is a secret only that caller knows, so this is no replay:
+  -- report the same success, or the caller would end the session as replayed.
+  local used_by = redis.call('GET', prefix .. 'used:' .. old_hash)
+  if s['refresh_hash'] == new_hash and used_by == sid then
+    return flat
+  end
   return false
 end
 

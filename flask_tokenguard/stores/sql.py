@@ -12,10 +12,10 @@ One class serves every server engine, so the seat-locking design is written once
 - revocations write the ``revocation_seq`` counter row first, which both serializes
   revokers and hands out the sequence number stored with the revoked ids.
 
-Lock order, to rule out deadlocks: pool row, then counter row, then revoked rows,
-then session rows; failure rows come after the pool row (the opportunistic purge).
-A writer of one session row (refresh rotation) or of one failure row (``record_failure``)
-takes no other lock.
+Lock order, to rule out deadlocks: pool row, then session rows, then counter row, then
+revoked rows; failure rows come after the pool row (the opportunistic purge). A writer
+of one session row (refresh rotation) or of one failure row (``record_failure``) takes
+no other lock; ``revoke`` takes the counter row, then revoked rows.
 
 Lockout counters (``tg_failures``) are keyed by the SHA-256 hex of the caller's key, so a
 key of any length and characters fits one short primary key on every engine (InnoDB
@@ -382,19 +382,27 @@ class _SQL:
             sessions.c.client_id == bp("b_client_id"), live
         )
 
-        #: Ending sessions by one id, by client or all: (select, prune revoked, delete).
-        self.end: dict[str, tuple[sa.Select[t.Any], sa.Delete, sa.Delete]] = {}
+        #: Ending sessions by one id, by client or all:
+        #: (lock rows, select, prune revoked, delete).
+        self.end: dict[
+            str, tuple[sa.Update, sa.Select[t.Any], sa.Delete, sa.Delete]
+        ] = {}
         filters: dict[str, sa.ColumnElement[bool] | None] = {
             "session": sessions.c.session_id == bp("b_key"),
             "client": sessions.c.client_id == bp("b_key"),
             "all": None,
         }
         for kind, where in filters.items():
+            # A write that changes nothing, for its row locks: a refresh rotation that
+            # commits a later expiry between our read and our delete would otherwise
+            # be deleted with the earlier expiry revoked (see ``_end``).
+            lock = sessions.update().values(expires_at=sessions.c.expires_at)
             pick = sa.select(sessions)
             ids = sa.select(sessions.c.session_id)
             drop = sessions.delete()
             if where is not None:
-                pick, ids, drop = pick.where(where), ids.where(where), drop.where(where)
+                lock, pick = lock.where(where), pick.where(where)
+                ids, drop = ids.where(where), drop.where(where)
             # Prune expired revocations and any earlier entry under the same ids, so the
             # inserts that follow cannot collide (the counter lock keeps others out).
             prune = revoked.delete().where(
@@ -403,7 +411,7 @@ class _SQL:
                     revoked.c.token_id.in_(ids.scalar_subquery()),
                 )
             )
-            self.end[kind] = (pick, prune, drop)
+            self.end[kind] = (lock, pick, prune, drop)
 
         # -- revocation
         self.prune_revoked = revoked.delete().where(
@@ -1047,11 +1055,17 @@ class SQLAlchemyStore(Store):
 
     def _end(self, kind: str, key: str | None, now: float) -> list[TokenSession]:
         """End the sessions ``kind`` picks, record them as revoked; return live ones."""
-        pick, prune, drop = self._q.end[kind]
+        lock, pick, prune, drop = self._q.end[kind]
         params = {"b_key": key, "now": now}
         with self._tx() as conn:
-            # Lock order: pool, counter, revoked rows, session rows (module docstring).
+            # Lock order: pool, session rows, counter, revoked rows (module docstring).
             self._lock_pool(conn)
+            # Lock the rows before reading them: a concurrent rotation (which takes no
+            # pool lock) either committed before the lock, and the read below sees its
+            # expiry (READ COMMITTED), or waits and then finds the row gone. A plain
+            # read would revoke the session only until the expiry before the rotation,
+            # and tokens issued by that rotation would be accepted again afterwards.
+            conn.execute(lock, params)
             ended = [_session(row) for row in conn.execute(pick, params)]
             if not ended:
                 return []

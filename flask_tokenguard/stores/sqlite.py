@@ -24,8 +24,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import random
 import sqlite3
 import threading
+import time
 import typing as t
 import weakref
 from urllib.parse import parse_qsl
@@ -43,6 +45,9 @@ from .base import Store
 SCHEMA_VERSION = 1
 
 _PREFIX = "sqlite:///"
+
+#: Primary result codes of "database is locked" and "database table is locked".
+_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 
 #: Accepted values of ``?synchronous=``. NORMAL survives application crashes; FULL
 #: also survives a power loss, at the price of one more fsync per write.
@@ -426,12 +431,32 @@ class SQLiteStore(Store):
             _rollback(conn)
             raise
 
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL (persistent: once per file); wait out other openers.
+
+        Switching takes exclusive access for a moment, and while another process holds
+        any lock on the file (it is opening the same new file, say) the PRAGMA fails at
+        once with "database is locked": the busy handler is not used. So retry, with
+        short jittered sleeps, for up to the store's timeout.
+        """
+        deadline = time.monotonic() + self._timeout
+        delay = 0.002
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if mode.lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            # Jitter, so that processes that collided do not collide again in step.
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.05)
+
     def _create_schema(self) -> None:
         conn = self._connection()
-        # WAL is persistent: set once per file. Switching takes exclusive access for a
-        # moment and waits for it through the busy handler.
-        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
+        self._enable_wal(conn)
         # Read first: an existing file (the usual case) needs no write lock.
         version = _schema_version(conn)
         if version is None:
@@ -704,6 +729,16 @@ class SQLiteStore(Store):
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` means another connection holds a lock ("database is locked")."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        # An extended result code keeps its primary code in the low byte.
+        return (code & 0xFF) in _BUSY_CODES
+    message = str(exc)
+    return "database is locked" in message or "database table is locked" in message
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

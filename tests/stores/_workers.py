@@ -90,3 +90,41 @@ def open_and_ensure_key(
     except BaseException as exc:
         barrier.abort()
         results.put((worker, "error", f"{type(exc).__name__}: {exc}"))
+
+
+def open_fresh_stores(
+    url: str,
+    options: dict[str, t.Any],
+    worker: int,
+    rounds: int,
+    now: float,
+    barrier: Barrier,
+    results: Queue[tuple[int, str, t.Any]],
+) -> None:
+    """Open a new store at the same moment as the other workers, ``rounds`` times.
+
+    ``url`` holds ``{round}``, replaced by the round's number: each round opens a store
+    that does not exist yet (a fresh SQLite file, say). Reports the key ids that
+    ``ensure_signing_key`` returned in each round, or the first failure.
+    """
+    kids: list[list[str]] = []
+    try:
+        for round_ in range(rounds):
+            barrier.wait(BARRIER_TIMEOUT)
+            candidate = SigningKey(f"key-{worker}", "ES256", f"pem-{worker}", now)
+            try:
+                store = store_from_url(url.replace("{round}", str(round_)), **options)
+                try:
+                    store.check()
+                    kids.append([k.kid for k in store.ensure_signing_key(candidate)])
+                finally:
+                    store.close()
+            except Exception as exc:
+                # StoreError names only the driver's exception class: add its message.
+                cause = "" if exc.__cause__ is None else f" ({exc.__cause__})"
+                name = type(exc).__name__
+                raise RuntimeError(f"round {round_}: {name}: {exc}{cause}") from exc
+        results.put((worker, "ok", kids))
+    except BaseException as exc:
+        barrier.abort()
+        results.put((worker, "error", f"{type(exc).__name__}: {exc}"))

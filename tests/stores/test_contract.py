@@ -6,9 +6,12 @@ sleeps. A backend-specific quirk belongs in ``test_<backend>.py`` instead.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import sqlite3
 import threading
 import typing as t
+from pathlib import Path
 
 import _workers
 from records import NOW
@@ -20,7 +23,6 @@ import pytest
 
 from flask_tokenguard.errors import ConflictError
 from flask_tokenguard.models import Client
-from flask_tokenguard.models import SigningKey
 from flask_tokenguard.models import TokenSession
 from flask_tokenguard.models import User
 from flask_tokenguard.stores.base import Store
@@ -857,3 +859,24 @@ def test_processes_opening_a_new_store_agree_on_one_signing_key(
     assert [status for _, status, _ in reports] == ["ok"] * 6, reports
     assert len(stored) == 1
     assert [kids for _, _, kids in reports] == [stored] * 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store_id", ["sqlite", "sqlite+pysqlite"])
+def test_processes_opening_new_sqlite_files_at_once_all_succeed(
+    store_id: str, tmp_path: Path
+) -> None:
+    # The stress form of the test above, for the file stores: switching a new file to
+    # WAL fails at once ("database is locked", without the busy handler) while another
+    # process holds a lock on it, and the store must wait that out. One spawn, several
+    # rounds of fresh files, to keep it fast.
+    url = f"{store_id}:///{tmp_path / 'round-{round}.sqlite3'}"
+    rounds = 10
+    reports = _spawn_workers(8, _workers.open_fresh_stores, url, {}, rounds, NOW)
+    assert [status for _, status, _ in reports] == ["ok"] * 8, reports
+    for round_ in range(rounds):
+        kids = {tuple(per_round[round_]) for _, _, per_round in reports}
+        assert len(kids) == 1, (round_, kids)
+        assert len(next(iter(kids))) == 1
+        with contextlib.closing(sqlite3.connect(tmp_path / f"round-{round_}.sqlite3")) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)

@@ -15,7 +15,6 @@ import sys
 import time
 import typing as t
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -147,6 +146,25 @@ def test_default_prefix_is_hash_tagged() -> None:
         store.close()
 
 
+@pytest.mark.parametrize(
+    "prefix", ["tg:", "tg:{}:", "tg:{tg", "tg:}tg{:", "tg:{}{tg}:", "tg:tg}:"]
+)
+def test_prefix_without_a_hash_tag_is_refused(prefix: str) -> None:
+    # The scripts build keys from the prefix: Cluster-safe only if all share one slot.
+    with pytest.raises(ConfigurationError, match="hash tag") as caught:
+        store_from_url(SHARED_URL, key_prefix=prefix)
+    assert "Cluster slot" in str(caught.value)
+
+
+@pytest.mark.parametrize("prefix", ["{tg}", "app:{tg}:", "a{b}c{}:", "x{{y}:"])
+def test_prefix_with_a_hash_tag_is_accepted(prefix: str) -> None:
+    store = t.cast("RedisStore", store_from_url(SHARED_URL, key_prefix=prefix))
+    try:
+        assert store.key_prefix == prefix
+    finally:
+        store.close()
+
+
 # -- expiry: decided by now, Redis TTLs only a safety net -----------------------------
 
 
@@ -194,6 +212,100 @@ def test_sweep_removes_every_index_entry(
     leftovers = [k[len(store.key_prefix):] for k in keys_under(raw, store.key_prefix)]
     assert not [k for k in leftovers if "old" in k]
     assert raw.zrange(f"{store.key_prefix}sessions", 0, -1) == ["new"]
+
+
+# -- a command resent after its reply was lost -----------------------------------------
+
+
+def lose_next_reply(store: RedisStore) -> None:
+    """Drop the reply of the store's next command, as a connection breaking would.
+
+    The command has run on the server; redis-py sees a ConnectionError and resends it on
+    a new connection (the store's retry policy), so the script runs a second time.
+    """
+    pool = store._client.connection_pool
+    conn = pool.get_connection()
+    original = conn.read_response
+
+    def read_response(*args: t.Any, **kwargs: t.Any) -> t.NoReturn:
+        del conn.read_response  # once
+        original(*args, **kwargs)
+        raise redis.exceptions.ConnectionError("connection lost before the reply")
+
+    conn.read_response = read_response  # type: ignore[method-assign]
+    pool.release(conn)
+
+
+def test_rotate_refresh_run_twice_returns_the_same_session(
+    make_store: t.Callable[..., RedisStore],
+) -> None:
+    store = make_store()
+    assert store.start_session(make_session("s1"), 5, now=1000.0)
+
+    first = store.rotate_refresh("s1", "hash-s1", "hash-s1b", 2500.0, now=1100.0)
+    again = store.rotate_refresh("s1", "hash-s1", "hash-s1b", 2500.0, now=1100.0)
+
+    expected = make_session("s1", refresh_hash="hash-s1b", expires_at=2500.0)
+    assert first == again == expected
+    assert store.find_refresh("hash-s1b", now=1100.0) == (expected, True)
+    assert store.find_refresh("hash-s1", now=1100.0) == (expected, False)
+    # Only the caller that made hash-s1b is recognised: any other is a replay.
+    assert store.rotate_refresh("s1", "hash-s1", "hash-s1c", 2600.0, now=1100.0) is None
+    assert store.get_session("s1", now=1100.0) == expected
+
+
+def test_rotate_refresh_is_not_repeated_after_a_later_rotation(
+    make_store: t.Callable[..., RedisStore],
+) -> None:
+    store = make_store()
+    assert store.start_session(make_session("s1"), 5, now=1000.0)
+    assert store.rotate_refresh("s1", "hash-s1", "hash-s1b", 2500.0, now=1100.0)
+    assert store.rotate_refresh("s1", "hash-s1b", "hash-s1c", 2600.0, now=1200.0)
+
+    assert store.rotate_refresh("s1", "hash-s1", "hash-s1b", 2500.0, now=1200.0) is None
+
+
+def test_rotate_refresh_resent_after_a_lost_reply_succeeds(
+    make_store: t.Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    store = make_store()
+    assert store.start_session(make_session("s1"), 5, now=1000.0)
+
+    lose_next_reply(store)
+    updated = store.rotate_refresh("s1", "hash-s1", "hash-s1b", 2500.0, now=1100.0)
+
+    assert updated == make_session("s1", refresh_hash="hash-s1b", expires_at=2500.0)
+    assert store.get_session("s1", now=1100.0) == updated
+    assert raw.zscore(f"{store.key_prefix}seats", "s1") == 2500.0
+
+
+def test_record_failure_resent_after_a_lost_reply_counts_once(
+    make_store: t.Callable[..., RedisStore],
+) -> None:
+    store = make_store()
+    lose_next_reply(store)
+    assert store.record_failure("user:alice", 60.0, now=1000.0) == (1, 1060.0)
+    lose_next_reply(store)
+    assert store.record_failure("user:alice", 60.0, now=1001.0) == (2, 1060.0)
+    assert store.failures("user:alice", now=1001.0) == (2, 1060.0)
+
+
+def test_record_failure_remembers_only_a_few_attempts(
+    make_store: t.Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    store = make_store()
+    for count in range(1, 101):
+        assert store.record_failure("user:alice", 60.0, now=1000.0) == (count, 1060.0)
+    recent = raw.hget(f"{store.key_prefix}failures:user:alice", "recent")
+    assert recent is not None
+    entries = recent.split()
+    assert len(entries) == 16
+    assert [int(entry.partition("=")[2]) for entry in entries] == list(range(85, 101))
+    # A new window forgets the old one's attempts.
+    assert store.record_failure("user:alice", 60.0, now=1060.0) == (1, 1120.0)
+    recent = raw.hget(f"{store.key_prefix}failures:user:alice", "recent")
+    assert recent is not None
+    assert len(recent.split()) == 1
 
 
 # -- errors, reconnects, lifecycle ----------------------------------------------------

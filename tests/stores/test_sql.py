@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import typing as t
 import uuid
 import warnings
@@ -527,6 +528,80 @@ def test_ids_are_case_sensitive(
     assert t.cast(Client, store.get_client("app")).name == "Lower"
     with pytest.raises(ConflictError):
         store.create_client(Client("other", "Other", alias="App"))
+
+
+def _waiting_for_a_row_lock(store: SQLAlchemyStore, schema: str) -> bool:
+    """Whether a statement on ``schema`` waits for a row lock another one holds."""
+    if store._backend == "postgresql":
+        query = sa.text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND query LIKE :pattern"
+        )
+    else:
+        query = sa.text(
+            "SELECT count(*) FROM information_schema.innodb_trx"
+            " WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE :pattern"
+        )
+    with store._base_engine.connect() as conn:
+        return bool(conn.execute(query, {"pattern": f"%{schema}%"}).scalar_one())
+
+
+@pytest.mark.parametrize("kind", ["session", "client", "all"])
+def test_ending_sessions_during_a_rotation_revokes_the_rotated_expiry(
+    server_url: str, make_store: t.Callable[..., SQLAlchemyStore], kind: str
+) -> None:
+    # A rotation holds the session's row lock, uncommitted, while the session ends. If
+    # the end read the row before the rotation committed, it would delete the rotated
+    # row and revoke the id only until the old expiry: tokens the rotation issued would
+    # pass again after it.
+    schema = new_schema()
+    store = make_store(server_url, schema=schema)
+    store.reset()
+    assert store.start_session(make_session("s1", expires_at=2000.0), None, now=1000.0)
+    rotated = make_session("s1", refresh_hash="hash-s1b", expires_at=5000.0)
+    params = {
+        "b_session_id": "s1",
+        "b_old_hash": "hash-s1",
+        "b_new_hash": "hash-s1b",
+        "b_expires_at": 5000.0,
+        "now": 1500.0,
+    }
+    ended: list[t.Any] = []
+
+    def end() -> None:
+        try:
+            if kind == "session":
+                ended.append(store.end_session("s1", now=1500.0))
+            else:
+                client_id = "app" if kind == "client" else None
+                ended.append(store.end_sessions(client_id, now=1500.0))
+        except BaseException as exc:  # reported in the test's thread below
+            ended.append(exc)
+
+    with store._engine.connect() as rotation:
+        transaction = rotation.begin()
+        assert rotation.execute(store._q.rotate, params).rowcount == 1
+        rotation.execute(
+            store._q.insert_used, {"refresh_hash": "hash-s1", "session_id": "s1"}
+        )
+        ender = threading.Thread(target=end)
+        ender.start()
+        try:
+            # Commit only once the end waits for the row lock the rotation holds.
+            deadline = time.monotonic() + 30
+            waiting = False
+            while not waiting and ender.is_alive() and time.monotonic() < deadline:
+                # MariaDB refreshes innodb_trx only when unread for 0.1 s.
+                ender.join(0.15)
+                waiting = _waiting_for_a_row_lock(store, schema)
+            assert waiting, f"the end did not wait for the rotation: {ended}"
+        finally:
+            transaction.commit()
+            ender.join(60)
+    assert ended == [rotated if kind == "session" else 1]
+    assert store.revocations_since(0, now=1500.0)[0] == {"s1": 5000.0}
+    assert store.get_session("s1", now=1500.0) is None
+    assert store.find_refresh("hash-s1b", now=1500.0) is None
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
