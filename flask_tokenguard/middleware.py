@@ -57,7 +57,10 @@ def _compile(rules: Rules) -> list[tuple[str, str | None, tuple[str, ...] | None
 
 def _normalize(path: str) -> str:
     """Lower-case ``path``, merge repeated slashes, resolve ``.`` and ``..`` segments."""
-    merged = re.sub(r"/+", "/", path.lower())
+    path = path.lower()
+    if "//" not in path and "/." not in path:
+        return path  # the common case, on every request: nothing to resolve
+    merged = re.sub(r"/+", "/", path)
     normal = posixpath.normpath(merged)
     if merged.endswith("/") and normal != "/":
         normal += "/"
