@@ -642,7 +642,7 @@ def serve(
     """Serve ``app`` until SIGTERM or Ctrl+C, drain, and return an exit code.
 
     ``overrides`` are :class:`Runner` arguments (``drain_timeout``, ``trusted_proxy``,
-    ``access_log``, waitress adjustments). Logging gets a default stderr handler
+    ``access_log`` (on here), waitress adjustments). Logging gets a default stderr handler
     unless the root logger has one (``log_level=None`` leaves logging alone).
 
     Returns 0 after a requested stop, 1 when the server could not start (the port is
@@ -653,6 +653,8 @@ def serve(
     """
     if log_level is not None:
         configure_logging(log_level)
+    # A served app logs one line per request (never a query string or a header).
+    overrides.setdefault("access_log", True)
     try:
         runner = Runner(app, host=host, port=port, threads=threads, **overrides)
         runner.start()

@@ -124,3 +124,16 @@ def test_challenge_header_is_spelled_as_rfc_7235_on_the_wire(sample_server: t.Ca
     caught.value.close()
     assert caught.value.code == 401
     assert headers["WWW-Authenticate"] == 'Bearer realm="tokenguard"'
+
+
+def test_request_lines_are_logged_without_tokens_or_secrets(sample_server: t.Callable[..., SampleServer]) -> None:
+    server = sample_server()
+    client_id, secret = _demo_credentials(server)
+    token = requests.post(server.url + "/token", data={"grant_type": "client_credentials"},
+                          auth=(client_id, secret), timeout=10).json()["access_token"]
+    requests.get(server.url + "/whoami", params={"access_token": token},
+                 headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert server.stop() == 0
+    log = server.output.split("Serving on", 1)[1]  # after the demo client's one-time print
+    assert "GET /whoami 200" in log and "POST /token 200" in log
+    assert token not in log and secret not in log and "access_token" not in log
