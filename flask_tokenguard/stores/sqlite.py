@@ -404,26 +404,21 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._lock = threading.Lock()
 
-    @contextlib.contextmanager
-    def _write(self) -> t.Iterator[sqlite3.Connection]:
+    def _write(self) -> t.ContextManager[sqlite3.Connection]:
         """A write transaction that holds the write lock from its first statement."""
-        conn = self._connection()
         # BEGIN IMMEDIATE: take the write lock before reading anything, so that what
         # we read (a seat count, a refresh hash, a taken alias) cannot change before
         # we write, and so that waiting for another writer uses the busy handler.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
+        return self._transaction("BEGIN IMMEDIATE")
+
+    def _read(self) -> t.ContextManager[sqlite3.Connection]:
+        """A read transaction: its statements share one snapshot, and never block."""
+        return self._transaction("BEGIN")
 
     @contextlib.contextmanager
-    def _read(self) -> t.Iterator[sqlite3.Connection]:
-        """A read transaction: its statements share one snapshot, and never block."""
+    def _transaction(self, begin: str) -> t.Iterator[sqlite3.Connection]:
         conn = self._connection()
-        conn.execute("BEGIN")
+        conn.execute(begin)
         try:
             yield conn
             conn.execute("COMMIT")

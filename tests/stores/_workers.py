@@ -8,6 +8,7 @@ here, never pytest.
 
 from __future__ import annotations
 
+import multiprocessing
 import typing as t
 
 from flask_tokenguard.errors import StoreError
@@ -128,3 +129,37 @@ def open_fresh_stores(
     except BaseException as exc:
         barrier.abort()
         results.put((worker, "error", f"{type(exc).__name__}: {exc}"))
+
+
+def spawn(
+    count: int,
+    target: t.Callable[..., None],
+    url: str,
+    options: dict[str, t.Any],
+    *args: t.Any,
+) -> list[tuple[int, str, t.Any]]:
+    """Run ``target(url, options, i, *args, barrier, queue)`` in ``count`` processes.
+
+    Spawned, not forked: each worker builds its own store from scratch, as separate
+    server processes do.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(count)
+    results = ctx.Queue()
+    processes = [
+        ctx.Process(target=target, args=(url, options, i, *args, barrier, results))
+        for i in range(count)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        reports = [results.get(timeout=120) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        results.close()
+        results.join_thread()
+    return sorted(reports)

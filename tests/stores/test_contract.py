@@ -7,7 +7,6 @@ sleeps. A backend-specific quirk belongs in ``test_<backend>.py`` instead.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import sqlite3
 import threading
 import typing as t
@@ -798,47 +797,13 @@ def test_racing_failures_of_one_key_count_each_once(store: Store) -> None:
     assert store.failures("user:alice", NOW) == (16, NOW + WINDOW)
 
 
-def _spawn_workers(
-    count: int,
-    target: t.Callable[..., None],
-    url: str,
-    options: dict[str, t.Any],
-    *args: t.Any,
-) -> list[tuple[int, str, t.Any]]:
-    """Run ``target(url, options, i, *args, barrier, queue)`` in ``count`` processes.
-
-    Spawned, not forked: each worker builds its own store from scratch, as separate
-    server processes do.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(count)
-    results = ctx.Queue()
-    processes = [
-        ctx.Process(target=target, args=(url, options, i, *args, barrier, results))
-        for i in range(count)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        reports = [results.get(timeout=120) for _ in processes]
-    finally:
-        for process in processes:
-            process.join(30)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        results.close()
-        results.join_thread()
-    return sorted(reports)
-
-
 @pytest.mark.slow
 @pytest.mark.cross_process
 def test_racing_processes_never_over_allocate_seats(
     store: Store, store_url_and_options: tuple[str, dict[str, t.Any]]
 ) -> None:
     url, options = store_url_and_options
-    reports = _spawn_workers(6, _workers.race_seats, url, options, 20, 5, NOW)
+    reports = _workers.spawn(6, _workers.race_seats, url, options, 20, 5, NOW)
     assert [status for _, status, _ in reports] == ["ok"] * 6, reports
     assert sum(granted for _, _, granted in reports) == 5
     assert store.seats_in_use(NOW) == 5
@@ -851,7 +816,7 @@ def test_processes_opening_a_new_store_agree_on_one_signing_key(
     open_store: t.Callable[..., t.ContextManager[Store]],
 ) -> None:
     url, options = store_url_and_options
-    reports = _spawn_workers(6, _workers.open_and_ensure_key, url, options, NOW)
+    reports = _workers.spawn(6, _workers.open_and_ensure_key, url, options, NOW)
     # Opened here only afterwards, so the workers found no schema, file or keys. This
     # also skips when the server is down, and drops the per-run schema.
     with open_store(url, options, reset=False) as store:
@@ -872,7 +837,7 @@ def test_processes_opening_new_sqlite_files_at_once_all_succeed(
     # rounds of fresh files, to keep it fast.
     url = f"{store_id}:///{tmp_path / 'round-{round}.sqlite3'}"
     rounds = 10
-    reports = _spawn_workers(8, _workers.open_fresh_stores, url, {}, rounds, NOW)
+    reports = _workers.spawn(8, _workers.open_fresh_stores, url, {}, rounds, NOW)
     assert [status for _, status, _ in reports] == ["ok"] * 8, reports
     for round_ in range(rounds):
         kids = {tuple(per_round[round_]) for _, _, per_round in reports}

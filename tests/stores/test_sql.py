@@ -9,7 +9,6 @@ file.
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -463,23 +462,7 @@ def test_stores_opened_concurrently_on_a_fresh_schema_processes(
 
     schema = new_schema()
     workers = 4
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(workers)
-    results = ctx.Queue()
-    processes = [
-        ctx.Process(
-            target=_workers.open_and_ensure_key,
-            args=(server_url, {"schema": schema}, worker, 1000.0, barrier, results),
-        )
-        for worker in range(workers)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        reports = [results.get(timeout=120) for _ in processes]
-    finally:
-        for process in processes:
-            process.join(30)
+    reports = _workers.spawn(workers, _workers.open_and_ensure_key, server_url, {"schema": schema}, 1000.0)
     errors = [r for r in reports if r[1] != "ok"]
     assert not errors, errors
     _assert_created_once(make_store(server_url, schema=schema), [r[2] for r in reports])
