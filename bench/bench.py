@@ -25,15 +25,21 @@ import uuid
 
 from flask import Flask
 
-from flask_tokenguard import TokenGuard
 from flask_tokenguard import require_token
+from flask_tokenguard import TokenGuard
 from flask_tokenguard.models import TokenSession
 from flask_tokenguard.stores import store_from_url
 
 SERVERS = {
     "redis": ("redis://127.0.0.1:6379/15", lambda run: {"key_prefix": f"tgbench:{{{run}}}:"}),
-    "postgresql": ("postgresql://postgres@127.0.0.1:5432/test", lambda run: {"schema": f"tgbench_{run}"}),
-    "mariadb": ("mysql+pymysql://root@127.0.0.1:3306/test", lambda run: {"schema": f"tgbench_{run}"}),
+    "postgresql": (
+        "postgresql://postgres@127.0.0.1:5432/test",
+        lambda run: {"schema": f"tgbench_{run}"},
+    ),
+    "mariadb": (
+        "mysql+pymysql://root@127.0.0.1:3306/test",
+        lambda run: {"schema": f"tgbench_{run}"},
+    ),
 }
 
 
@@ -69,14 +75,17 @@ def new_client(app: Flask) -> tuple[str, str]:
 def get_token(app: Flask, client_id: str, secret: str, scope: str = "all") -> str:
     auth = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
     response = app.test_client().post(
-        "/token", data={"grant_type": "client_credentials", "scope": scope},
+        "/token",
+        data={"grant_type": "client_credentials", "scope": scope},
         headers={"Authorization": f"Basic {auth}"},
     )
     assert response.status_code == 200, response.json
     return response.json["access_token"]
 
 
-def per_request_us(app: Flask, path: str, headers: dict[str, str], n: int, blocks: int = 5) -> float:
+def per_request_us(
+    app: Flask, path: str, headers: dict[str, str], n: int, blocks: int = 5
+) -> float:
     """Median µs of one WSGI call, in blocks of n (no test-client overhead)."""
     return statistics.median(_blocks(app, path, headers, n) for _ in range(blocks))
 
@@ -84,7 +93,9 @@ def per_request_us(app: Flask, path: str, headers: dict[str, str], n: int, block
 def _blocks(app: Flask, path: str, headers: dict[str, str], n: int) -> float:
     from werkzeug.test import EnvironBuilder
 
-    environ = EnvironBuilder(path=path, headers=headers, environ_base={"REMOTE_ADDR": "127.0.0.1"}).get_environ()
+    environ = EnvironBuilder(
+        path=path, headers=headers, environ_base={"REMOTE_ADDR": "127.0.0.1"}
+    ).get_environ()
 
     def start_response(status: str, headers: t.Any, exc_info: t.Any = None) -> None:
         assert status.startswith("200"), status
@@ -114,26 +125,36 @@ def bench_guard(n: int = 4000) -> None:
     auth = {"Authorization": f"Bearer {token}"}
     _blocks(app, "/guarded", auth, 200)  # warm the cache and the key ring
     open_us, guarded_us = side_by_side(app, auth, n)
-    print(f"  1 client, 1 session:        open {open_us:7.1f}  guarded {guarded_us:7.1f}  "
-          f"extra {guarded_us - open_us:6.1f} µs")
+    print(
+        f"  1 client, 1 session:        open {open_us:7.1f}  guarded {guarded_us:7.1f}  "
+        f"extra {guarded_us - open_us:6.1f} µs"
+    )
     store = app.extensions["tokenguard"].store(app)
     now = time.time()
     for i in range(10_000):
-        store.create_client(type(store.get_client(client_id))(client_id=f"c{i}", name="x", secret_hash="0" * 64))
+        store.create_client(
+            type(store.get_client(client_id))(client_id=f"c{i}", name="x", secret_hash="0" * 64)
+        )
     tokens = [get_token(app, client_id, secret) for _ in range(2000)]
     store_sessions = len(store.list_sessions(None, now))
     for i in range(8000):
-        store.start_session(TokenSession(f"s{i}", "c1", "c1", "all", True, f"h{i}", now, now + 1200), None, now)
+        store.start_session(
+            TokenSession(f"s{i}", "c1", "c1", "all", True, f"h{i}", now, now + 1200), None, now
+        )
     for other in tokens:  # fill the verified-token cache too
         _blocks(app, "/guarded", {"Authorization": f"Bearer {other}"}, 1)
     open_us, guarded_us = side_by_side(app, auth, n)
-    print(f"  10,001 clients, {store_sessions + 8000:,} sessions: open {open_us:7.1f}  guarded {guarded_us:7.1f}  "
-          f"extra {guarded_us - open_us:6.1f} µs")
+    print(
+        f"  10,001 clients, {store_sessions + 8000:,} sessions: open {open_us:7.1f}  guarded {guarded_us:7.1f}  "
+        f"extra {guarded_us - open_us:6.1f} µs"
+    )
     verifier = app.extensions["tokenguard"].state(app).verifier
     start = time.perf_counter()
     for _ in range(200):
         verifier.decode(token, time.time())
-    print(f"  full signature check without the cache: {(time.perf_counter() - start) / 200 * 1e6:.1f} µs")
+    print(
+        f"  full signature check without the cache: {(time.perf_counter() - start) / 200 * 1e6:.1f} µs"
+    )
 
 
 _SERVER_SCRIPT = """
@@ -190,26 +211,46 @@ def bench_waitress(seconds: int = 5, rounds: int = 5) -> None:
             except requests.ConnectionError:
                 time.sleep(0.1)
         token = requests.post(
-            base + "/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret), timeout=10
+            base + "/token",
+            data={"grant_type": "client_credentials"},
+            auth=(client_id, secret),
+            timeout=10,
         ).json()["access_token"]
         paths = ("open", "guarded", "bare", "mw")
         results: dict[str, list[float]] = {path: [] for path in paths}
         for _ in range(rounds):
             for path in paths:
                 out = subprocess.run(
-                    ["wrk", "-t2", "-c16", f"-d{seconds}s", "-H", f"Authorization: Bearer {token}", f"{base}/{path}"],
-                    capture_output=True, text=True, check=True,
+                    [
+                        "wrk",
+                        "-t2",
+                        "-c16",
+                        f"-d{seconds}s",
+                        "-H",
+                        f"Authorization: Bearer {token}",
+                        f"{base}/{path}",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
                 ).stdout
                 line = next(l for l in out.splitlines() if l.startswith("Requests/sec"))
                 if "Non-2xx" in out:
                     raise SystemExit(f"errors on /{path}: {out}")
                 results[path].append(float(line.split()[1]))
         rps = {path: statistics.median(results[path]) for path in paths}
-        print(f"  Flask route: open {rps['open']:8.0f}   @require_token {rps['guarded']:8.0f}   "
-              f"ratio {rps['guarded'] / rps['open']:.3f}")
-        print(f"  bare WSGI:   open {rps['bare']:8.0f}   TokenGuardMiddleware {rps['mw']:8.0f}   "
-              f"ratio {rps['mw'] / rps['bare']:.3f}")
-        print("  rounds: " + ", ".join(f"{path} {[round(x) for x in results[path]]}" for path in paths))
+        print(
+            f"  Flask route: open {rps['open']:8.0f}   @require_token {rps['guarded']:8.0f}   "
+            f"ratio {rps['guarded'] / rps['open']:.3f}"
+        )
+        print(
+            f"  bare WSGI:   open {rps['bare']:8.0f}   TokenGuardMiddleware {rps['mw']:8.0f}   "
+            f"ratio {rps['mw'] / rps['bare']:.3f}"
+        )
+        print(
+            "  rounds: "
+            + ", ".join(f"{path} {[round(x) for x in results[path]]}" for path in paths)
+        )
     finally:
         server.terminate()
         server.wait()
@@ -270,7 +311,12 @@ def bench_tokens(n: int = 300) -> None:
 
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
-    benches = {"guard": bench_guard, "waitress": bench_waitress, "seats": bench_seats, "tokens": bench_tokens}
+    benches = {
+        "guard": bench_guard,
+        "waitress": bench_waitress,
+        "seats": bench_seats,
+        "tokens": bench_tokens,
+    }
     for name, bench in benches.items():
         if which in (name, "all"):
             bench()

@@ -12,11 +12,11 @@ from .errors import InvalidTokenError
 from .errors import OAuthError
 from .errors import StoreError
 from .errors import TokenGuardError
-from .extension import TokenGuard
-from .guard import current_token
-from .guard import require_token
-from .middleware import TokenGuardMiddleware
 from .models import AccessToken
+from .web.extension import TokenGuard
+from .web.guard import current_token
+from .web.guard import require_token
+from .web.middleware import TokenGuardMiddleware
 
 __all__ = [
     "AccessToken",

@@ -110,7 +110,9 @@ def _as_int(minimum: int) -> t.Callable[[t.Any], int]:
 
 def _as_optional(convert: t.Callable[[t.Any], t.Any]) -> t.Callable[[t.Any], t.Any]:
     def optional(value: t.Any) -> t.Any:
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        if value is None or (
+            isinstance(value, str) and value.strip().lower() in ("", "none", "null")
+        ):
             return None
         return convert(value)
 
@@ -167,7 +169,9 @@ _CONVERTERS: dict[str, t.Callable[[t.Any], t.Any]] = {
     "TOKENGUARD_SCOPE_IMPLIES": _as_json(dict),
     "TOKENGUARD_LICENSED_SCOPES": _as_json(list),
     "TOKENGUARD_DEFAULT_SCOPE": _as_str,
-    "TOKENGUARD_REVOCATION_LAG": lambda v: float(_as_str(v).strip()) if isinstance(v, str) else float(v),
+    "TOKENGUARD_REVOCATION_LAG": lambda v: (
+        float(_as_str(v).strip()) if isinstance(v, str) else float(v)
+    ),
     "TOKENGUARD_REQUIRE_HTTPS": _as_bool,
     "TOKENGUARD_TRUSTED_PROXY": _as_optional(_as_str),
     "TOKENGUARD_TRUSTED_PROXY_HEADERS": _as_json(list),
@@ -235,7 +239,7 @@ class Settings:
         for key, convert in _CONVERTERS.items():
             raw = config.get(key, DEFAULTS[key])
             try:
-                values[key[len("TOKENGUARD_"):].lower()] = convert(raw)
+                values[key[len("TOKENGUARD_") :].lower()] = convert(raw)
             except (ValueError, TypeError) as exc:
                 raise ConfigurationError(f"{key} {exc}, got {raw!r}") from None
         if values["store_url"] is None:

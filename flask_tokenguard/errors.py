@@ -74,9 +74,7 @@ class OAuthError(TokenGuardError, HTTPException):
         """Return the RFC 6749 5.2 body."""
         return {"error": self.error, "error_description": self.description}
 
-    def get_body(
-        self, environ: WSGIEnvironment | None = None, scope: dict | None = None
-    ) -> str:
+    def get_body(self, environ: WSGIEnvironment | None = None, scope: dict | None = None) -> str:
         return json.dumps(self.to_dict())
 
     def get_headers(

@@ -14,9 +14,9 @@ from flask import Flask
 from flask import jsonify
 from flask import request
 
-from flask_tokenguard import TokenGuard
 from flask_tokenguard import current_token
 from flask_tokenguard import require_token
+from flask_tokenguard import TokenGuard
 
 guard = TokenGuard()
 
@@ -53,7 +53,9 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
                     raise ValueError(since)
                 start = datetime.date.fromisoformat(since)
             except ValueError:
-                return jsonify(error="invalid_request", error_description="from must be YYYY-MM-DD"), 400
+                return jsonify(
+                    error="invalid_request", error_description="from must be YYYY-MM-DD"
+                ), 400
             orders = [o for o in orders if datetime.date.fromisoformat(o["date"]) >= start]
         return {"orders": orders}
 
@@ -65,7 +67,9 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
             return jsonify(error="invalid_request", error_description="send JSON with an item"), 400
         quantity = body.get("quantity", 1)
         if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 1:
-            return jsonify(error="invalid_request", error_description="quantity must be a positive integer"), 400
+            return jsonify(
+                error="invalid_request", error_description="quantity must be a positive integer"
+            ), 400
         with _orders_lock:
             order = {
                 "id": max((o["id"] for o in _ORDERS), default=0) + 1,

@@ -11,9 +11,9 @@ import sys
 import time
 import typing as t
 
-from flask_tokenguard.clients import create_client
+from flask_tokenguard.core.clients import create_client
 from flask_tokenguard.errors import StoreError
-from flask_tokenguard.serve import serve
+from flask_tokenguard.serving.runner import serve
 
 from . import create_app
 from . import guard
@@ -49,7 +49,9 @@ def ensure_demo_client(app: Flask, base_url: str) -> None:
 
 def main(argv: t.Sequence[str] | None = None) -> int:
     """Serve the sample app; return the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m sample_app", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sample_app", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on [8080]")
     parser.add_argument("--threads", type=int, default=None, help="waitress worker threads")

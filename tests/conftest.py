@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-
-import sample_app
+from helpers import free_port
 from helpers import RedisServer
 from helpers import SampleServer
-from helpers import free_port
 from helpers import unavailable
+
+import sample_app
+
 
 @pytest.fixture(autouse=True)
 def _no_app_context_leaks() -> t.Iterator[None]:
@@ -51,7 +52,10 @@ def app_factory(tmp_path: Path) -> t.Iterator[t.Callable[..., Flask]]:
             "TOKENGUARD_STORE_URL": store_url or "memory://",
             # The cheapest scrypt cost allowed: tests hash many passwords.
             "TOKENGUARD_PASSWORD_HASH_COST": 10,
-            **{(k if k.startswith("TOKENGUARD_") else f"TOKENGUARD_{k}"): v for k, v in config.items()},
+            **{
+                (k if k.startswith("TOKENGUARD_") else f"TOKENGUARD_{k}"): v
+                for k, v in config.items()
+            },
         }
         app = sample_app.create_app(settings)
         apps.append(app)
@@ -79,7 +83,7 @@ def live_server() -> t.Iterator[t.Callable[[t.Any], str]]:
     A WSGI app that is not Flask is mounted in an empty Flask shell so that the runner,
     which reads its settings from a Flask config, can serve it.
     """
-    from flask_tokenguard.serve import Runner
+    from flask_tokenguard.serving.runner import Runner
 
     runners: list[Runner] = []
 

@@ -101,7 +101,12 @@ def flask_cli(store_url: str, *args: str, input: str | None = None, **config: st
     env.update({f"FLASK_TOKENGUARD_{k}": str(v) for k, v in config.items()})
     result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "sample_app", "tokenguard", *args, "--json"],
-        cwd=ROOT, env=env, input=input, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -132,13 +137,20 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 "redis-server",
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--unixsocket", str(self.socket_path),
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.directory),
-                "--logfile", str(self.directory / "redis.log"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--unixsocket",
+                str(self.socket_path),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                str(self.directory / "redis.log"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -15,31 +15,36 @@ from pathlib import Path
 
 import pytest
 import requests
-from flask import Flask
-
 from backends import BACKENDS
 from backends import CROSS_PROCESS_BACKENDS
 from backends import isolated_store
-from helpers import SampleServer
+from flask import Flask
 from helpers import basic
 from helpers import bearer
 from helpers import cli
 from helpers import flask_cli
+from helpers import SampleServer
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> t.Iterator[tuple[str, dict[str, t.Any]]]:
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> t.Iterator[tuple[str, dict[str, t.Any]]]:
     with isolated_store(request.param, tmp_path) as url_and_options:
         yield url_and_options
 
 
 @pytest.fixture(params=CROSS_PROCESS_BACKENDS)
-def shared_backend(request: pytest.FixtureRequest, tmp_path: Path) -> t.Iterator[tuple[str, dict[str, t.Any]]]:
+def shared_backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> t.Iterator[tuple[str, dict[str, t.Any]]]:
     with isolated_store(request.param, tmp_path) as url_and_options:
         yield url_and_options
 
 
-def test_session_lifecycle(app_factory: t.Callable[..., Flask], backend: tuple[str, dict[str, t.Any]]) -> None:
+def test_session_lifecycle(
+    app_factory: t.Callable[..., Flask], backend: tuple[str, dict[str, t.Any]]
+) -> None:
     url, options = backend
     app = app_factory(url, STORE_OPTIONS=options, LICENSES=1, REVOCATION_LAG=0)
     client = app.test_client()
@@ -48,31 +53,52 @@ def test_session_lifecycle(app_factory: t.Callable[..., Flask], backend: tuple[s
 
     first = client.post("/token", data={"grant_type": "client_credentials"}, headers=auth)
     assert first.status_code == 200, first.json
-    assert client.get("/whoami", headers=bearer(first.json["access_token"])).json["client_id"] == creds["client_id"]
+    assert (
+        client.get("/whoami", headers=bearer(first.json["access_token"])).json["client_id"]
+        == creds["client_id"]
+    )
     full = client.post("/token", data={"grant_type": "client_credentials"}, headers=auth)
     assert full.status_code == 400 and full.json["error"] == "license_unavailable"
     assert int(full.headers["Retry-After"]) > 0
-    assert client.post("/token", data={"grant_type": "client_credentials", "scope": "view"}, headers=auth).status_code == 200
+    assert (
+        client.post(
+            "/token", data={"grant_type": "client_credentials", "scope": "view"}, headers=auth
+        ).status_code
+        == 200
+    )
 
     refreshed = client.post(
-        "/token", data={"grant_type": "refresh_token", "refresh_token": first.json["refresh_token"]}, headers=auth
+        "/token",
+        data={"grant_type": "refresh_token", "refresh_token": first.json["refresh_token"]},
+        headers=auth,
     )
     assert refreshed.status_code == 200
     replay = client.post(
-        "/token", data={"grant_type": "refresh_token", "refresh_token": first.json["refresh_token"]}, headers=auth
+        "/token",
+        data={"grant_type": "refresh_token", "refresh_token": first.json["refresh_token"]},
+        headers=auth,
     )
     assert replay.json["error"] == "invalid_grant"
     assert client.get("/whoami", headers=bearer(refreshed.json["access_token"])).status_code == 401
     assert cli(app, "licenses") == {"in_use": 0, "total": 1}
 
-    again = client.post("/token", json={"grant_type": "client_credentials", "client_id": creds["client_id"],
-                                        "client_secret": creds["client_secret"]})
+    again = client.post(
+        "/token",
+        json={
+            "grant_type": "client_credentials",
+            "client_id": creds["client_id"],
+            "client_secret": creds["client_secret"],
+        },
+    )
     assert again.status_code == 200
     assert client.post("/logoff", headers=bearer(again.json["access_token"])).status_code == 204
     assert cli(app, "licenses")["in_use"] == 0
 
     last = client.post("/token", data={"grant_type": "client_credentials"}, headers=auth)
-    assert client.post("/revoke", data={"token": last.json["access_token"]}, headers=auth).status_code == 200
+    assert (
+        client.post("/revoke", data={"token": last.json["access_token"]}, headers=auth).status_code
+        == 200
+    )
     assert client.get("/whoami", headers=bearer(last.json["access_token"])).status_code == 401
     assert len(cli(app, "sessions")) == 2  # the view session and the last one
     cli(app, "rotate-secret", creds["client_id"], "--yes")
@@ -93,7 +119,9 @@ def test_three_processes_share_seats_and_revocations(
 
     def request_seat(i: int) -> requests.Response:
         server = servers[i % len(servers)]
-        return requests.post(server.url + "/token", data={"grant_type": "client_credentials"}, auth=auth, timeout=60)
+        return requests.post(
+            server.url + "/token", data={"grant_type": "client_credentials"}, auth=auth, timeout=60
+        )
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         responses = list(pool.map(request_seat, range(45)))
@@ -104,9 +132,13 @@ def test_three_processes_share_seats_and_revocations(
 
     token = next(r.json()["access_token"] for r in responses if r.status_code == 200)
     headers = bearer(token)
-    assert [requests.get(s.url + "/whoami", headers=headers, timeout=10).status_code for s in servers] == [200] * 3
+    assert [
+        requests.get(s.url + "/whoami", headers=headers, timeout=10).status_code for s in servers
+    ] == [200] * 3
     assert requests.post(servers[1].url + "/logoff", headers=headers, timeout=10).status_code == 204
     time.sleep(1.1)  # TOKENGUARD_REVOCATION_LAG
-    assert [requests.get(s.url + "/whoami", headers=headers, timeout=10).status_code for s in servers] == [401] * 3
+    assert [
+        requests.get(s.url + "/whoami", headers=headers, timeout=10).status_code for s in servers
+    ] == [401] * 3
     for server in servers:
         assert server.stop() == 0

@@ -17,7 +17,6 @@ from pathlib import Path
 import jwt
 import pytest
 from flask import Flask
-
 from helpers import basic
 from helpers import bearer
 from helpers import cli
@@ -42,7 +41,7 @@ def assert_fails(result: t.Any) -> None:
 
 def json_after_prompts(stdout: str) -> t.Any:
     """The JSON document that follows interactive prompts on stdout."""
-    return json.loads(stdout[stdout.index("{"):])
+    return json.loads(stdout[stdout.index("{") :])
 
 
 def password_token(http: t.Any, client_id: str, username: str, password: str) -> t.Any:

@@ -15,15 +15,15 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from flask import Flask
 from flask import jsonify
-
-from flask_tokenguard import TokenGuard
-from flask_tokenguard import current_token
-from flask_tokenguard import require_token
-from flask_tokenguard.tokens import generate_signing_key
 from helpers import basic
 from helpers import bearer
 from helpers import get_token
 from helpers import register
+
+from flask_tokenguard import current_token
+from flask_tokenguard import require_token
+from flask_tokenguard import TokenGuard
+from flask_tokenguard.core.tokens import generate_signing_key
 
 
 @pytest.fixture
@@ -119,7 +119,9 @@ def _tamper(token: str, **changes: t.Any) -> str:
 
 def test_tampered_scope_is_refused(client: t.Any, creds: dict[str, t.Any]) -> None:
     token = _token(client, creds, scope="view")
-    response = client.post("/orders", json={"item": "x"}, headers=bearer(_tamper(token, scope="all")))
+    response = client.post(
+        "/orders", json={"item": "x"}, headers=bearer(_tamper(token, scope="all"))
+    )
     assert response.status_code == 401
 
 
@@ -141,20 +143,30 @@ def test_token_signed_by_another_key_is_refused(client: t.Any, creds: dict[str, 
     assert client.get("/whoami", headers=bearer(forged)).status_code == 401
 
 
-def test_alg_none_and_hs256_with_public_key_are_refused(client: t.Any, creds: dict[str, t.Any]) -> None:
+def test_alg_none_and_hs256_with_public_key_are_refused(
+    client: t.Any, creds: dict[str, t.Any]
+) -> None:
     token = _token(client, creds)
     header = jwt.get_unverified_header(token)
     claims = jwt.decode(token, options={"verify_signature": False})
-    unsigned = jwt.encode(claims, None, algorithm="none", headers={"kid": header["kid"], "typ": "at+jwt"})
+    unsigned = jwt.encode(
+        claims, None, algorithm="none", headers={"kid": header["kid"], "typ": "at+jwt"}
+    )
     assert client.get("/whoami", headers=bearer(unsigned)).status_code == 401
     # The classic confusion attack: HMAC keyed with the published public key.
     state = client.application.extensions["tokenguard"].state(client.application)
     public_pem = state.keys.signer(time.time()).public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
     def b64(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-    signing_input = b64(json.dumps({"alg": "HS256", "kid": header["kid"], "typ": "at+jwt"}).encode()) + "." + b64(json.dumps(claims).encode())
+
+    signing_input = (
+        b64(json.dumps({"alg": "HS256", "kid": header["kid"], "typ": "at+jwt"}).encode())
+        + "."
+        + b64(json.dumps(claims).encode())
+    )
     mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
     assert client.get("/whoami", headers=bearer(signing_input + "." + b64(mac))).status_code == 401
 
@@ -165,7 +177,9 @@ def test_unknown_kid_is_refused(client: t.Any, creds: dict[str, t.Any]) -> None:
     claims = jwt.decode(token, options={"verify_signature": False})
     key = client.application.extensions["tokenguard"].state(client.application).keys
     signer = key.signer(time.time())
-    forged = jwt.encode(claims, signer.private, algorithm="RS256", headers={**header, "kid": "nope"})
+    forged = jwt.encode(
+        claims, signer.private, algorithm="RS256", headers={**header, "kid": "nope"}
+    )
     assert client.get("/whoami", headers=bearer(forged)).status_code == 401
 
 
@@ -175,11 +189,15 @@ def test_token_without_at_jwt_type_is_refused(client: t.Any, creds: dict[str, t.
     claims = jwt.decode(token, options={"verify_signature": False})
     state = client.application.extensions["tokenguard"].state(client.application)
     signer = state.keys.signer(time.time())
-    id_token_like = jwt.encode(claims, signer.private, algorithm="RS256", headers={"kid": header["kid"], "typ": "JWT"})
+    id_token_like = jwt.encode(
+        claims, signer.private, algorithm="RS256", headers={"kid": header["kid"], "typ": "JWT"}
+    )
     assert client.get("/whoami", headers=bearer(id_token_like)).status_code == 401
 
 
-def test_expired_token_is_refused(app_factory: t.Callable[..., Flask], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_expired_token_is_refused(
+    app_factory: t.Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = app_factory(ACCESS_TOKEN_TTL=60)
     client = app.test_client()
     token = _token(client, register(app))
@@ -191,17 +209,23 @@ def test_expired_token_is_refused(app_factory: t.Callable[..., Flask], monkeypat
     assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
 
 
-def test_access_token_from_another_issuer_config_is_refused(app_factory: t.Callable[..., Flask]) -> None:
+def test_access_token_from_another_issuer_config_is_refused(
+    app_factory: t.Callable[..., Flask],
+) -> None:
     app = app_factory(ISSUER="https://auth.example.com")
     client = app.test_client()
     token = _token(client, register(app))
-    assert jwt.decode(token, options={"verify_signature": False})["iss"] == "https://auth.example.com"
+    assert (
+        jwt.decode(token, options={"verify_signature": False})["iss"] == "https://auth.example.com"
+    )
     assert client.get("/whoami", headers=bearer(token)).status_code == 200
     state = app.extensions["tokenguard"].state(app)
     claims = jwt.decode(token, options={"verify_signature": False})
     signer = state.keys.signer(time.time())
     header = jwt.get_unverified_header(token)
-    other = jwt.encode({**claims, "iss": "https://evil.example"}, signer.private, algorithm="RS256", headers=header)
+    other = jwt.encode(
+        {**claims, "iss": "https://evil.example"}, signer.private, algorithm="RS256", headers=header
+    )
     assert client.get("/whoami", headers=bearer(other)).status_code == 401
 
 
@@ -234,13 +258,18 @@ def test_blueprint_guard_via_before_request(app_factory: t.Callable[..., Flask])
     client = app.test_client()
     creds = register(app)
     assert client.get("/admin/ping").status_code == 401
-    assert client.get("/admin/ping", headers=bearer(_token(client, creds, scope="view"))).status_code == 403
+    assert (
+        client.get("/admin/ping", headers=bearer(_token(client, creds, scope="view"))).status_code
+        == 403
+    )
     response = client.get("/admin/ping", headers=bearer(_token(client, creds)))
     assert response.status_code == 200 and response.json["subject"] == creds["client_id"]
 
 
 def test_several_scopes_are_all_required(app_factory: t.Callable[..., Flask]) -> None:
-    app = app_factory(SCOPES={"view": "r", "all": "w", "audit": "a"}, SCOPE_IMPLIES={"all": ["view"]})
+    app = app_factory(
+        SCOPES={"view": "r", "all": "w", "audit": "a"}, SCOPE_IMPLIES={"all": ["view"]}
+    )
 
     @app.get("/audit")
     @require_token("view", "audit")
@@ -249,8 +278,13 @@ def test_several_scopes_are_all_required(app_factory: t.Callable[..., Flask]) ->
 
     client = app.test_client()
     creds = register(app)
-    assert client.get("/audit", headers=bearer(_token(client, creds, scope="all"))).status_code == 403
-    assert client.get("/audit", headers=bearer(_token(client, creds, scope="all audit"))).status_code == 200
+    assert (
+        client.get("/audit", headers=bearer(_token(client, creds, scope="all"))).status_code == 403
+    )
+    assert (
+        client.get("/audit", headers=bearer(_token(client, creds, scope="all audit"))).status_code
+        == 200
+    )
 
 
 def test_async_view_is_supported(app_factory: t.Callable[..., Flask]) -> None:
@@ -264,7 +298,10 @@ def test_async_view_is_supported(app_factory: t.Callable[..., Flask]) -> None:
 
     client = app.test_client()
     creds = register(app)
-    assert client.get("/async", headers=bearer(_token(client, creds))).json["client"] == creds["client_id"]
+    assert (
+        client.get("/async", headers=bearer(_token(client, creds))).json["client"]
+        == creds["client_id"]
+    )
 
 
 def test_one_guard_serves_two_apps(tmp_path: t.Any) -> None:
@@ -328,7 +365,9 @@ def test_plain_http_from_remote_address_is_refused(client: t.Any, creds: dict[st
 def test_https_from_remote_address_is_accepted(client: t.Any, creds: dict[str, t.Any]) -> None:
     token = _token(client, creds)
     response = client.get(
-        "/whoami", headers=bearer(token), base_url="https://api.example.com",
+        "/whoami",
+        headers=bearer(token),
+        base_url="https://api.example.com",
         environ_base={"REMOTE_ADDR": "203.0.113.9"},
     )
     assert response.status_code == 200
@@ -338,17 +377,23 @@ def test_https_not_required_when_disabled(app_factory: t.Callable[..., Flask]) -
     app = app_factory(REQUIRE_HTTPS=False)
     client = app.test_client()
     token = _token(client, register(app))
-    response = client.get("/whoami", headers=bearer(token), environ_base={"REMOTE_ADDR": "203.0.113.9"})
+    response = client.get(
+        "/whoami", headers=bearer(token), environ_base={"REMOTE_ADDR": "203.0.113.9"}
+    )
     assert response.status_code == 200
 
 
-def test_loopback_exemption_is_off_behind_a_trusted_proxy(app_factory: t.Callable[..., Flask]) -> None:
+def test_loopback_exemption_is_off_behind_a_trusted_proxy(
+    app_factory: t.Callable[..., Flask],
+) -> None:
     app = app_factory(TRUSTED_PROXY="127.0.0.1")
     response = app.test_client().post("/token", data={"grant_type": "client_credentials"})
     assert response.status_code == 400 and response.json["error_description"] == "HTTPS required."
 
 
-def test_trusted_proxy_header_is_believed_only_from_the_proxy(app_factory: t.Callable[..., Flask]) -> None:
+def test_trusted_proxy_header_is_believed_only_from_the_proxy(
+    app_factory: t.Callable[..., Flask],
+) -> None:
     """Under a server other than our runner, the peer is the proxy itself."""
     app = app_factory(TRUSTED_PROXY="10.0.0.1")
     client = app.test_client()
@@ -356,19 +401,29 @@ def test_trusted_proxy_header_is_believed_only_from_the_proxy(app_factory: t.Cal
     https = {"X-Forwarded-Proto": "https"}
     data = {"grant_type": "client_credentials"}
     auth = {"Authorization": basic_header(creds)}
-    from_proxy = client.post("/token", data=data, headers={**auth, **https}, environ_base={"REMOTE_ADDR": "10.0.0.1"})
+    from_proxy = client.post(
+        "/token", data=data, headers={**auth, **https}, environ_base={"REMOTE_ADDR": "10.0.0.1"}
+    )
     assert from_proxy.status_code == 200
-    spoofed = client.post("/token", data=data, headers={**auth, **https}, environ_base={"REMOTE_ADDR": "10.0.0.2"})
+    spoofed = client.post(
+        "/token", data=data, headers={**auth, **https}, environ_base={"REMOTE_ADDR": "10.0.0.2"}
+    )
     assert spoofed.status_code == 400 and spoofed.json["error_description"] == "HTTPS required."
-    client_says = client.post("/token", data=data, headers={**auth, "X-Forwarded-Proto": "https, http"},
-                              environ_base={"REMOTE_ADDR": "10.0.0.1"})
+    client_says = client.post(
+        "/token",
+        data=data,
+        headers={**auth, "X-Forwarded-Proto": "https, http"},
+        environ_base={"REMOTE_ADDR": "10.0.0.1"},
+    )
     assert client_says.status_code == 400
 
 
 @pytest.mark.server
-def test_https_rule_over_a_real_socket(app_factory: t.Callable[..., Flask], live_server: t.Any) -> None:
+def test_https_rule_over_a_real_socket(
+    app_factory: t.Callable[..., Flask], live_server: t.Any
+) -> None:
     """Loopback plain HTTP works; a proxy's X-Forwarded-Proto counts only from the proxy."""
-    from flask_tokenguard.serve import Runner
+    from flask_tokenguard.serving.runner import Runner
 
     app = app_factory(TRUSTED_PROXY="127.0.0.1")
     creds = register(app)
@@ -377,10 +432,15 @@ def test_https_rule_over_a_real_socket(app_factory: t.Callable[..., Flask], live
     try:
         url = runner.url
         auth = (creds["client_id"], creds["client_secret"])
-        plain = requests.post(url + "/token", data={"grant_type": "client_credentials"}, auth=auth, timeout=10)
+        plain = requests.post(
+            url + "/token", data={"grant_type": "client_credentials"}, auth=auth, timeout=10
+        )
         assert plain.status_code == 400 and plain.json()["error_description"] == "HTTPS required."
         proxied = requests.post(
-            url + "/token", data={"grant_type": "client_credentials"}, auth=auth, timeout=10,
+            url + "/token",
+            data={"grant_type": "client_credentials"},
+            auth=auth,
+            timeout=10,
             headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.7"},
         )
         assert proxied.status_code == 200
@@ -392,11 +452,18 @@ def test_https_rule_over_a_real_socket(app_factory: t.Callable[..., Flask], live
     creds = register(app)
     url = live_server(app)
     response = requests.post(
-        url + "/token", data={"grant_type": "client_credentials"},
-        auth=(creds["client_id"], creds["client_secret"]), timeout=10,
+        url + "/token",
+        data={"grant_type": "client_credentials"},
+        auth=(creds["client_id"], creds["client_secret"]),
+        timeout=10,
     )
     assert response.status_code == 200
-    assert requests.get(url + "/whoami", headers=bearer(response.json()["access_token"]), timeout=10).status_code == 200
+    assert (
+        requests.get(
+            url + "/whoami", headers=bearer(response.json()["access_token"]), timeout=10
+        ).status_code
+        == 200
+    )
 
 
 def test_verified_token_cache_stays_bounded(app_factory: t.Callable[..., Flask]) -> None:
@@ -413,8 +480,9 @@ def test_verified_token_cache_stays_bounded(app_factory: t.Callable[..., Flask])
 def test_retired_key_stops_verifying_once_its_tokens_expired(
     app_factory: t.Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flask_tokenguard.tokens import KEY_REFRESH_SECONDS
     from helpers import cli
+
+    from flask_tokenguard.core.tokens import KEY_REFRESH_SECONDS
 
     app = app_factory(ACCESS_TOKEN_TTL=60)
     client = app.test_client()

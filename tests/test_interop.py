@@ -13,7 +13,6 @@ import jwt
 import pytest
 import requests
 from flask import Flask
-
 from helpers import bearer
 from helpers import cli
 from helpers import register
@@ -22,7 +21,9 @@ pytestmark = pytest.mark.server
 
 
 @pytest.fixture
-def server(app_factory: t.Callable[..., Flask], tmp_path: Path, live_server: t.Any) -> tuple[Flask, str]:
+def server(
+    app_factory: t.Callable[..., Flask], tmp_path: Path, live_server: t.Any
+) -> tuple[Flask, str]:
     app = app_factory(f"sqlite:///{tmp_path / 'interop.sqlite3'}", LICENSES=5)
     return app, live_server(app)
 
@@ -47,7 +48,9 @@ def test_requests_oauthlib_backend_client_basic_auth(server: tuple[Flask, str]) 
     app, url = server
     creds = register(app)
     session = OAuth2Session(client=BackendApplicationClient(client_id=creds["client_id"]))
-    token = session.fetch_token(url + "/token", client_id=creds["client_id"], client_secret=creds["client_secret"])
+    token = session.fetch_token(
+        url + "/token", client_id=creds["client_id"], client_secret=creds["client_secret"]
+    )
     assert token["token_type"] == "Bearer" and token["scope"] == ["all"]
     assert session.get(url + "/orders", timeout=10).status_code == 200
     refreshed = session.refresh_token(
@@ -64,10 +67,15 @@ def test_requests_oauthlib_client_secret_post(server: tuple[Flask, str]) -> None
 
     app, url = server
     creds = register(app)
-    session = OAuth2Session(client=BackendApplicationClient(client_id=creds["client_id"]), scope=["view"])
+    session = OAuth2Session(
+        client=BackendApplicationClient(client_id=creds["client_id"]), scope=["view"]
+    )
     token = session.fetch_token(
-        url + "/token", client_id=creds["client_id"], client_secret=creds["client_secret"],
-        include_client_id=True, scope=["view"],  # the backend client sends only what it is given here
+        url + "/token",
+        client_id=creds["client_id"],
+        client_secret=creds["client_secret"],
+        include_client_id=True,
+        scope=["view"],  # the backend client sends only what it is given here
     )
     assert token["scope"] == ["view"]
     assert cli(app, "licenses")["in_use"] == 0
@@ -82,8 +90,11 @@ def test_requests_oauthlib_legacy_client_with_public_client(server: tuple[Flask,
     public = register(app, "desktop app", "--public")
     session = OAuth2Session(client=LegacyApplicationClient(client_id=public["client_id"]))
     token = session.fetch_token(
-        url + "/token", username="alice", password="wonderland",
-        client_id=public["client_id"], include_client_id=True,
+        url + "/token",
+        username="alice",
+        password="wonderland",
+        client_id=public["client_id"],
+        include_client_id=True,
     )
     assert _whoami(url, token["access_token"])["subject"] == "alice"
     refreshed = session.refresh_token(url + "/token", client_id=public["client_id"])
@@ -96,13 +107,25 @@ def test_authlib_requests_client(server: tuple[Flask, str], method: str) -> None
 
     app, url = server
     creds = register(app)
-    session = OAuth2Session(creds["client_id"], creds["client_secret"], token_endpoint_auth_method=method)
+    session = OAuth2Session(
+        creds["client_id"], creds["client_secret"], token_endpoint_auth_method=method
+    )
     token = session.fetch_token(url + "/token", grant_type="client_credentials")
     assert session.get(url + "/orders", timeout=10).status_code == 200
     refreshed = session.refresh_token(url + "/token", refresh_token=token["refresh_token"])
     assert refreshed["access_token"] != token["access_token"]
-    assert session.revoke_token(url + "/revoke", refreshed["refresh_token"], token_type_hint="refresh_token").status_code == 200
-    assert requests.get(url + "/whoami", headers=bearer(refreshed["access_token"]), timeout=10).status_code == 401
+    assert (
+        session.revoke_token(
+            url + "/revoke", refreshed["refresh_token"], token_type_hint="refresh_token"
+        ).status_code
+        == 200
+    )
+    assert (
+        requests.get(
+            url + "/whoami", headers=bearer(refreshed["access_token"]), timeout=10
+        ).status_code
+        == 401
+    )
     assert cli(app, "licenses")["in_use"] == 0
 
 
@@ -113,7 +136,9 @@ def test_authlib_requests_public_client(server: tuple[Flask, str]) -> None:
     cli(app, "create-user", "bob", "--password-stdin", input="builder\n")
     public = register(app, "spa", "--public")
     session = OAuth2Session(public["client_id"], token_endpoint_auth_method="none")
-    token = session.fetch_token(url + "/token", grant_type="password", username="bob", password="builder")
+    token = session.fetch_token(
+        url + "/token", grant_type="password", username="bob", password="builder"
+    )
     assert _whoami(url, token["access_token"])["subject"] == "bob"
 
 
@@ -128,20 +153,33 @@ def test_authlib_httpx_client(server: tuple[Flask, str]) -> None:
         assert client.get(url + "/orders").status_code == 200
         refreshed = client.refresh_token(url + "/token", refresh_token=token["refresh_token"])
         assert client.revoke_token(url + "/revoke", refreshed["access_token"]).status_code == 200
-    assert requests.get(url + "/whoami", headers=bearer(refreshed["access_token"]), timeout=10).status_code == 401
+    assert (
+        requests.get(
+            url + "/whoami", headers=bearer(refreshed["access_token"]), timeout=10
+        ).status_code
+        == 401
+    )
 
 
-def test_pyjwt_verifies_with_published_jwks_as_another_service_would(server: tuple[Flask, str]) -> None:
+def test_pyjwt_verifies_with_published_jwks_as_another_service_would(
+    server: tuple[Flask, str],
+) -> None:
     app, url = server
     creds = register(app)
     token = requests.post(
-        url + "/token", data={"grant_type": "client_credentials"},
-        auth=(creds["client_id"], creds["client_secret"]), timeout=10,
+        url + "/token",
+        data={"grant_type": "client_credentials"},
+        auth=(creds["client_id"], creds["client_secret"]),
+        timeout=10,
     ).json()["access_token"]
     metadata = requests.get(url + "/.well-known/oauth-authorization-server", timeout=10).json()
     signing_key = jwt.PyJWKClient(metadata["jwks_uri"]).get_signing_key_from_jwt(token)
     claims = jwt.decode(
-        token, signing_key.key, algorithms=["RS256"], audience=metadata["issuer"], issuer=metadata["issuer"]
+        token,
+        signing_key.key,
+        algorithms=["RS256"],
+        audience=metadata["issuer"],
+        issuer=metadata["issuer"],
     )
     assert claims["client_id"] == creds["client_id"] and claims["scope"] == "all"
     assert {"iss", "sub", "aud", "exp", "iat", "jti", "client_id"} <= claims.keys()

@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 import requests
 from flask import Flask
-from werkzeug.test import Client as WerkzeugClient
-
-from flask_tokenguard import TokenGuardMiddleware
-from flask_tokenguard.middleware import ENVIRON_KEY
 from helpers import basic
 from helpers import bearer
 from helpers import get_token
 from helpers import register
+from werkzeug.test import Client as WerkzeugClient
+
+from flask_tokenguard import TokenGuardMiddleware
+from flask_tokenguard.web.middleware import ENVIRON_KEY
+
 
 class Client(WerkzeugClient):
     """A WSGI test client whose requests come from loopback, as Flask's test client's do."""
@@ -64,7 +65,9 @@ def guarded(request: pytest.FixtureRequest, server_app: Flask, tmp_path: Path) -
         middleware = TokenGuardMiddleware(legacy_app, RULES, app=server_app)
     else:
         middleware = TokenGuardMiddleware(
-            legacy_app, RULES, config={"TOKENGUARD_STORE_URL": f"sqlite:///{tmp_path / 'shared.sqlite3'}"}
+            legacy_app,
+            RULES,
+            config={"TOKENGUARD_STORE_URL": f"sqlite:///{tmp_path / 'shared.sqlite3'}"},
         )
     return Client(middleware)
 
@@ -81,7 +84,9 @@ def test_guarded_path_needs_a_token(guarded: Client) -> None:
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="tokenguard"'
 
 
-def test_valid_token_reaches_the_app_in_the_environ(guarded: Client, tokens: dict[str, str]) -> None:
+def test_valid_token_reaches_the_app_in_the_environ(
+    guarded: Client, tokens: dict[str, str]
+) -> None:
     response = guarded.get("/api/orders", headers=bearer(tokens["view"]))
     assert response.status_code == 200 and response.json["client"] == tokens["client_id"]
 
@@ -93,55 +98,79 @@ def test_method_rule_needs_its_scope(guarded: Client, tokens: dict[str, str]) ->
     assert guarded.post("/api/orders", headers=bearer(tokens["all"])).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["//api/orders", "/API/orders", "/api/./orders", "/x/../api/orders"])
+@pytest.mark.parametrize(
+    "path", ["//api/orders", "/API/orders", "/api/./orders", "/x/../api/orders"]
+)
 def test_path_tricks_do_not_slip_past_a_rule(guarded: Client, path: str) -> None:
     # PATH_INFO set directly: the test client would read "//api" as a host name.
     assert guarded.get("/", environ_overrides={"PATH_INFO": path}).status_code == 401
 
 
 def test_head_is_guarded_like_get(tmp_path: Path) -> None:
-    middleware = TokenGuardMiddleware(legacy_app, {("/reports", "GET"): "view"}, config={
-        "TOKENGUARD_STORE_URL": "memory://", "TESTING": True})
+    middleware = TokenGuardMiddleware(
+        legacy_app,
+        {("/reports", "GET"): "view"},
+        config={"TOKENGUARD_STORE_URL": "memory://", "TESTING": True},
+    )
     assert Client(middleware).head("/reports").status_code == 401
 
 
 def test_bad_token_is_invalid_token(guarded: Client) -> None:
     response = guarded.get("/api/orders", headers=bearer("not-a-jwt"))
-    assert response.status_code == 401 and 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+    assert (
+        response.status_code == 401
+        and 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+    )
 
 
 def test_plain_http_from_afar_is_refused(guarded: Client, tokens: dict[str, str]) -> None:
-    response = guarded.get("/api/orders", headers=bearer(tokens["view"]), environ_base={"REMOTE_ADDR": "192.0.2.1"})
+    response = guarded.get(
+        "/api/orders", headers=bearer(tokens["view"]), environ_base={"REMOTE_ADDR": "192.0.2.1"}
+    )
     assert response.status_code == 400 and response.json["error_description"] == "HTTPS required."
 
 
-def test_logoff_on_the_server_reaches_the_middleware(server_app: Flask, tokens: dict[str, str]) -> None:
+def test_logoff_on_the_server_reaches_the_middleware(
+    server_app: Flask, tokens: dict[str, str]
+) -> None:
     guarded = Client(TokenGuardMiddleware(legacy_app, RULES, app=server_app))
     assert guarded.get("/api/orders", headers=bearer(tokens["all"])).status_code == 200
-    assert server_app.test_client().post("/logoff", headers=bearer(tokens["all"])).status_code == 204
+    assert (
+        server_app.test_client().post("/logoff", headers=bearer(tokens["all"])).status_code == 204
+    )
     assert guarded.get("/api/orders", headers=bearer(tokens["all"])).status_code == 401
 
 
 def test_serve_endpoints_gives_a_plain_wsgi_app_a_token_endpoint(tmp_path: Path) -> None:
-    config = {"TOKENGUARD_STORE_URL": f"sqlite:///{tmp_path / 'mw.sqlite3'}", "TOKENGUARD_URL_PREFIX": "/oauth"}
+    config = {
+        "TOKENGUARD_STORE_URL": f"sqlite:///{tmp_path / 'mw.sqlite3'}",
+        "TOKENGUARD_URL_PREFIX": "/oauth",
+    }
     middleware = TokenGuardMiddleware(legacy_app, RULES, config=config, serve_endpoints=True)
     creds = register(middleware._app)
     client = Client(middleware)
     response = client.post(
-        "/oauth/token", data={"grant_type": "client_credentials"},
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
         headers=basic(creds["client_id"], creds["client_secret"]),
     )
     assert response.status_code == 200
-    assert client.get("/api/orders", headers=bearer(response.json["access_token"])).status_code == 200
+    assert (
+        client.get("/api/orders", headers=bearer(response.json["access_token"])).status_code == 200
+    )
 
 
 def test_rules_must_be_paths() -> None:
     with pytest.raises(ValueError, match="must start with '/'"):
-        TokenGuardMiddleware(legacy_app, {"api": "view"}, config={"TOKENGUARD_STORE_URL": "memory://"})
+        TokenGuardMiddleware(
+            legacy_app, {"api": "view"}, config={"TOKENGUARD_STORE_URL": "memory://"}
+        )
 
 
 @pytest.mark.server
-def test_middleware_under_waitress(server_app: Flask, tokens: dict[str, str], live_server: t.Any) -> None:
+def test_middleware_under_waitress(
+    server_app: Flask, tokens: dict[str, str], live_server: t.Any
+) -> None:
     url = live_server(TokenGuardMiddleware(legacy_app, RULES, app=server_app))
     assert requests.get(url + "/api/orders", timeout=10).status_code == 401
     response = requests.get(url + "/api/orders", headers=bearer(tokens["view"]), timeout=10)

@@ -12,11 +12,10 @@ import typing as t
 import pytest
 import requests
 from flask import Flask
-
-from helpers import RedisServer
 from helpers import basic
 from helpers import bearer
 from helpers import cli
+from helpers import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.server]
 
@@ -28,17 +27,29 @@ class Served(t.NamedTuple):
 
 
 @pytest.fixture
-def served(app_factory: t.Callable[..., Flask], own_redis_server: RedisServer, live_server: t.Any) -> Served:
+def served(
+    app_factory: t.Callable[..., Flask], own_redis_server: RedisServer, live_server: t.Any
+) -> Served:
     """The sample app on the private Redis, one licence, a client, served under waitress."""
-    app = app_factory(own_redis_server.url, LICENSES=1, REVOCATION_LAG=0,
-                      STORE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1})
+    app = app_factory(
+        own_redis_server.url,
+        LICENSES=1,
+        REVOCATION_LAG=0,
+        STORE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1},
+    )
     creds = cli(app, "create-client", "outage")
     return Served(app, live_server(app), basic(creds["client_id"], creds["client_secret"]))
 
 
-def _token(served: Served, auth: dict[str, str] | None = None, timeout: float = 10) -> requests.Response:
-    return requests.post(served.url + "/token", data={"grant_type": "client_credentials"},
-                         headers=auth or served.auth, timeout=timeout)
+def _token(
+    served: Served, auth: dict[str, str] | None = None, timeout: float = 10
+) -> requests.Response:
+    return requests.post(
+        served.url + "/token",
+        data={"grant_type": "client_credentials"},
+        headers=auth or served.auth,
+        timeout=timeout,
+    )
 
 
 def test_store_outage_is_503_and_recovers(served: Served, own_redis_server: RedisServer) -> None:
@@ -63,12 +74,16 @@ def test_store_outage_is_503_and_recovers(served: Served, own_redis_server: Redi
     fresh = cli(served.app, "create-client", "after the outage")
     again = _token(served, basic(fresh["client_id"], fresh["client_secret"]))
     assert again.status_code == 200
-    whoami = requests.get(served.url + "/whoami", headers=bearer(again.json()["access_token"]), timeout=10)
+    whoami = requests.get(
+        served.url + "/whoami", headers=bearer(again.json()["access_token"]), timeout=10
+    )
     assert whoami.status_code == 200
     assert cli(served.app, "licenses") == {"in_use": 1, "total": 1}
 
 
-def test_outage_without_data_loss_keeps_the_session(served: Served, own_redis_server: RedisServer) -> None:
+def test_outage_without_data_loss_keeps_the_session(
+    served: Served, own_redis_server: RedisServer
+) -> None:
     """A dropped connection (the server paused, not wiped) leaves sessions and seats intact."""
     first = _token(served)
     assert first.status_code == 200
@@ -79,7 +94,9 @@ def test_outage_without_data_loss_keeps_the_session(served: Served, own_redis_se
     finally:
         os.kill(own_redis_server.process.pid, signal.SIGCONT)
     token = first.json()["access_token"]
-    assert requests.get(served.url + "/whoami", headers=bearer(token), timeout=10).status_code == 200
+    assert (
+        requests.get(served.url + "/whoami", headers=bearer(token), timeout=10).status_code == 200
+    )
     assert cli(served.app, "licenses") == {"in_use": 1, "total": 1}
     second = _token(served)
     assert second.status_code == 400 and second.json()["error"] == "license_unavailable"

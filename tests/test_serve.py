@@ -22,11 +22,11 @@ import requests
 from flask import Flask
 from flask import Response
 
-from flask_tokenguard import serve as serve_module
 from flask_tokenguard.errors import ConfigurationError
-from flask_tokenguard.serve import Runner
-from flask_tokenguard.serve import configure_logging
-from flask_tokenguard.serve import serve
+from flask_tokenguard.serving import runner as serve_module
+from flask_tokenguard.serving.runner import configure_logging
+from flask_tokenguard.serving.runner import Runner
+from flask_tokenguard.serving.runner import serve
 
 APP_FILE = Path(__file__).parent / "apps" / "slow_app.py"
 TOKEN = "secret123"
@@ -513,9 +513,7 @@ def test_serve_stops_on_sigterm_and_restores_handlers(
                 if time.monotonic() > deadline:
                     return  # serve() never got going; it has returned by itself
                 time.sleep(0.01)
-            lines = [
-                r.getMessage() for r in caplog.records if "Serving on" in r.getMessage()
-            ]
+            lines = [r.getMessage() for r in caplog.records if "Serving on" in r.getMessage()]
             url = lines[0].split("Serving on ", 1)[1]
             statuses.append(_get(url + "/echo").status_code)
         finally:
@@ -549,13 +547,9 @@ def test_logs_never_contain_tokens(
     headers = {"Authorization": f"Bearer {TOKEN}"}
     params = {"access_token": TOKEN}
     assert _get(runner.url + "/echo", headers=headers, params=params).status_code == 200
-    assert (
-        _get(runner.url + "/missing", headers=headers, params=params).status_code == 404
-    )
+    assert _get(runner.url + "/missing", headers=headers, params=params).status_code == 404
     assert _get(runner.url + "/boom", headers=headers, params=params).status_code == 500
-    assert (
-        _get(runner.url + "/a%0Ab", headers=headers, params=params).status_code == 404
-    )
+    assert _get(runner.url + "/a%0Ab", headers=headers, params=params).status_code == 404
     runner.stop()
     text = caplog.text
     assert re.search(r"127\.0\.0\.1 GET /echo 200 [\d.]+ms", text)

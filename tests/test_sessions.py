@@ -9,7 +9,6 @@ from pathlib import Path
 import jwt
 import pytest
 from flask import Flask
-
 from helpers import basic
 from helpers import bearer
 from helpers import cli
@@ -118,14 +117,27 @@ def test_bad_requests_never_take_a_seat(licensed: Flask) -> None:
     client = licensed.test_client()
     creds = register(licensed)
     bad = [
-        client.post("/token", data={"grant_type": "client_credentials"}, headers=basic(creds["client_id"], "wrong")),
-        client.post("/token", data={"grant_type": "client_credentials", "scope": "admin"},
-                    headers=basic(creds["client_id"], creds["client_secret"])),
-        client.post("/token", data={"grant_type": "password", "username": "x", "password": "y"},
-                    headers=basic(creds["client_id"], creds["client_secret"])),
-        client.post("/token", data="grant_type=client_credentials&grant_type=client_credentials",
-                    content_type="application/x-www-form-urlencoded",
-                    headers=basic(creds["client_id"], creds["client_secret"])),
+        client.post(
+            "/token",
+            data={"grant_type": "client_credentials"},
+            headers=basic(creds["client_id"], "wrong"),
+        ),
+        client.post(
+            "/token",
+            data={"grant_type": "client_credentials", "scope": "admin"},
+            headers=basic(creds["client_id"], creds["client_secret"]),
+        ),
+        client.post(
+            "/token",
+            data={"grant_type": "password", "username": "x", "password": "y"},
+            headers=basic(creds["client_id"], creds["client_secret"]),
+        ),
+        client.post(
+            "/token",
+            data="grant_type=client_credentials&grant_type=client_credentials",
+            content_type="application/x-www-form-urlencoded",
+            headers=basic(creds["client_id"], creds["client_secret"]),
+        ),
     ]
     assert [r.status_code for r in bad] == [401, 400, 400, 400]
     assert _licenses(licensed)["in_use"] == 0
@@ -270,7 +282,9 @@ def test_logoff_twice_is_401_the_second_time(app: Flask) -> None:
 
 
 def _revoke(client: t.Any, creds: dict[str, t.Any], **params: str) -> t.Any:
-    return client.post("/revoke", data=params, headers=basic(creds["client_id"], creds["client_secret"]))
+    return client.post(
+        "/revoke", data=params, headers=basic(creds["client_id"], creds["client_secret"])
+    )
 
 
 def test_revoking_a_refresh_token_ends_the_session(licensed: Flask) -> None:
@@ -330,7 +344,11 @@ def test_a_client_cannot_revoke_another_clients_tokens(app: Flask) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [["rotate-secret", "{id}", "--yes"], ["disable-client", "{id}"], ["delete-client", "{id}", "--yes"]],
+    [
+        ["rotate-secret", "{id}", "--yes"],
+        ["disable-client", "{id}"],
+        ["delete-client", "{id}", "--yes"],
+    ],
     ids=["rotate", "disable", "delete"],
 )
 def test_admin_actions_end_the_clients_sessions(licensed: Flask, command: list[str]) -> None:
@@ -378,7 +396,9 @@ def public(app: Flask) -> dict[str, t.Any]:
     return register(app, "mobile app", "--public")
 
 
-def _password(client: t.Any, client_id: str, username: str = "alice", password: str = "wonderland", **kw: str) -> t.Any:
+def _password(
+    client: t.Any, client_id: str, username: str = "alice", password: str = "wonderland", **kw: str
+) -> t.Any:
     return client.post(
         "/token",
         data={"grant_type": "password", "username": username, "password": password, **kw},
@@ -392,9 +412,16 @@ def test_password_grant_with_public_client(app: Flask, public: dict[str, t.Any])
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
     assert claims["sub"] == "alice" and claims["client_id"] == public["client_id"]
     assert client.get("/whoami", headers=bearer(body["access_token"])).json["subject"] == "alice"
-    refreshed = _ok(client.post("/token", data={
-        "grant_type": "refresh_token", "refresh_token": body["refresh_token"], "client_id": public["client_id"],
-    }))
+    refreshed = _ok(
+        client.post(
+            "/token",
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": body["refresh_token"],
+                "client_id": public["client_id"],
+            },
+        )
+    )
     assert refreshed["refresh_token"] != body["refresh_token"]
 
 
@@ -433,7 +460,10 @@ def test_app_password_verifier_replaces_the_user_table(app_factory: t.Callable[.
         public = register(app, "spa", "--public")
         client = app.test_client()
         body = _ok(_password(client, public["client_id"], "carol", "s3cret"))
-        assert jwt.decode(body["access_token"], options={"verify_signature": False})["sub"] == "user-42"
+        assert (
+            jwt.decode(body["access_token"], options={"verify_signature": False})["sub"]
+            == "user-42"
+        )
         assert _password(client, public["client_id"], "carol", "x").json["error"] == "invalid_grant"
         assert calls == ["carol", "carol"]
     finally:
@@ -464,12 +494,18 @@ def test_introspect_live_and_dead_tokens(app: Flask) -> None:
     body = _ok(get_token(client, creds, scope="view"))
     auth = basic(creds["client_id"], creds["client_secret"])
     live = client.post("/introspect", data={"token": body["access_token"]}, headers=auth).json
-    assert live["active"] is True and live["scope"] == "view" and live["client_id"] == creds["client_id"]
+    assert (
+        live["active"] is True
+        and live["scope"] == "view"
+        and live["client_id"] == creds["client_id"]
+    )
     refresh = client.post("/introspect", data={"token": body["refresh_token"]}, headers=auth).json
     assert refresh["active"] is True and refresh["token_type"] == "refresh_token"
     client.post("/logoff", headers=bearer(body["access_token"]))
     for token in (body["access_token"], body["refresh_token"], "garbage"):
-        assert client.post("/introspect", data={"token": token}, headers=auth).json == {"active": False}
+        assert client.post("/introspect", data={"token": token}, headers=auth).json == {
+            "active": False
+        }
 
 
 # -- revocation across processes sharing a store -------------------------------------------------
@@ -484,12 +520,16 @@ def test_logoff_in_one_process_reaches_another_within_the_lag(
     creds = register(one)
     body = _ok(get_token(one.test_client(), creds))
     assert two.test_client().get("/whoami", headers=bearer(body["access_token"])).status_code == 200
-    assert one.test_client().post("/logoff", headers=bearer(body["access_token"])).status_code == 204
+    assert (
+        one.test_client().post("/logoff", headers=bearer(body["access_token"])).status_code == 204
+    )
     clock(1.01)
     assert two.test_client().get("/whoami", headers=bearer(body["access_token"])).status_code == 401
 
 
-def test_revocation_lag_zero_checks_every_request(app_factory: t.Callable[..., Flask], tmp_path: Path) -> None:
+def test_revocation_lag_zero_checks_every_request(
+    app_factory: t.Callable[..., Flask], tmp_path: Path
+) -> None:
     url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
     one = app_factory(url, REVOCATION_LAG=0)
     two = app_factory(url, REVOCATION_LAG=0)
@@ -500,7 +540,7 @@ def test_revocation_lag_zero_checks_every_request(app_factory: t.Callable[..., F
 
 
 def test_retry_after_is_one_second_when_a_seat_just_freed(licensed: Flask) -> None:
-    from flask_tokenguard.sessions import seconds_until_seat
+    from flask_tokenguard.core.sessions import seconds_until_seat
 
     state = licensed.extensions["tokenguard"].state(licensed)
     assert seconds_until_seat(state.store, state.settings, time.time()) == 1
@@ -509,7 +549,7 @@ def test_retry_after_is_one_second_when_a_seat_just_freed(licensed: Flask) -> No
 def test_client_disabled_during_a_token_request_gets_no_session(app: Flask) -> None:
     """The admin's change lands between authentication and the new session."""
     import sample_app
-    from flask_tokenguard import clients
+    from flask_tokenguard.core import clients
 
     public = register(app, "spa", "--public")
     store = app.extensions["tokenguard"].store(app)
@@ -552,13 +592,18 @@ def test_licensed_scopes_must_be_configured(app_factory: t.Callable[..., Flask])
 # -- lockout -------------------------------------------------------------------------------------
 
 
-def test_password_lockout_after_threshold(app_factory: t.Callable[..., Flask], clock: Clock) -> None:
+def test_password_lockout_after_threshold(
+    app_factory: t.Callable[..., Flask], clock: Clock
+) -> None:
     app = app_factory(LOCKOUT_THRESHOLD=3, LOCKOUT_SECONDS=120)
     cli(app, "create-user", "alice", "--password-stdin", input="wonderland\n")
     public = register(app, "spa", "--public")
     client = app.test_client()
     for _ in range(3):
-        assert _password(client, public["client_id"], password="guess").json["error"] == "invalid_grant"
+        assert (
+            _password(client, public["client_id"], password="guess").json["error"]
+            == "invalid_grant"
+        )
     locked = _password(client, public["client_id"])  # even the right password
     assert locked.status_code == 400 and locked.json["error"] == "invalid_grant"
     assert "Too many" in locked.json["error_description"]
@@ -573,7 +618,10 @@ def test_lockout_counts_unknown_users_alike(app_factory: t.Callable[..., Flask])
     client = app.test_client()
     for _ in range(2):
         _password(client, public["client_id"], username="nobody", password="x")
-    assert "Retry-After" in _password(client, public["client_id"], username="nobody", password="x").headers
+    assert (
+        "Retry-After"
+        in _password(client, public["client_id"], username="nobody", password="x").headers
+    )
 
 
 def test_success_clears_failures(app_factory: t.Callable[..., Flask]) -> None:

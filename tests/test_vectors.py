@@ -36,7 +36,6 @@ from urllib.parse import urlencode
 import pytest
 import requests
 from flask import Flask
-
 from helpers import cli
 from helpers import register
 

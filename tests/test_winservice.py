@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from flask_tokenguard import winservice
-from flask_tokenguard.winservice import build_parser
-from flask_tokenguard.winservice import load_app
-from flask_tokenguard.winservice import main
+from flask_tokenguard.serving import winservice
+from flask_tokenguard.serving.winservice import build_parser
+from flask_tokenguard.serving.winservice import load_app
+from flask_tokenguard.serving.winservice import main
 
 PYWIN32_MODULES = (
     "win32serviceutil",
@@ -150,8 +150,8 @@ class FakePywin32:
         evtlogutil = types.ModuleType("win32evtlogutil")
         evtlogutil.__file__ = "/fake/win32/lib/win32evtlogutil.py"
         evtlogutil.__dict__.update(
-            AddSourceToRegistry=lambda appname, dllname, logtype: (
-                fake.registered_sources.append((appname, dllname))
+            AddSourceToRegistry=lambda appname, dllname, logtype: fake.registered_sources.append(
+                (appname, dllname)
             ),
             ReportEvent=lambda appname, id, cat, type, strings: fake.events.append(
                 (appname, type, strings[0])
@@ -223,7 +223,7 @@ def app_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t.Iterator[st
 
 def test_imports_and_helps_without_pywin32() -> None:
     code = (
-        "import sys, flask_tokenguard.winservice as w\n"
+        "import sys, flask_tokenguard.serving.winservice as w\n"
         "loaded = [m for m in sys.modules if m.startswith(('win32', 'servicemanag'))]\n"
         "assert not loaded, loaded\n"
         "sys.exit(w.main(['--help']))\n"
@@ -314,9 +314,7 @@ def test_without_pywin32_points_to_the_extra(
     assert "Traceback" not in err
 
 
-def test_install_needs_an_app(
-    pywin32: FakePywin32, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_install_needs_an_app(pywin32: FakePywin32, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["install"]) == 2
     assert "--app" in capsys.readouterr().err
     assert pywin32.command_lines == []
@@ -347,10 +345,8 @@ def test_install_persists_options_and_sets_failure_actions(
     [call] = pywin32.command_lines
     assert call["name"] == "Orders"
     assert call["argv"][1:] == [r"--username=DOM\svc", "--startup=auto", "install"]
-    assert call["class_string"].endswith(
-        "\\flask_tokenguard.winservice.TokenGuardService"
-    )
-    assert call["cls"].__module__ == "flask_tokenguard.winservice"
+    assert call["class_string"].endswith("\\flask_tokenguard.serving.winservice.TokenGuardService")
+    assert call["cls"].__module__ == "flask_tokenguard.serving.winservice"
     assert pywin32.options == {
         ("Orders", "app"): "orders:create_app",
         ("Orders", "port"): "9000",
@@ -484,9 +480,7 @@ def test_service_serves_and_drains_on_stop(
     assert response.status_code == 200 and response.text == "x" * 100_000
     assert service.statuses == [(3, 20_000)]  # STOP_PENDING, (drain 15 s + 5 s) in ms
     with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(
-            ("127.0.0.1", service.runner.effective_port), timeout=2
-        )
+        socket.create_connection(("127.0.0.1", service.runner.effective_port), timeout=2)
     assert [entry[1] for entry in pywin32.service_log] == [0x40000002, 0x40000006]
     log = (tmp_path / "instance" / f"{name}.log").read_text()
     assert "Serving on http://127.0.0.1:" in log

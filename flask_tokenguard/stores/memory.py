@@ -169,7 +169,9 @@ class MemoryStore(Store):
 
     def earliest_seat_expiry(self, now: float) -> float | None:
         with self._lock:
-            expiries = [s.expires_at for s in self._sessions.values() if s.holds_seat and s.is_live(now)]
+            expiries = [
+                s.expires_at for s in self._sessions.values() if s.holds_seat and s.is_live(now)
+            ]
         return min(expiries, default=None)
 
     def seats_in_use(self, now: float) -> int:
@@ -217,13 +219,16 @@ class MemoryStore(Store):
 
     def end_sessions(self, client_id: str | None, now: float) -> int:
         with self._lock:
-            ids = [s.session_id for s in self._sessions.values() if client_id in (None, s.client_id)]
+            ids = [
+                s.session_id for s in self._sessions.values() if client_id in (None, s.client_id)
+            ]
             return sum(1 for sid in ids if self._end(sid, now) is not None)
 
     def list_sessions(self, client_id: str | None, now: float) -> list[TokenSession]:
         with self._lock:
             sessions = [
-                s for s in self._sessions.values()
+                s
+                for s in self._sessions.values()
                 if s.is_live(now) and client_id in (None, s.client_id)
             ]
         return sorted(sessions, key=lambda s: (s.created_at, s.session_id))

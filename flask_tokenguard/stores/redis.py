@@ -169,9 +169,7 @@ def _keys_from_reply(flat: t.Sequence[str | None]) -> list[SigningKey]:
         if data is None:  # pragma: no cover - the scripts keep order and keys in step
             continue
         fields = json.loads(data)
-        keys.append(
-            SigningKey(**fields, retire_at=None if retire_at is None else float(retire_at))
-        )
+        keys.append(SigningKey(**fields, retire_at=None if retire_at is None else float(retire_at)))
     # Oldest first; sorted() is stable, so equal times keep insertion order.
     return sorted(keys, key=lambda k: k.created_at)
 

@@ -248,9 +248,7 @@ class _SQL:
 
         # -- lifecycle
         self.ping = sa.text("SELECT 1")
-        self.get_version = sa.select(schema_version.c.version).where(
-            schema_version.c.id == 1
-        )
+        self.get_version = sa.select(schema_version.c.version).where(schema_version.c.id == 1)
         #: (probe, seed) pairs: a SELECT that finds the row, an INSERT that creates it.
         self.seeds: tuple[tuple[sa.Select[t.Any], sa.Insert], ...] = (
             (
@@ -270,13 +268,9 @@ class _SQL:
         self.wipe = tuple(table.delete() for table in reversed(metadata.sorted_tables))
 
         # -- locks: a write on one row is an exclusive row lock on every engine
-        self.lock_pool = (
-            pool.update().where(pool.c.id == 1).values(version=pool.c.version + 1)
-        )
+        self.lock_pool = pool.update().where(pool.c.id == 1).values(version=pool.c.version + 1)
         self.bump_seq = (
-            counters.update()
-            .where(counters.c.name == _SEQ)
-            .values(value=counters.c.value + 1)
+            counters.update().where(counters.c.name == _SEQ).values(value=counters.c.value + 1)
         )
         self.bump_seq_returning = self.bump_seq.returning(counters.c.value)
         self.get_seq = sa.select(counters.c.value).where(counters.c.name == _SEQ)
@@ -288,9 +282,7 @@ class _SQL:
         self.list_keys = sa.select(keys).order_by(keys.c.created_at, keys.c.kid)
         self.insert_key = keys.insert()
         self.retire_keys = (
-            keys.update()
-            .where(keys.c.retire_at.is_(None))
-            .values(retire_at=bp("b_retire_at"))
+            keys.update().where(keys.c.retire_at.is_(None)).values(retire_at=bp("b_retire_at"))
         )
         self.delete_retired_keys = keys.delete().where(keys.c.retire_at <= now)
 
@@ -327,12 +319,8 @@ class _SQL:
             )
         )
         # SET columns come from the parameter names of each call.
-        self.update_client = clients.update().where(
-            clients.c.client_id == bp("b_client_id")
-        )
-        self.delete_client = clients.delete().where(
-            clients.c.client_id == bp("b_client_id")
-        )
+        self.update_client = clients.update().where(clients.c.client_id == bp("b_client_id"))
+        self.delete_client = clients.delete().where(clients.c.client_id == bp("b_client_id"))
         self.list_clients = sa.select(clients)
 
         # -- users
@@ -344,12 +332,8 @@ class _SQL:
 
         # -- sessions and seats
         self.sweep_sessions = sessions.delete().where(sessions.c.expires_at <= now)
-        self.count_seats = (
-            sa.select(sa.func.count()).select_from(sessions).where(seat_live)
-        )
-        self.earliest_seat = sa.select(sa.func.min(sessions.c.expires_at)).where(
-            seat_live
-        )
+        self.count_seats = sa.select(sa.func.count()).select_from(sessions).where(seat_live)
+        self.earliest_seat = sa.select(sa.func.min(sessions.c.expires_at)).where(seat_live)
         self.insert_session = sessions.insert()
         self.get_session = sa.select(sessions).where(
             sessions.c.session_id == bp("b_session_id"), live
@@ -384,9 +368,7 @@ class _SQL:
 
         #: Ending sessions by one id, by client or all:
         #: (lock rows, select, prune revoked, delete).
-        self.end: dict[
-            str, tuple[sa.Update, sa.Select[t.Any], sa.Delete, sa.Delete]
-        ] = {}
+        self.end: dict[str, tuple[sa.Update, sa.Select[t.Any], sa.Delete, sa.Delete]] = {}
         filters: dict[str, sa.ColumnElement[bool] | None] = {
             "session": sessions.c.session_id == bp("b_key"),
             "client": sessions.c.client_id == bp("b_key"),
@@ -451,9 +433,7 @@ class _SQL:
         )
         self.get_live_failures = self.get_failures.where(live_window)
         self.insert_failure = failures.insert()
-        self.clear_failures = failures.delete().where(
-            failures.c.key_hash == bp("b_key_hash")
-        )
+        self.clear_failures = failures.delete().where(failures.c.key_hash == bp("b_key_hash"))
         self.purge_failures = failures.delete().where(failures.c.until <= now)
 
 
@@ -575,16 +555,12 @@ class SQLAlchemyStore(Store):
         try:
             parsed = sa.make_url(url)
         except sa_exc.ArgumentError as exc:
-            raise ConfigurationError(
-                f"TOKENGUARD_STORE_URL is not a database URL: {exc}"
-            ) from exc
+            raise ConfigurationError(f"TOKENGUARD_STORE_URL is not a database URL: {exc}") from exc
         if parsed.drivername == "postgresql":
             # SQLAlchemy's bare "postgresql" means psycopg2; we ship psycopg 3.
             parsed = parsed.set(drivername="postgresql+psycopg")
         backend = parsed.get_backend_name()
-        if schema is not None and (
-            backend == "sqlite" or not _SCHEMA_NAME.fullmatch(schema)
-        ):
+        if schema is not None and (backend == "sqlite" or not _SCHEMA_NAME.fullmatch(schema)):
             raise ConfigurationError(
                 f"schema {schema!r} is not usable: letters, digits, '_' and '-' only, "
                 "and not on SQLite"
@@ -599,22 +575,16 @@ class SQLAlchemyStore(Store):
             # on the engine, it applies once per new connection, not per checkout.
             level = options.setdefault("isolation_level", "READ COMMITTED")
             if level != "READ COMMITTED":
-                raise ConfigurationError(
-                    "The SQL store needs isolation_level READ COMMITTED"
-                )
+                raise ConfigurationError("The SQL store needs isolation_level READ COMMITTED")
         try:
             engine = sa.create_engine(parsed, **options)
         except (ImportError, TypeError, sa_exc.ArgumentError) as exc:
-            raise ConfigurationError(
-                f"Cannot build the SQL store's engine: {exc}"
-            ) from exc
+            raise ConfigurationError(f"Cannot build the SQL store's engine: {exc}") from exc
         if backend == "sqlite":
             self._sqlite_events(engine)
         self._base_engine: Engine = engine
         self._engine: Engine = (
-            engine.execution_options(schema_translate_map={None: schema})
-            if schema
-            else engine
+            engine.execution_options(schema_translate_map={None: schema}) if schema else engine
         )
         self._schema = schema
         self._backend = backend
@@ -771,13 +741,10 @@ class SQLAlchemyStore(Store):
         name = self._quoted_schema()
         if self._backend in ("mysql", "mariadb"):
             statement = (
-                f"CREATE DATABASE IF NOT EXISTS {name}"
-                " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                f"CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
             )
         elif self._backend == "mssql":
-            statement = (
-                f"IF SCHEMA_ID(N'{self._schema}') IS NULL EXEC('CREATE SCHEMA {name}')"
-            )
+            statement = f"IF SCHEMA_ID(N'{self._schema}') IS NULL EXEC('CREATE SCHEMA {name}')"
         else:
             # Concurrent IF NOT EXISTS can still fail on PostgreSQL; _setup retries.
             statement = f"CREATE SCHEMA IF NOT EXISTS {name}"
@@ -809,8 +776,7 @@ class SQLAlchemyStore(Store):
                     "mysql": f"DROP DATABASE IF EXISTS {name}",
                     "mariadb": f"DROP DATABASE IF EXISTS {name}",
                     "mssql": (
-                        f"IF SCHEMA_ID(N'{self._schema}') IS NOT NULL"
-                        f" EXEC('DROP SCHEMA {name}')"
+                        f"IF SCHEMA_ID(N'{self._schema}') IS NOT NULL EXEC('DROP SCHEMA {name}')"
                     ),
                 }.get(self._backend, f"DROP SCHEMA IF EXISTS {name} CASCADE")
                 with self._base_engine.begin() as conn:
@@ -888,10 +854,7 @@ class SQLAlchemyStore(Store):
         q = self._q
         with self._tx() as conn:
             self._lock_pool(conn)
-            if (
-                conn.execute(q.client_exists, {"b_client_id": client.client_id}).first()
-                is None
-            ):
+            if conn.execute(q.client_exists, {"b_client_id": client.client_id}).first() is None:
                 return False
             if (
                 client.alias
@@ -908,10 +871,7 @@ class SQLAlchemyStore(Store):
 
     def delete_client(self, client_id: str) -> bool:
         with self._tx() as conn:
-            return (
-                conn.execute(self._q.delete_client, {"b_client_id": client_id}).rowcount
-                > 0
-            )
+            return conn.execute(self._q.delete_client, {"b_client_id": client_id}).rowcount > 0
 
     def list_clients(self) -> list[Client]:
         with self._tx() as conn:
@@ -951,9 +911,7 @@ class SQLAlchemyStore(Store):
 
     def delete_user(self, username: str) -> bool:
         with self._tx() as conn:
-            return (
-                conn.execute(self._q.delete_user, {"b_username": username}).rowcount > 0
-            )
+            return conn.execute(self._q.delete_user, {"b_username": username}).rowcount > 0
 
     def list_users(self) -> list[User]:
         with self._tx() as conn:
@@ -962,9 +920,7 @@ class SQLAlchemyStore(Store):
 
     # -- sessions and seats ------------------------------------------------------------
 
-    def start_session(
-        self, session: TokenSession, seat_limit: int | None, now: float
-    ) -> bool:
+    def start_session(self, session: TokenSession, seat_limit: int | None, now: float) -> bool:
         q = self._q
         with self._tx() as conn:
             # 1. Lock: concurrent acquirers queue here, across processes and hosts.
@@ -1007,9 +963,7 @@ class SQLAlchemyStore(Store):
             ).first()
         return None if row is None else _session(row)
 
-    def find_refresh(
-        self, refresh_hash: str, now: float
-    ) -> tuple[TokenSession, bool] | None:
+    def find_refresh(self, refresh_hash: str, now: float) -> tuple[TokenSession, bool] | None:
         q = self._q
         params = {"b_refresh_hash": refresh_hash, "now": now}
         with self._tx() as conn:
@@ -1045,12 +999,8 @@ class SQLAlchemyStore(Store):
             else:
                 if conn.execute(q.rotate, params).rowcount != 1:
                     return None
-                row = conn.execute(
-                    q.get_session_any, {"b_session_id": session_id}
-                ).one()
-            conn.execute(
-                q.insert_used, {"refresh_hash": old_hash, "session_id": session_id}
-            )
+                row = conn.execute(q.get_session_any, {"b_session_id": session_id}).one()
+            conn.execute(q.insert_used, {"refresh_hash": old_hash, "session_id": session_id})
         return _session(row)
 
     def _end(self, kind: str, key: str | None, now: float) -> list[TokenSession]:
@@ -1100,9 +1050,7 @@ class SQLAlchemyStore(Store):
             if client_id is None:
                 rows = conn.execute(q.list_sessions, {"now": now})
             else:
-                rows = conn.execute(
-                    q.list_client_sessions, {"b_client_id": client_id, "now": now}
-                )
+                rows = conn.execute(q.list_client_sessions, {"b_client_id": client_id, "now": now})
             sessions = [_session(row) for row in rows]
         return sorted(sessions, key=lambda s: (s.created_at, s.session_id))
 
@@ -1171,9 +1119,7 @@ class SQLAlchemyStore(Store):
             if result[0] == 1 and random.randrange(_FAILURE_PURGE_EVERY) == 0:
                 self._purge_failures(now)
             return result
-        raise StoreError(
-            f"record_failure lost {_FAILURE_ATTEMPTS} races for one key in a row"
-        )
+        raise StoreError(f"record_failure lost {_FAILURE_ATTEMPTS} races for one key in a row")
 
     def _purge_failures(self, now: float) -> None:
         """Delete expired lockout rows; under the pool lock, so purgers never deadlock."""
@@ -1189,9 +1135,7 @@ class SQLAlchemyStore(Store):
 
     def clear_failures(self, key: str) -> None:
         with self._tx() as conn:
-            conn.execute(
-                self._q.clear_failures, {"b_key_hash": _failure_key_hash(key)}
-            )
+            conn.execute(self._q.clear_failures, {"b_key_hash": _failure_key_hash(key)})
 
 
 def _failure_key_hash(key: str) -> str:

@@ -126,8 +126,7 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS tg_revoked_expires_at ON tg_revoked (expires_at)",
     *_FAILURES_SCHEMA,
     "INSERT OR IGNORE INTO tg_meta (name, value) VALUES ('revocation_seq', 0)",
-    "INSERT OR IGNORE INTO tg_meta (name, value)"
-    f" VALUES ('schema_version', {SCHEMA_VERSION})",
+    f"INSERT OR IGNORE INTO tg_meta (name, value) VALUES ('schema_version', {SCHEMA_VERSION})",
 )
 
 #: Tables emptied by ``reset()``; ``tg_used_refresh`` before ``tg_sessions``.
@@ -157,26 +156,18 @@ _ANY_KEY = "SELECT 1 FROM tg_signing_keys LIMIT 1"
 _LIST_KEYS = f"SELECT {_KEY_COLUMNS} FROM tg_signing_keys ORDER BY created_at, rowid"
 _INSERT_KEY = f"INSERT INTO tg_signing_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
 _RETIRE_KEYS = "UPDATE tg_signing_keys SET retire_at = ? WHERE retire_at IS NULL"
-_DROP_RETIRED_KEYS = (
-    "DELETE FROM tg_signing_keys WHERE retire_at IS NOT NULL AND retire_at <= ?"
-)
+_DROP_RETIRED_KEYS = "DELETE FROM tg_signing_keys WHERE retire_at IS NOT NULL AND retire_at <= ?"
 
-_CLIENT_COLUMNS = (
-    "client_id, alias, name, secret_hash, grants, scopes, enabled, created_at"
-)
+_CLIENT_COLUMNS = "client_id, alias, name, secret_hash, grants, scopes, enabled, created_at"
 #: Ids and aliases share one namespace: a new client's id and alias (or its id twice).
 _NAME_TAKEN = (
-    "SELECT 1 FROM tg_clients"
-    " WHERE client_id IN (:id, :alias) OR alias IN (:id, :alias) LIMIT 1"
+    "SELECT 1 FROM tg_clients WHERE client_id IN (:id, :alias) OR alias IN (:id, :alias) LIMIT 1"
 )
 _ALIAS_TAKEN_BY_OTHER = (
-    "SELECT 1 FROM tg_clients"
-    " WHERE client_id != :id AND (client_id = :alias OR alias = :alias)"
+    "SELECT 1 FROM tg_clients WHERE client_id != :id AND (client_id = :alias OR alias = :alias)"
 )
 _CLIENT_EXISTS = "SELECT 1 FROM tg_clients WHERE client_id = ?"
-_INSERT_CLIENT = (
-    f"INSERT INTO tg_clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_INSERT_CLIENT = f"INSERT INTO tg_clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 #: Ids and aliases are disjoint, so one row at most matches; the ORDER BY only makes
 #: "id first" explicit.
 _GET_CLIENT = (
@@ -188,35 +179,26 @@ _UPDATE_CLIENT = (
     " scopes = ?, enabled = ?, created_at = ? WHERE client_id = ?"
 )
 _DELETE_CLIENT = "DELETE FROM tg_clients WHERE client_id = ?"
-_LIST_CLIENTS = (
-    f"SELECT {_CLIENT_COLUMNS} FROM tg_clients ORDER BY created_at, client_id"
-)
+_LIST_CLIENTS = f"SELECT {_CLIENT_COLUMNS} FROM tg_clients ORDER BY created_at, client_id"
 
 _USER_COLUMNS = "username, password_hash, created_at"
 _INSERT_USER = f"INSERT OR IGNORE INTO tg_users ({_USER_COLUMNS}) VALUES (?, ?, ?)"
 _GET_USER = f"SELECT {_USER_COLUMNS} FROM tg_users WHERE username = ?"
-_UPDATE_USER = (
-    "UPDATE tg_users SET password_hash = ?, created_at = ? WHERE username = ?"
-)
+_UPDATE_USER = "UPDATE tg_users SET password_hash = ?, created_at = ? WHERE username = ?"
 _DELETE_USER = "DELETE FROM tg_users WHERE username = ?"
 _LIST_USERS = f"SELECT {_USER_COLUMNS} FROM tg_users ORDER BY username"
 
 _SESSION_COLUMNS = (
-    "session_id, client_id, subject, scope, holds_seat, refresh_hash, created_at,"
-    " expires_at"
+    "session_id, client_id, subject, scope, holds_seat, refresh_hash, created_at, expires_at"
 )
 _S_SESSION_COLUMNS = ", ".join(f"s.{c.strip()}" for c in _SESSION_COLUMNS.split(","))
 #: Deleting a session cascades to its used refresh hashes.
 _SWEEP_SESSIONS = "DELETE FROM tg_sessions WHERE expires_at <= ?"
-_COUNT_SEATS = (
-    "SELECT count(*) FROM tg_sessions WHERE holds_seat = 1 AND expires_at > ?"
-)
+_COUNT_SEATS = "SELECT count(*) FROM tg_sessions WHERE holds_seat = 1 AND expires_at > ?"
 _EARLIEST_SEAT_EXPIRY = (
     "SELECT min(expires_at) FROM tg_sessions WHERE holds_seat = 1 AND expires_at > ?"
 )
-_INSERT_SESSION = (
-    f"INSERT INTO tg_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_INSERT_SESSION = f"INSERT INTO tg_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _GET_SESSION = f"SELECT {_SESSION_COLUMNS} FROM tg_sessions WHERE session_id = ?"
 _GET_LIVE_SESSION = _GET_SESSION + " AND expires_at > ?"
 #: Current hash first, else a used one; one statement, so one snapshot: a concurrent
@@ -244,17 +226,11 @@ _LIST_SESSIONS = (
     " ORDER BY created_at, session_id"
 )
 
-_REVOKE = (
-    "INSERT OR REPLACE INTO tg_revoked (token_id, expires_at, seq) VALUES (?, ?, ?)"
-)
+_REVOKE = "INSERT OR REPLACE INTO tg_revoked (token_id, expires_at, seq) VALUES (?, ?, ?)"
 _PURGE_REVOKED = "DELETE FROM tg_revoked WHERE expires_at <= ?"
-_REVOKED_SINCE = (
-    "SELECT token_id, expires_at FROM tg_revoked WHERE seq > ? AND expires_at > ?"
-)
+_REVOKED_SINCE = "SELECT token_id, expires_at FROM tg_revoked WHERE seq > ? AND expires_at > ?"
 
-_HAS_FAILURES_TABLE = (
-    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tg_failures'"
-)
+_HAS_FAILURES_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tg_failures'"
 #: Run first in ``record_failure``: afterwards any row of the key is live.
 _PURGE_FAILURES = "DELETE FROM tg_failures WHERE until <= ?"
 _GET_FAILURES = "SELECT count, until FROM tg_failures WHERE key = ?"
@@ -283,8 +259,7 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     if not path or path == ":memory:" or path.startswith("file:"):
         # An in-memory database would be private to one connection, i.e. one thread.
         raise ConfigurationError(
-            f"TOKENGUARD_STORE_URL {url!r} must name a file;"
-            " use memory:// for a throwaway store"
+            f"TOKENGUARD_STORE_URL {url!r} must name a file; use memory:// for a throwaway store"
         )
     return path, dict(parse_qsl(query, keep_blank_values=True))
 
@@ -321,8 +296,7 @@ class SQLiteStore(Store):
             raise ConfigurationError(f"unknown SQLite store option(s): {unknown}")
         if synchronous.lower() not in _SYNCHRONOUS:
             raise ConfigurationError(
-                f"SQLite synchronous must be one of {', '.join(_SYNCHRONOUS)},"
-                f" got {synchronous!r}"
+                f"SQLite synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}"
             )
         #: The database file; absolute, so that changing directory is harmless.
         self.path = os.path.abspath(path)
@@ -588,9 +562,7 @@ class SQLiteStore(Store):
 
     # -- sessions and seats ------------------------------------------------------------
 
-    def start_session(
-        self, session: TokenSession, seat_limit: int | None, now: float
-    ) -> bool:
+    def start_session(self, session: TokenSession, seat_limit: int | None, now: float) -> bool:
         with self.wrap_errors(), self._write() as conn:
             # Sweep, count and insert under one write lock: no other thread or process
             # can insert between our count and our insert.
@@ -605,9 +577,7 @@ class SQLiteStore(Store):
 
     def earliest_seat_expiry(self, now: float) -> float | None:
         with self.wrap_errors():
-            (earliest,) = self._connection().execute(
-                _EARLIEST_SEAT_EXPIRY, (now,)
-            ).fetchone()
+            (earliest,) = self._connection().execute(_EARLIEST_SEAT_EXPIRY, (now,)).fetchone()
             return None if earliest is None else float(earliest)
 
     def seats_in_use(self, now: float) -> int:
@@ -617,18 +587,16 @@ class SQLiteStore(Store):
 
     def get_session(self, session_id: str, now: float) -> TokenSession | None:
         with self.wrap_errors():
-            row = self._connection().execute(
-                _GET_LIVE_SESSION, (session_id, now)
-            ).fetchone()
+            row = self._connection().execute(_GET_LIVE_SESSION, (session_id, now)).fetchone()
             return None if row is None else _session(row)
 
-    def find_refresh(
-        self, refresh_hash: str, now: float
-    ) -> tuple[TokenSession, bool] | None:
+    def find_refresh(self, refresh_hash: str, now: float) -> tuple[TokenSession, bool] | None:
         with self.wrap_errors():
-            row = self._connection().execute(
-                _FIND_REFRESH, {"hash": refresh_hash, "now": now}
-            ).fetchone()
+            row = (
+                self._connection()
+                .execute(_FIND_REFRESH, {"hash": refresh_hash, "now": now})
+                .fetchone()
+            )
             return None if row is None else (_session(row[:-1]), bool(row[-1]))
 
     def rotate_refresh(

@@ -1,4 +1,4 @@
-"""A small Flask app served by ``flask_tokenguard.serve.serve`` for the drain tests.
+"""A small Flask app served by ``flask_tokenguard.serving.runner.serve`` for the drain tests.
 
 Run as ``python tests/apps/slow_app.py [--port 0] [--started FILE]``: it logs
 ``Serving on http://127.0.0.1:PORT`` to stderr, and ``/slow`` appends a line to FILE
@@ -13,8 +13,8 @@ import sys
 import time
 
 from flask import Flask
-from flask import Response
 from flask import request
+from flask import Response
 
 #: Size of the body of ``/slow``: big enough to stay in waitress's output buffers.
 BODY_SIZE = 2 * 1024 * 1024
@@ -53,7 +53,7 @@ def create_app(started: str | None = None) -> Flask:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flask_tokenguard.serve import serve
+    from flask_tokenguard.serving.runner import serve
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)

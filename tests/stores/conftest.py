@@ -12,11 +12,11 @@ import typing as t
 from pathlib import Path
 
 import pytest
-
+from backends import backend_url_and_options
 from backends import BACKENDS as STORES
 from backends import CROSS_PROCESS_BACKENDS as CROSS_PROCESS_STORES
-from backends import backend_url_and_options
 from backends import open_store
+
 from flask_tokenguard.stores.base import Store
 
 # Spawned worker processes import ``_workers`` by name: this folder must be on sys.path
@@ -44,9 +44,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(name="store_url_and_options")
-def store_url_and_options_fixture(
-    store_id: str, tmp_path: Path
-) -> tuple[str, dict[str, t.Any]]:
+def store_url_and_options_fixture(store_id: str, tmp_path: Path) -> tuple[str, dict[str, t.Any]]:
     """``(url, options)`` of a fresh store, for tests that build their own stores."""
     return backend_url_and_options(store_id, tmp_path)
 

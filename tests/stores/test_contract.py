@@ -13,20 +13,18 @@ import typing as t
 from pathlib import Path
 
 import _workers
-from records import NOW
-from records import TTL
+import pytest
 from records import make_client
 from records import make_key
 from records import make_session
-import pytest
+from records import NOW
+from records import TTL
 
 from flask_tokenguard.errors import ConflictError
 from flask_tokenguard.models import Client
 from flask_tokenguard.models import TokenSession
 from flask_tokenguard.models import User
 from flask_tokenguard.stores.base import Store
-
-
 
 # -- lifecycle -------------------------------------------------------------------------
 

@@ -17,6 +17,9 @@ import typing as t
 import uuid
 
 import pytest
+import records
+from helpers import RedisServer
+from helpers import unavailable
 
 from flask_tokenguard.errors import ConfigurationError
 from flask_tokenguard.errors import StoreError
@@ -24,9 +27,6 @@ from flask_tokenguard.models import Client
 from flask_tokenguard.models import SigningKey
 from flask_tokenguard.models import User
 from flask_tokenguard.stores import store_from_url
-from helpers import RedisServer
-from helpers import unavailable
-import records
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask_tokenguard.stores.redis import RedisStore
@@ -146,9 +146,7 @@ def test_default_prefix_is_hash_tagged() -> None:
         store.close()
 
 
-@pytest.mark.parametrize(
-    "prefix", ["tg:", "tg:{}:", "tg:{tg", "tg:}tg{:", "tg:{}{tg}:", "tg:tg}:"]
-)
+@pytest.mark.parametrize("prefix", ["tg:", "tg:{}:", "tg:{tg", "tg:}tg{:", "tg:{}{tg}:", "tg:tg}:"])
 def test_prefix_without_a_hash_tag_is_refused(prefix: str) -> None:
     # The scripts build keys from the prefix: Cluster-safe only if all share one slot.
     with pytest.raises(ConfigurationError, match="hash tag") as caught:
@@ -209,7 +207,7 @@ def test_sweep_removes_every_index_entry(
     # A start at now=1600 sweeps the expired session and everything pointing at it.
     assert store.start_session(make_session("new", expires_at=3000.0), 5, now=1600.0)
 
-    leftovers = [k[len(store.key_prefix):] for k in keys_under(raw, store.key_prefix)]
+    leftovers = [k[len(store.key_prefix) :] for k in keys_under(raw, store.key_prefix)]
     assert not [k for k in leftovers if "old" in k]
     assert raw.zrange(f"{store.key_prefix}sessions", 0, -1) == ["new"]
 
@@ -419,7 +417,9 @@ def test_check_tolerates_a_disabled_config_command(
 
 
 def test_unix_socket_scheme(own_redis_server: RedisServer) -> None:
-    store = store_from_url(f"redis+unix://{own_redis_server.socket_path}?db=0", key_prefix=new_prefix())
+    store = store_from_url(
+        f"redis+unix://{own_redis_server.socket_path}?db=0", key_prefix=new_prefix()
+    )
     try:
         store.check()
         assert store.claim_once("via-socket")

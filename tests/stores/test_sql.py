@@ -36,17 +36,16 @@ if t.TYPE_CHECKING:  # pragma: no cover
 
 sa = pytest.importorskip("sqlalchemy")
 
-from flask_tokenguard.stores import sql as sql_module  # noqa: E402 - needs the skip above
-from helpers import unavailable  # noqa: E402
 import records
+from helpers import unavailable  # noqa: E402
+
+from flask_tokenguard.stores import sql as sql_module  # noqa: E402 - needs the skip above
 
 POSTGRESQL_URL = (
-    os.environ.get("TOKENGUARD_TEST_POSTGRESQL_URL")
-    or "postgresql://postgres@127.0.0.1:5432/test"
+    os.environ.get("TOKENGUARD_TEST_POSTGRESQL_URL") or "postgresql://postgres@127.0.0.1:5432/test"
 )
 MARIADB_URL = (
-    os.environ.get("TOKENGUARD_TEST_MARIADB_URL")
-    or "mysql+pymysql://root@127.0.0.1:3306/test"
+    os.environ.get("TOKENGUARD_TEST_MARIADB_URL") or "mysql+pymysql://root@127.0.0.1:3306/test"
 )
 
 SERVERS = [
@@ -67,23 +66,17 @@ def count_rows(store: SQLAlchemyStore, table_name: str) -> int:
     """Rows of one of the store's tables, read through its own schema mapping."""
     table = store._q.metadata.tables[table_name]
     with store._engine.connect() as conn:
-        return int(
-            conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
-        )
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
 
 def schema_exists(store: SQLAlchemyStore, schema: str) -> bool:
-    query = sa.text(
-        "SELECT count(*) FROM information_schema.schemata WHERE schema_name = :s"
-    )
+    query = sa.text("SELECT count(*) FROM information_schema.schemata WHERE schema_name = :s")
     with store._base_engine.connect() as conn:
         return bool(conn.execute(query, {"s": schema}).scalar_one())
 
 
 def tables_in(store: SQLAlchemyStore, schema: str) -> set[str]:
-    query = sa.text(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = :s"
-    )
+    query = sa.text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s")
     with store._base_engine.connect() as conn:
         return {str(name) for name in conn.execute(query, {"s": schema}).scalars()}
 
@@ -130,9 +123,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 def test_postgresql_url_selects_psycopg3() -> None:
     pytest.importorskip("psycopg")
-    store = t.cast(
-        "SQLAlchemyStore", store_from_url("postgresql://postgres@127.0.0.1:5432/test")
-    )
+    store = t.cast("SQLAlchemyStore", store_from_url("postgresql://postgres@127.0.0.1:5432/test"))
     try:
         assert store._base_engine.url.drivername == "postgresql+psycopg"
         assert store._base_engine.dialect.driver == "psycopg"
@@ -157,9 +148,7 @@ def test_explicit_driver_urls_are_kept() -> None:
 
 
 def test_engine_options_are_passed_through(sqlite_url: str) -> None:
-    store = t.cast(
-        "SQLAlchemyStore", store_from_url(sqlite_url, pool_size=3, pool_pre_ping=False)
-    )
+    store = t.cast("SQLAlchemyStore", store_from_url(sqlite_url, pool_size=3, pool_pre_ping=False))
     try:
         assert t.cast("QueuePool", store._base_engine.pool).size() == 3
         assert store._base_engine.pool._pre_ping is False
@@ -174,9 +163,7 @@ def test_engine_options_are_passed_through(sqlite_url: str) -> None:
 
 def test_bad_options_are_configuration_errors(sqlite_url: str) -> None:
     with pytest.raises(ConfigurationError, match="isolation_level"):
-        store_from_url(
-            "postgresql://postgres@127.0.0.1/test", isolation_level="SERIALIZABLE"
-        )
+        store_from_url("postgresql://postgres@127.0.0.1/test", isolation_level="SERIALIZABLE")
     with pytest.raises(ConfigurationError, match="schema"):
         store_from_url("postgresql://postgres@127.0.0.1/test", schema="x; DROP TABLE y")
     with pytest.raises(ConfigurationError, match="schema"):
@@ -221,9 +208,7 @@ def test_unreachable_server_raises_store_error() -> None:
 
 def test_statements_are_built_once_per_process(sqlite_url: str, tmp_path: Path) -> None:
     first = t.cast("SQLAlchemyStore", store_from_url(sqlite_url))
-    second = t.cast(
-        "SQLAlchemyStore", store_from_url(f"sqlite+pysqlite:///{tmp_path / 'b.db'}")
-    )
+    second = t.cast("SQLAlchemyStore", store_from_url(f"sqlite+pysqlite:///{tmp_path / 'b.db'}"))
     try:
         assert sql_module._sql() is sql_module._sql()
         assert first._q is second._q is sql_module._sql()
@@ -234,9 +219,7 @@ def test_statements_are_built_once_per_process(sqlite_url: str, tmp_path: Path) 
         second.close()
 
 
-@pytest.mark.parametrize(
-    "dialect", ["postgresql", "mysql", "mariadb", "mssql", "sqlite"]
-)
+@pytest.mark.parametrize("dialect", ["postgresql", "mysql", "mariadb", "mssql", "sqlite"])
 def test_schema_and_statements_compile_for_every_dialect(dialect: str) -> None:
     # SQL Server has no server here: compiling still catches constructs it lacks.
     from sqlalchemy.schema import CreateIndex
@@ -248,8 +231,7 @@ def test_schema_and_statements_compile_for_every_dialect(dialect: str) -> None:
     for table in q.metadata.sorted_tables:
         ddl.append(str(CreateTable(table).compile(dialect=engine_dialect)))
         ddl.extend(
-            str(CreateIndex(index).compile(dialect=engine_dialect))
-            for index in table.indexes
+            str(CreateIndex(index).compile(dialect=engine_dialect)) for index in table.indexes
         )
     text = "\n".join(ddl)
     assert "FLOAT" not in text.upper().replace("DOUBLE", "")
@@ -275,9 +257,7 @@ def _exercise(store: SQLAlchemyStore, round_: int) -> None:
     assert store.start_session(make_session(sid), 100, now)
     assert store.get_session(sid, now) is not None
     assert store.find_refresh(f"hash-{sid}", now) is not None
-    assert (
-        store.rotate_refresh(sid, f"hash-{sid}", f"new-{sid}", 3000.0, now) is not None
-    )
+    assert store.rotate_refresh(sid, f"hash-{sid}", f"new-{sid}", 3000.0, now) is not None
     assert store.seats_in_use(now) == 1
     assert store.end_session(sid, now) is not None
     store.revoke(f"jti-{round_}", 3000.0, now)
@@ -336,9 +316,7 @@ def test_schema_isolates_stores_and_drop_removes_it(
     first.create_client(Client("app", "App", alias="the-app"))
     assert first.start_session(make_session("s1"), 1, now=1000.0)
     assert second.get_client("app") is None
-    assert second.start_session(make_session("s1"), 1, now=1000.0), (
-        "seats are per schema"
-    )
+    assert second.start_session(make_session("s1"), 1, now=1000.0), "seats are per schema"
     second.create_client(Client("app", "Other"))
 
     assert schema_exists(first, first_schema)
@@ -380,9 +358,7 @@ def test_drop_without_schema_drops_the_tables(sqlite_url: str) -> None:
         store.create_client(Client("app", "App"))
         store.drop()
         with store._base_engine.connect() as conn:
-            assert not [
-                n for n in sa.inspect(conn).get_table_names() if n.startswith("tg_")
-            ]
+            assert not [n for n in sa.inspect(conn).get_table_names() if n.startswith("tg_")]
         assert store.get_client("app") is None
     finally:
         store.drop()
@@ -406,9 +382,7 @@ def test_newer_schema_version_is_refused(sqlite_url: str) -> None:
         store.close()
 
 
-def _open_concurrently(
-    url: str, options: dict[str, t.Any], workers: int
-) -> list[list[str]]:
+def _open_concurrently(url: str, options: dict[str, t.Any], workers: int) -> list[list[str]]:
     """Open ``workers`` new stores on one fresh schema at one moment, from threads."""
     barrier = threading.Barrier(workers)
     results: list[t.Any] = [None] * workers
@@ -417,9 +391,7 @@ def _open_concurrently(
         store = store_from_url(url, **options)
         try:
             barrier.wait(30)
-            candidate = SigningKey(
-                f"key-{worker}", "ES256", f"pem-{worker}", created_at=1000.0
-            )
+            candidate = SigningKey(f"key-{worker}", "ES256", f"pem-{worker}", created_at=1000.0)
             results[worker] = [k.kid for k in store.ensure_signing_key(candidate)]
         except BaseException as exc:  # reported to the test thread below
             results[worker] = exc
@@ -438,9 +410,7 @@ def _open_concurrently(
 
 
 def _assert_created_once(store: SQLAlchemyStore, keys: list[list[str]]) -> None:
-    assert len({tuple(k) for k in keys}) == 1, (
-        f"workers disagree on the first key: {keys}"
-    )
+    assert len({tuple(k) for k in keys}) == 1, f"workers disagree on the first key: {keys}"
     assert len(keys[0]) == 1
     for table in ("tg_pool", "tg_counters", "tg_schema_version", "tg_signing_keys"):
         assert count_rows(store, table) == 1, table
@@ -462,7 +432,9 @@ def test_stores_opened_concurrently_on_a_fresh_schema_processes(
 
     schema = new_schema()
     workers = 4
-    reports = _workers.spawn(workers, _workers.open_and_ensure_key, server_url, {"schema": schema}, 1000.0)
+    reports = _workers.spawn(
+        workers, _workers.open_and_ensure_key, server_url, {"schema": schema}, 1000.0
+    )
     errors = [r for r in reports if r[1] != "ok"]
     assert not errors, errors
     _assert_created_once(make_store(server_url, schema=schema), [r[2] for r in reports])
@@ -564,9 +536,7 @@ def test_ending_sessions_during_a_rotation_revokes_the_rotated_expiry(
     with store._engine.connect() as rotation:
         transaction = rotation.begin()
         assert rotation.execute(store._q.rotate, params).rowcount == 1
-        rotation.execute(
-            store._q.insert_used, {"refresh_hash": "hash-s1", "session_id": "s1"}
-        )
+        rotation.execute(store._q.insert_used, {"refresh_hash": "hash-s1", "session_id": "s1"})
         ender = threading.Thread(target=end)
         ender.start()
         try:

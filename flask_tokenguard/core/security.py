@@ -52,13 +52,7 @@ def hash_password(password: str, cost: int = 15) -> str:
     """Hash a user password with salted scrypt; the result names its own parameters."""
     salt = secrets.token_bytes(16)
     digest = _scrypt(password, salt, 2**cost)
-    return "scrypt${}${}${}${}${}".format(
-        cost,
-        _SCRYPT_R,
-        _SCRYPT_P,
-        base64.b64encode(salt).decode(),
-        base64.b64encode(digest).decode(),
-    )
+    return f"scrypt${cost}${_SCRYPT_R}${_SCRYPT_P}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
 def verify_password(password: str, password_hash: str | None, cost: int = 15) -> bool:

@@ -23,15 +23,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .errors import InvalidTokenError
-from .models import AccessToken
-from .models import SigningKey
-from .models import TokenSession
+from ..errors import InvalidTokenError
+from ..models import AccessToken
+from ..models import SigningKey
+from ..models import TokenSession
 from .security import new_id
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    from .config import Settings
-    from .stores.base import Store
+    from ..config import Settings
+    from ..stores.base import Store
 
 #: How often a process re-reads the key list to pick up a rotation made elsewhere.
 KEY_REFRESH_SECONDS = 30.0

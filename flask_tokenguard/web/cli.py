@@ -16,12 +16,12 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from . import clients
-from . import sessions as session_rules
-from . import users
-from .errors import ConfigurationError
-from .errors import ConflictError
-from .errors import StoreError
+from ..core import clients
+from ..core import sessions as session_rules
+from ..core import users
+from ..errors import ConfigurationError
+from ..errors import ConflictError
+from ..errors import StoreError
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .extension import AppState
@@ -76,14 +76,21 @@ def _read_password(password_stdin: bool) -> str:
 
 @tokenguard.command("create-client")
 @click.argument("name")
-@click.option("--scope", "scopes", multiple=True, help="Allowed scope (repeat); default: all configured.")
+@click.option(
+    "--scope", "scopes", multiple=True, help="Allowed scope (repeat); default: all configured."
+)
 @click.option("--grant", "grants", multiple=True, help="Allowed grant type (repeat).")
 @click.option("--public", is_flag=True, help="A public client: no secret, id only.")
 @click.option("--alias", help="A second name accepted in place of the client id.")
 @json_option
 @_handled
 def create_client(
-    name: str, scopes: tuple[str, ...], grants: tuple[str, ...], public: bool, alias: str | None, as_json: bool
+    name: str,
+    scopes: tuple[str, ...],
+    grants: tuple[str, ...],
+    public: bool,
+    alias: str | None,
+    as_json: bool,
 ) -> None:
     """Register a client and print its id and secret (shown only this once)."""
     state = _state()
@@ -203,8 +210,11 @@ def create_user(username: str, password_stdin: bool, as_json: bool) -> None:
     """Add a user to the built-in table for the password grant."""
     state = _state()
     user = users.create_user(
-        state.store, username, _read_password(password_stdin),
-        cost=state.settings.password_hash_cost, now=time.time(),
+        state.store,
+        username,
+        _read_password(password_stdin),
+        cost=state.settings.password_hash_cost,
+        now=time.time(),
     )
     _emit(as_json, {"username": user.username, "created": True}, f"user {user.username} created")
 
@@ -220,9 +230,16 @@ def set_password(username: str, password_stdin: bool, as_json: bool) -> None:
     if state.store.get_user(username) is None:
         raise LookupError(f"no user {username!r}")
     user = users.set_password(
-        state.store, username, _read_password(password_stdin), cost=state.settings.password_hash_cost
+        state.store,
+        username,
+        _read_password(password_stdin),
+        cost=state.settings.password_hash_cost,
     )
-    _emit(as_json, {"username": user.username, "updated": True}, f"password of {user.username} changed")
+    _emit(
+        as_json,
+        {"username": user.username, "updated": True},
+        f"password of {user.username} changed",
+    )
 
 
 @tokenguard.command("delete-user")
@@ -242,7 +259,8 @@ def delete_user(username: str, as_json: bool) -> None:
 def list_users(as_json: bool) -> None:
     """List the built-in users (never their password hashes)."""
     listed = [
-        {"username": u.username, "created_at": int(u.created_at)} for u in _state().store.list_users()
+        {"username": u.username, "created_at": int(u.created_at)}
+        for u in _state().store.list_users()
     ]
     _emit(as_json, listed, "\n".join(u["username"] for u in listed) or "No users.")
 
@@ -323,10 +341,12 @@ def rotate_keys(as_json: bool) -> None:
 @tokenguard.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--threads", type=int, default=None, help="Worker threads [TOKENGUARD_SERVE_THREADS].")
+@click.option(
+    "--threads", type=int, default=None, help="Worker threads [TOKENGUARD_SERVE_THREADS]."
+)
 def serve_command(host: str, port: int, threads: int | None) -> None:
     """Serve the app with waitress (graceful stop on SIGINT/SIGTERM)."""
-    from .serve import serve
+    from ..serving.runner import serve
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     code = serve(app, host=host, port=port, threads=threads)

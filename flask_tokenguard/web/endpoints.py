@@ -20,29 +20,29 @@ from urllib.parse import parse_qsl
 from urllib.parse import unquote_plus
 
 from flask import Blueprint
-from flask import Response
 from flask import current_app
 from flask import jsonify
 from flask import request
+from flask import Response
 from flask import url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .clients import GRANT_TYPES
-from .clients import ClientCredentials
-from .clients import authenticate_client
-from .errors import InvalidClientError
-from .errors import InvalidRequestError
-from .errors import InvalidTokenError
-from .errors import StoreError
-from .errors import TemporarilyUnavailableError
-from .grants import GrantContext
-from .grants import grant_token
+from ..core.clients import authenticate_client
+from ..core.clients import ClientCredentials
+from ..core.clients import GRANT_TYPES
+from ..core.grants import grant_token
+from ..core.grants import GrantContext
+from ..core.security import hash_secret
+from ..core.sessions import end_session_by_refresh_token
+from ..errors import InvalidClientError
+from ..errors import InvalidRequestError
+from ..errors import InvalidTokenError
+from ..errors import StoreError
+from ..errors import TemporarilyUnavailableError
+from ..models import Client
 from .guard import authorize
 from .guard import check_https
 from .guard import parse_bearer
-from .models import Client
-from .security import hash_secret
-from .sessions import end_session_by_refresh_token
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .extension import AppState
@@ -162,11 +162,15 @@ def read_client_credentials(params: dict[str, str], realm: str) -> ClientCredent
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
         except (binascii.Error, ValueError):
-            raise InvalidClientError("The Basic credentials are malformed.", used_basic=True, realm=realm) from None
+            raise InvalidClientError(
+                "The Basic credentials are malformed.", used_basic=True, realm=realm
+            ) from None
         raw_id, colon, raw_secret = decoded.partition(":")
         client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
         if not colon or not client_id:
-            raise InvalidClientError("The Basic credentials are malformed.", used_basic=True, realm=realm)
+            raise InvalidClientError(
+                "The Basic credentials are malformed.", used_basic=True, realm=realm
+            )
         if body_secret is not None or (body_id is not None and body_id != client_id):
             raise InvalidRequestError("Use one client authentication method only.")
         return ClientCredentials(client_id, secret, used_basic=True)

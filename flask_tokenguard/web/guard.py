@@ -20,16 +20,16 @@ from flask import g
 from flask import request
 from werkzeug.local import LocalProxy
 
-from .errors import HTTPSRequiredError
-from .errors import InsufficientScopeError
-from .errors import InvalidTokenError
-from .errors import MissingTokenError
-from .errors import StoreError
-from .errors import TemporarilyUnavailableError
-from .models import AccessToken
+from ..errors import HTTPSRequiredError
+from ..errors import InsufficientScopeError
+from ..errors import InvalidTokenError
+from ..errors import MissingTokenError
+from ..errors import StoreError
+from ..errors import TemporarilyUnavailableError
+from ..models import AccessToken
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    from .config import Settings
+    from ..config import Settings
     from .extension import AppState
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
@@ -100,7 +100,9 @@ def parse_bearer(header: str | None, realm: str) -> str:
     return token
 
 
-def authorize(state: AppState, environ: t.Mapping[str, t.Any], scopes: t.Collection[str]) -> AccessToken:
+def authorize(
+    state: AppState, environ: t.Mapping[str, t.Any], scopes: t.Collection[str]
+) -> AccessToken:
     """Validate a WSGI request's bearer token against ``scopes``; raise an ``OAuthError``.
 
     Plain WSGI, so that ``TokenGuardMiddleware`` runs the very same check.

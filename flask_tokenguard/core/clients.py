@@ -11,17 +11,17 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
-from .errors import ConfigurationError
-from .errors import InvalidClientError
-from .models import Client
-from .security import SAFE_NAME
+from ..errors import ConfigurationError
+from ..errors import InvalidClientError
+from ..models import Client
 from .security import hash_secret
 from .security import new_client_id
 from .security import new_secret
+from .security import SAFE_NAME
 from .security import verify_secret
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    from .stores.base import Store
+    from ..stores.base import Store
 
 #: Grant types this server implements.
 GRANT_TYPES = ("client_credentials", "password", "refresh_token")
@@ -81,16 +81,22 @@ def create_client(
     if not name or not name.strip():
         raise ConfigurationError("a client needs a display name")
     if grants is None or not grants:
-        grants = ("password", "refresh_token") if public else ("client_credentials", "refresh_token")
+        grants = (
+            ("password", "refresh_token") if public else ("client_credentials", "refresh_token")
+        )
     unknown_grants = [g for g in grants if g not in GRANT_TYPES]
     if unknown_grants:
-        raise ConfigurationError(f"unknown grant type {unknown_grants[0]!r}; use {', '.join(GRANT_TYPES)}")
+        raise ConfigurationError(
+            f"unknown grant type {unknown_grants[0]!r}; use {', '.join(GRANT_TYPES)}"
+        )
     if public and "client_credentials" in grants:
         raise ConfigurationError("a public client has no secret and cannot use client_credentials")
     scopes = list(dict.fromkeys(scopes or known_scopes))
     unknown_scopes = [s for s in scopes if s not in known_scopes]
     if unknown_scopes:
-        raise ConfigurationError(f"unknown scope {unknown_scopes[0]!r}; configured: {', '.join(known_scopes)}")
+        raise ConfigurationError(
+            f"unknown scope {unknown_scopes[0]!r}; configured: {', '.join(known_scopes)}"
+        )
     if alias is not None:
         _check_name("an alias", alias)
     secret = None if public else new_secret()
@@ -143,7 +149,9 @@ def rotate_secret(
     return updated, secret, ended
 
 
-def set_enabled(store: Store, id_or_alias: str, enabled: bool, *, now: float) -> tuple[Client, list[str]]:
+def set_enabled(
+    store: Store, id_or_alias: str, enabled: bool, *, now: float
+) -> tuple[Client, list[str]]:
     """Enable or disable a client; disabling ends its sessions at once."""
     client = find_client(store, id_or_alias)
     updated = dataclasses.replace(client, enabled=enabled)

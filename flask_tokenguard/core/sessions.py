@@ -12,16 +12,16 @@ from __future__ import annotations
 import math
 import typing as t
 
-from .errors import InvalidGrantError
-from .errors import LicenseUnavailableError
-from .models import TokenSession
+from ..errors import InvalidGrantError
+from ..errors import LicenseUnavailableError
+from ..models import TokenSession
 from .security import hash_secret
 from .security import new_id
 from .security import new_secret
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    from .config import Settings
-    from .stores.base import Store
+    from ..config import Settings
+    from ..stores.base import Store
 
 
 def needs_seat(settings: Settings, scope: str) -> bool:
@@ -100,7 +100,9 @@ def refresh_session(
     return updated, new_token
 
 
-def end_session_by_refresh_token(store: Store, refresh_token: str, now: float) -> TokenSession | None:
+def end_session_by_refresh_token(
+    store: Store, refresh_token: str, now: float
+) -> TokenSession | None:
     """End the session a refresh token (current or used) belongs to, if it is live."""
     found = store.find_refresh(hash_secret(refresh_token), now)
     if found is None:

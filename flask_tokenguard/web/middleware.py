@@ -3,9 +3,9 @@
 Rules map path prefixes, optionally with methods, to the scopes they need::
 
     rules = {
-        "/api/": "view",                     # any method under /api/ needs view
-        ("/api/orders", "POST"): "all",      # POST /api/orders needs all
-        "/api/health": None,                 # open
+        "/api/": "view",  # any method under /api/ needs view
+        ("/api/orders", "POST"): "all",  # POST /api/orders needs all
+        "/api/health": None,  # open
     }
     app = TokenGuardMiddleware(legacy_wsgi_app, rules, config={"TOKENGUARD_STORE_URL": ...})
 
@@ -25,7 +25,7 @@ import typing as t
 
 from flask import Flask
 
-from .errors import OAuthError
+from ..errors import OAuthError
 from .extension import AppState
 from .extension import TokenGuard
 from .guard import authorize
@@ -36,7 +36,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from _typeshed.wsgi import WSGIEnvironment
 
 #: ``prefix`` or ``(prefix, method)`` -> a scope, a list of scopes (all needed), or None (open).
-Rules = t.Mapping[t.Union[str, t.Tuple[str, str]], t.Union[str, t.Sequence[str], None]]
+Rules = t.Mapping[str | tuple[str, str], str | t.Sequence[str] | None]
 
 #: The key under which the validated token is put in the WSGI environ.
 ENVIRON_KEY = "tokenguard.token"
@@ -48,7 +48,9 @@ def _compile(rules: Rules) -> list[tuple[str, str | None, tuple[str, ...] | None
         prefix, method = (key, None) if isinstance(key, str) else key
         if not isinstance(prefix, str) or not prefix.startswith("/"):
             raise ValueError(f"a rule's path prefix must start with '/', got {prefix!r}")
-        needed = None if scopes is None else ((scopes,) if isinstance(scopes, str) else tuple(scopes))
+        needed = (
+            None if scopes is None else ((scopes,) if isinstance(scopes, str) else tuple(scopes))
+        )
         compiled.append((prefix.lower(), method.upper() if method else None, needed))
     # Longest prefix first; for one prefix, the method-specific rule first.
     compiled.sort(key=lambda rule: (len(rule[0]), rule[1] is not None), reverse=True)
@@ -101,7 +103,9 @@ class TokenGuardMiddleware:
         if serve_endpoints:
             prefix = self._state.settings.url_prefix
             self._endpoint_paths = frozenset(
-                rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.startswith("tokenguard.")
+                rule.rule
+                for rule in app.url_map.iter_rules()
+                if rule.endpoint.startswith("tokenguard.")
             ) | {prefix + "/token"}
 
     def scopes_for(self, path: str, method: str) -> tuple[str, ...] | None:
@@ -113,7 +117,9 @@ class TokenGuardMiddleware:
                 return scopes
         return None
 
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterable[bytes]:
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> t.Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
         if path in self._endpoint_paths:
             return self._app.wsgi_app(environ, start_response)

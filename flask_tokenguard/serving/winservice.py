@@ -1,7 +1,7 @@
 """Run a tokenguard app as a Windows service (pywin32, the ``windows`` extra).
 
-``python -m flask_tokenguard.winservice --app myapp:create_app install`` registers a
-service that serves the app with the same :class:`~flask_tokenguard.serve.Runner` as
+``python -m flask_tokenguard.serving.winservice --app myapp:create_app install`` registers a
+service that serves the app with the same :class:`~flask_tokenguard.serving.runner.Runner` as
 ``flask tokenguard serve``: the SCM's stop request drains requests in flight exactly as
 SIGTERM does. Options are kept as service parameters in the registry
 (``SetServiceCustomOption``), and ``install``/``update`` set the recovery policy:
@@ -24,8 +24,8 @@ import os
 import sys
 import typing as t
 
-from .serve import LOG_FORMAT
-from .serve import Runner
+from .runner import LOG_FORMAT
+from .runner import Runner
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -33,7 +33,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger("flask_tokenguard.winservice")
 
 # The importable name, also when run as ``python -m`` (where __name__ is "__main__").
-_MODULE = "flask_tokenguard.winservice"
+_MODULE = "flask_tokenguard.serving.winservice"
 
 #: Service name unless ``--name`` says otherwise.
 DEFAULT_NAME = "TokenGuard"
@@ -106,9 +106,7 @@ def load_app(spec: str) -> Flask:
     """
     module_name, _, attr = spec.partition(":")
     if not module_name:
-        raise ValueError(
-            f"--app must look like module:create_app or module:app, got {spec!r}"
-        )
+        raise ValueError(f"--app must look like module:create_app or module:app, got {spec!r}")
     module = importlib.import_module(module_name)
     names = [attr] if attr else ["create_app", "app"]
     for name in names:
@@ -117,9 +115,7 @@ def load_app(spec: str) -> Flask:
             continue
         app = target if _is_app(target) else target() if callable(target) else None
         if not _is_app(app):
-            raise ValueError(
-                f"{spec!r} did not give a Flask app (got {type(app).__name__})"
-            )
+            raise ValueError(f"{spec!r} did not give a Flask app (got {type(app).__name__})")
         return t.cast("Flask", app)
     raise ValueError(f"{module_name!r} has no {' or '.join(repr(n) for n in names)}")
 
@@ -133,7 +129,7 @@ def _is_app(obj: t.Any) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser of :func:`main`."""
     parser = argparse.ArgumentParser(
-        prog="python -m flask_tokenguard.winservice",
+        prog="python -m flask_tokenguard.serving.winservice",
         description="Install and control a Windows service serving a tokenguard app "
         "with waitress. Needs pywin32: pip install flask-tokenguard[windows].",
         epilog="Options are stored with the service by install and update. Without "
@@ -151,9 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument(
         "--threads", type=int, help="worker threads (default TOKENGUARD_SERVE_THREADS)"
     )
-    ours.add_argument(
-        "--name", default=DEFAULT_NAME, help=f"service name (default {DEFAULT_NAME})"
-    )
+    ours.add_argument("--name", default=DEFAULT_NAME, help=f"service name (default {DEFAULT_NAME})")
     ours.add_argument(
         "--log-dir",
         dest="log_dir",
@@ -172,9 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("manual", "auto", "delayed", "disabled"),
         help="start type (install/update; default manual)",
     )
-    pywin.add_argument(
-        "--wait", type=int, metavar="SECONDS", help="wait for start/stop to finish"
-    )
+    pywin.add_argument("--wait", type=int, metavar="SECONDS", help="wait for start/stop to finish")
     return parser
 
 
@@ -193,9 +185,7 @@ def _stored_options(args: argparse.Namespace) -> dict[str, str]:
     for dest, key in OPTIONS.items():
         value = getattr(args, dest)
         if value is not None:
-            options[key] = str(
-                os.path.abspath(value) if dest in ("log_dir", "workdir") else value
-            )
+            options[key] = str(os.path.abspath(value) if dest in ("log_dir", "workdir") else value)
     return options
 
 
@@ -215,9 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         import win32service  # noqa: F401
         import win32serviceutil
     except ImportError:
-        print(
-            _NO_PYWIN32.format(name=args.name, app=args.app or "myapp"), file=sys.stderr
-        )
+        print(_NO_PYWIN32.format(name=args.name, app=args.app or "myapp"), file=sys.stderr)
         return 2
 
     cls = _service_class(args.name)
@@ -268,9 +256,7 @@ def set_failure_actions(name: str) -> None:
                     "ResetPeriod": RESET_PERIOD_S,
                     "RebootMsg": "",
                     "Command": "",
-                    "Actions": [
-                        (win32service.SC_ACTION_RESTART, d) for d in RESTART_DELAYS_MS
-                    ],
+                    "Actions": [(win32service.SC_ACTION_RESTART, d) for d in RESTART_DELAYS_MS],
                 },
             )
             # Without this flag the actions apply only to crashes, not to a service
@@ -356,9 +342,7 @@ class _ServiceMixin:
                     if workdir not in sys.path:
                         sys.path.insert(0, workdir)
                 if not options.get("app"):
-                    raise ValueError(
-                        f"no app configured: reinstall with --app (service {name})"
-                    )
+                    raise ValueError(f"no app configured: reinstall with --app (service {name})")
                 app = load_app(options["app"])
                 log_dir = options.get("log_dir") or app.instance_path
                 os.makedirs(log_dir, exist_ok=True)
@@ -388,8 +372,7 @@ class _ServiceMixin:
             # Wake up every second to notice a dead event loop, and fail the service
             # then, so the recovery policy restarts it.
             while (
-                win32event.WaitForSingleObject(self._stop_event, 1000)
-                != win32event.WAIT_OBJECT_0
+                win32event.WaitForSingleObject(self._stop_event, 1000) != win32event.WAIT_OBJECT_0
             ):
                 if not runner.running:
                     runner.stop(timeout=0)
@@ -430,16 +413,14 @@ def _service_class(name: str = DEFAULT_NAME) -> type:
             "__qualname__": "TokenGuardService",
             "__doc__": "The Windows service serving a tokenguard app with waitress.",
             "_svc_name_": name,
-            "_svc_display_name_": name
-            if name == DEFAULT_NAME
-            else f"TokenGuard ({name})",
+            "_svc_display_name_": name if name == DEFAULT_NAME else f"TokenGuard ({name})",
             "_svc_description_": "OAuth 2.0 token server (flask_tokenguard, waitress)",
         },
     )
 
 
 def __getattr__(attr: str) -> t.Any:
-    # pythonservice.exe loads "flask_tokenguard.winservice.TokenGuardService" from the
+    # pythonservice.exe loads "flask_tokenguard.serving.winservice.TokenGuardService" from the
     # registry with getattr: build the class then, so importing needs no pywin32.
     if attr == "TokenGuardService":
         return _service_class()
@@ -447,6 +428,6 @@ def __getattr__(attr: str) -> t.Any:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from flask_tokenguard.winservice import main as _main
+    from flask_tokenguard.serving.winservice import main as _main
 
     sys.exit(_main())

@@ -14,16 +14,16 @@ from weakref import WeakKeyDictionary
 
 from flask import Flask
 
+from ..config import DEFAULTS
+from ..config import Settings
+from ..core.grants import PasswordVerifier
+from ..core.tokens import KeyRing
+from ..core.tokens import RevocationCache
+from ..core.tokens import TokenVerifier
+from ..stores import store_from_url
+from ..stores.base import Store
 from . import endpoints
 from .cli import tokenguard as cli_group
-from .config import DEFAULTS
-from .config import Settings
-from .grants import PasswordVerifier
-from .stores import store_from_url
-from .stores.base import Store
-from .tokens import KeyRing
-from .tokens import RevocationCache
-from .tokens import TokenVerifier
 
 
 class AppState:

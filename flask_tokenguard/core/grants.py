@@ -11,26 +11,26 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
-from .errors import InvalidGrantError
-from .errors import InvalidRequestError
-from .errors import InvalidScopeError
-from .errors import LockedOutError
-from .errors import UnauthorizedClientError
-from .errors import UnsupportedGrantTypeError
-from .models import Client
-from .models import TokenSession
+from ..errors import InvalidGrantError
+from ..errors import InvalidRequestError
+from ..errors import InvalidScopeError
+from ..errors import LockedOutError
+from ..errors import UnauthorizedClientError
+from ..errors import UnsupportedGrantTypeError
+from ..models import Client
+from ..models import TokenSession
 from .sessions import refresh_session
 from .sessions import start_session
 from .tokens import issue_access_token
 from .users import check_user_password
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    from .config import Settings
-    from .stores.base import Store
+    from ..config import Settings
+    from ..stores.base import Store
     from .tokens import KeyRing
 
 #: ``fn(username, password) -> subject or None``, the app's own user check.
-PasswordVerifier = t.Callable[[str, str], t.Optional[str]]
+PasswordVerifier = t.Callable[[str, str], str | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +110,12 @@ def _client_credentials(
         raise UnauthorizedClientError()
     scope = resolve_scope(context.settings, client, params.get("scope"))
     session, refresh_token = start_session(
-        context.store, context.settings, client_id=client.client_id,
-        subject=client.client_id, scope=scope, now=now,
+        context.store,
+        context.settings,
+        client_id=client.client_id,
+        subject=client.client_id,
+        scope=scope,
+        now=now,
     )
     _still_valid(context, client, session, now)
     return _token_response(context, session, scope, refresh_token, now)
@@ -144,8 +148,12 @@ def _password(
     if failures:
         store.clear_failures(lockout_key)
     session, refresh_token = start_session(
-        context.store, context.settings, client_id=client.client_id,
-        subject=str(subject), scope=scope, now=now,
+        context.store,
+        context.settings,
+        client_id=client.client_id,
+        subject=str(subject),
+        scope=scope,
+        now=now,
     )
     _still_valid(context, client, session, now)
     return _token_response(context, session, scope, refresh_token, now)
@@ -165,15 +173,21 @@ def _refresh_token(
             raise InvalidScopeError()
 
     session, refresh_token = refresh_session(
-        context.store, context.settings, client_id=client.client_id, refresh_token=token,
-        now=now, check=check_scope,
+        context.store,
+        context.settings,
+        client_id=client.client_id,
+        refresh_token=token,
+        now=now,
+        check=check_scope,
     )
     scope = " ".join(wanted) if wanted else session.scope
     _still_valid(context, client, session, now)
     return _token_response(context, session, scope, refresh_token, now)
 
 
-_GRANTS: dict[str, t.Callable[[GrantContext, Client, t.Mapping[str, str], float], dict[str, t.Any]]] = {
+_GRANTS: dict[
+    str, t.Callable[[GrantContext, Client, t.Mapping[str, str], float], dict[str, t.Any]]
+] = {
     "client_credentials": _client_credentials,
     "password": _password,
     "refresh_token": _refresh_token,

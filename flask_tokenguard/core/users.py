@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
-from .errors import ConfigurationError
-from .models import User
+from ..errors import ConfigurationError
+from ..models import User
 from .security import hash_password
 from .security import verify_password
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    from .stores.base import Store
+    from ..stores.base import Store
 
 
 def _check_username(username: str) -> str:
@@ -46,7 +46,9 @@ def set_password(store: Store, username: str, password: str, *, cost: int) -> Us
     user = store.get_user(username)
     if user is None:
         raise LookupError(f"no user {username!r}")
-    updated = dataclasses.replace(user, password_hash=hash_password(_check_password(password), cost))
+    updated = dataclasses.replace(
+        user, password_hash=hash_password(_check_password(password), cost)
+    )
     store.update_user(updated)
     return updated
 

@@ -47,8 +47,8 @@ from waitress.server import create_server
 from waitress.task import ThreadedTaskDispatcher
 from waitress.task import WSGITask
 
-from .config import Settings
-from .errors import ConfigurationError
+from ..config import Settings
+from ..errors import ConfigurationError
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from types import FrameType
@@ -112,9 +112,7 @@ class _AccessLog:
         started = time.perf_counter()
         status: list[str] = []
 
-        def recording_start_response(
-            code: str, headers: t.Any, exc_info: t.Any = None
-        ) -> t.Any:
+        def recording_start_response(code: str, headers: t.Any, exc_info: t.Any = None) -> t.Any:
             status[:] = [code.split(" ", 1)[0]]
             return start_response(code, headers, exc_info)
 
@@ -319,14 +317,10 @@ class Runner:
             "port": self.port,
             "threads": settings.serve_threads if threads is None else threads,
             "connection_limit": (
-                settings.serve_connection_limit
-                if connection_limit is None
-                else connection_limit
+                settings.serve_connection_limit if connection_limit is None else connection_limit
             ),
             "channel_timeout": (
-                settings.serve_channel_timeout
-                if channel_timeout is None
-                else channel_timeout
+                settings.serve_channel_timeout if channel_timeout is None else channel_timeout
             ),
             "max_request_body_size": (
                 settings.serve_max_request_body
@@ -387,15 +381,11 @@ class Runner:
             raise
         dispatcher.set_thread_count(server.adj.threads)
         self._server = server
-        self._listeners = [
-            obj for obj in self._map.values() if isinstance(obj, BaseWSGIServer)
-        ]
+        self._listeners = [obj for obj in self._map.values() if isinstance(obj, BaseWSGIServer)]
         for listener in self._listeners:
             listener.channel_class = _Channel
             listener.tokenguard_drain = self._drain_state  # type: ignore[attr-defined]
-        self._thread = threading.Thread(
-            target=self._run, name="tokenguard-serve", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="tokenguard-serve", daemon=True)
         self._thread.start()
         logger.info("Serving on %s", ", ".join(self.urls))
 
@@ -433,11 +423,7 @@ class Runner:
     @property
     def running(self) -> bool:
         """True while the event loop runs and :meth:`stop` has not been called."""
-        return (
-            self._stopped is None
-            and self._thread is not None
-            and self._thread.is_alive()
-        )
+        return self._stopped is None and self._thread is not None and self._thread.is_alive()
 
     # -- stopping -------------------------------------------------------------------
 
@@ -476,9 +462,7 @@ class Runner:
             logger.warning("drain timed out with requests in flight; closing them")
         # (c) Idle workers exit at once. After a timeout the busy ones are stuck in the
         # app: waiting longer buys nothing, so leave them behind (they are daemons).
-        self._server.task_dispatcher.shutdown(
-            cancel_pending=True, timeout=5 if drained else 0
-        )
+        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5 if drained else 0)
         # (d) Close every channel and the trigger: the loop ends when its map is empty.
         self._call_in_loop(self._close_all)
         if self._thread is not None:
@@ -659,9 +643,7 @@ def serve(
         runner = Runner(app, host=host, port=port, threads=threads, **overrides)
         runner.start()
     except (OSError, ValueError, ConfigurationError) as exc:
-        print(
-            f"Error: cannot serve on {host}:{port}: {_describe(exc)}", file=sys.stderr
-        )
+        print(f"Error: cannot serve on {host}:{port}: {_describe(exc)}", file=sys.stderr)
         return 1
 
     stop = threading.Event()

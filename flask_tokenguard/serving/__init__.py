@@ -1,0 +1,1 @@
+"""Serving: the waitress runner and the Windows service around it."""

@@ -1,0 +1,1 @@
+"""The Flask layer: extension, endpoints, route guard, CLI, WSGI middleware."""
