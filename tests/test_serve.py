@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ from flask import Response
 
 from flask_tokenguard.errors import ConfigurationError
 from flask_tokenguard.serving import runner as serve_module
+from flask_tokenguard.serving.logs import JsonFormatter
 from flask_tokenguard.serving.runner import configure_logging
 from flask_tokenguard.serving.runner import Runner
 from flask_tokenguard.serving.runner import serve
@@ -537,12 +539,7 @@ def test_logs_never_contain_tokens(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="flask_tokenguard")
     caplog.set_level(logging.DEBUG, logger="waitress")
-    app = slow_app.create_app()
-
-    @app.get("/boom")
-    def boom() -> str:
-        raise RuntimeError("boom")
-
+    app: Flask = slow_app.create_app()  # its /boom raises
     runner = runner_factory(app, access_log=True)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     params = {"access_token": TOKEN}
@@ -575,3 +572,183 @@ def test_configure_logging_adds_a_handler_only_to_a_bare_root(
     configure_logging(logging.DEBUG)
     assert root.handlers == [handler]
     assert root.level == logging.INFO
+
+
+# -- TOKENGUARD_LOG_FORMAT = "json" ------------------------------------------------------
+
+
+def test_json_formatter_writes_one_object_per_line() -> None:
+    record = logging.makeLogRecord(
+        {
+            "name": "flask_tokenguard.serve.access",
+            "levelno": logging.INFO,
+            "levelname": "INFO",
+            "msg": "%s\nforged line",
+            "args": ("GET",),
+            "created": 1_800_000_000.25,
+            "method": "GET",
+            "status": 200,
+        }
+    )
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    assert json.loads(line) == {
+        "time": "2027-01-15T08:00:00.250Z",
+        "level": "INFO",
+        "logger": "flask_tokenguard.serve.access",
+        "message": "GET\nforged line",
+        "method": "GET",
+        "status": 200,
+    }
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["message"] == "failed"
+    assert entry["exception"].startswith("Traceback") and "ValueError: bad" in entry["exception"]
+
+
+def test_configure_logging_json_installs_the_json_formatter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    monkeypatch.setattr(logging, "_warnings_showwarning", None)
+    try:
+        configure_logging(logging.INFO, "json")
+        [handler] = root.handlers
+        assert isinstance(handler.formatter, JsonFormatter)
+    finally:
+        logging.captureWarnings(False)
+
+
+# Until Settings knows TOKENGUARD_LOG_FORMAT, it warns that the key is unknown.
+@pytest.mark.filterwarnings("ignore:unknown setting TOKENGUARD_LOG_FORMAT")
+def test_a_bad_log_format_is_reported_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    app = Flask(__name__)
+    app.config["TOKENGUARD_LOG_FORMAT"] = "xml"
+    assert serve(app, port=0, log_level=None) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TOKENGUARD_LOG_FORMAT" in err
+
+
+def _json_lines(text: str) -> list[dict[str, t.Any]]:
+    entries = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            raise AssertionError(f"not a JSON line: {line!r}\n{text}") from None
+        assert isinstance(entry, dict), line
+        assert {"time", "level", "logger", "message"} <= entry.keys(), line
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"]), line
+        entries.append(entry)
+    return entries
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_json_log_format_writes_only_json_lines(tmp_path: Path) -> None:
+    # A real server process: everything on its stdout and stderr must parse.
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    env = {**os.environ, "FLASK_TOKENGUARD_LOG_FORMAT": "json", "PYTHONWARNINGS": ""}
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(APP_FILE), "--port", "0", "--threads", "1"],
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 15
+        port = None
+        while port is None:
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+            match = re.search(r"Serving on http://127\.0\.0\.1:(\d+)", err.read_text())
+            port = int(match.group(1)) if match else None
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        params = {"access_token": TOKEN}
+        assert _get(url + "/echo", headers=headers, params=params).status_code == 200
+        assert _get(url + "/missing", headers=headers, params=params).status_code == 404
+        assert _get(url + "/boom", headers=headers, params=params).status_code == 500
+        assert _get(url + "/warn", headers=headers, params=params).status_code == 200
+        assert _get(url + "/a%0Ab", headers=headers, params=params).status_code == 404
+        # One worker, two requests: waitress warns about its queue.
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            slow = [
+                pool.submit(_get, url + "/slow", params={"seconds": "0.3", **params})
+                for _ in range(2)
+            ]
+            assert [f.result().status_code for f in slow] == [200, 200]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.read_text() + err.read_text()
+    entries = _json_lines(text)
+    assert TOKEN not in text and "access_token" not in text
+    by_logger: dict[str, list[dict[str, t.Any]]] = {}
+    for entry in entries:
+        by_logger.setdefault(entry["logger"], []).append(entry)
+    assert by_logger["flask_tokenguard.serve"][0]["message"].startswith("Serving on http://")
+    assert any("Received SIGTERM" in e["message"] for e in by_logger["flask_tokenguard.serve"])
+    requests_logged = {
+        (e["method"], e["path"], e["status"]) for e in by_logger["flask_tokenguard.serve.access"]
+    }
+    assert {
+        ("GET", "/echo", 200),
+        ("GET", "/missing", 404),
+        ("GET", "/boom", 500),
+        ("GET", "/warn", 200),
+        ("GET", "/a%0Ab", 404),
+        ("GET", "/slow", 200),
+    } <= requests_logged
+    access = by_logger["flask_tokenguard.serve.access"][0]
+    assert access["remote_addr"] == "127.0.0.1" and isinstance(access["duration_ms"], float)
+    assert access["level"] == "INFO"
+    # The app's error, with its traceback inside one JSON string.
+    [failure] = [e for e in entries if "exception" in e]
+    assert failure["level"] == "ERROR" and "boom\nwith a second line" in failure["exception"]
+    assert any(e["message"] == "the app logs a warning" for e in entries)
+    [warning] = [e for e in by_logger["py.warnings"] if "a deprecated call" in e["message"]]
+    assert warning["level"] == "WARNING"
+    assert any(e["message"].startswith("Task queue depth") for e in by_logger["waitress.queue"])
+
+
+@pytest.mark.server
+def test_json_log_format_reports_a_busy_port_as_json(tmp_path: Path) -> None:
+    env = {**os.environ, "FLASK_TOKENGUARD_LOG_FORMAT": "json"}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, str(APP_FILE), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    entries = _json_lines(result.stdout + result.stderr)
+    [entry] = [e for e in entries if e["level"] == "ERROR"]
+    assert "Traceback" not in result.stderr
+    assert entry["message"].startswith(f"Error: cannot serve on 127.0.0.1:{port}: ")
+
+
+def test_text_stays_the_default_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    configure_logging()
+    [handler] = root.handlers
+    assert not isinstance(handler.formatter, JsonFormatter)
+    assert handler.formatter is not None and handler.formatter._fmt == serve_module.LOG_FORMAT

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import getpass
+import importlib
+import io
+import json
 import logging
 import logging.handlers
+import os
 import socket
 import subprocess
 import sys
@@ -18,6 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
+import flask_tokenguard
 from flask_tokenguard.serving import winservice
 from flask_tokenguard.serving.winservice import build_parser
 from flask_tokenguard.serving.winservice import load_app
@@ -62,14 +68,14 @@ class FakePywin32:
             def ReportServiceStatus(  # noqa: N802
                 self,
                 status: int,
-                waitHint: int = 5000,
-                win32ExitCode: int = 0,
+                waitHint: int = 5000,  # noqa: N803 - pywin32's names
+                win32ExitCode: int = 0,  # noqa: N803
                 svcExitCode: int = 0,  # noqa: N803
             ) -> None:
                 self.statuses.append((status, waitHint))
 
         def handle_command_line(
-            cls: type,
+            cls: t.Any,
             serviceClassString: str | None = None,  # noqa: N803
             argv: list[str] | None = None,
             customInstallOptions: str = "",  # noqa: N803
@@ -153,8 +159,8 @@ class FakePywin32:
             AddSourceToRegistry=lambda appname, dllname, logtype: fake.registered_sources.append(
                 (appname, dllname)
             ),
-            ReportEvent=lambda appname, id, cat, type, strings: fake.events.append(
-                (appname, type, strings[0])
+            ReportEvent=lambda appname, event_id, cat, kind, strings: fake.events.append(
+                (appname, kind, strings[0])
             ),
         )
         evtlog = types.ModuleType("win32evtlog")
@@ -339,12 +345,19 @@ def test_install_persists_options_and_sets_failure_actions(
         "auto",
         "--username",
         r"DOM\svc",
+        "--password-stdin",
         "install",
     ]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret pass\n"))
     assert main(argv) == 0
     [call] = pywin32.command_lines
     assert call["name"] == "Orders"
-    assert call["argv"][1:] == [r"--username=DOM\svc", "--startup=auto", "install"]
+    assert call["argv"][1:] == [
+        r"--username=DOM\svc",
+        "--startup=auto",
+        "--password=s3cret pass",
+        "install",
+    ]
     assert call["class_string"].endswith("\\flask_tokenguard.serving.winservice.TokenGuardService")
     assert call["cls"].__module__ == "flask_tokenguard.serving.winservice"
     assert pywin32.options == {
@@ -415,14 +428,17 @@ def test_load_app_accepts_a_factory_or_an_app(app_module: str) -> None:
     from flask import Flask
 
     assert isinstance(load_app(f"{app_module}:create_app"), Flask)
+    assert load_app(f"{app_module}:create_app") is not sys.modules[app_module].app
     assert load_app(f"{app_module}:app") is sys.modules[app_module].app
-    assert isinstance(load_app(app_module), Flask)  # create_app, as flask --app does
-    with pytest.raises(ValueError, match="did not give a Flask app"):
+    assert load_app(app_module) is sys.modules[app_module].app  # as flask --app does
+    with pytest.raises(ValueError, match="valid Flask application was not obtained"):
         load_app(f"{app_module}:not_an_app")
-    with pytest.raises(ValueError, match="has no 'missing'"):
+    with pytest.raises(ValueError, match="Failed to find attribute 'missing'"):
         load_app(f"{app_module}:missing")
-    with pytest.raises(ImportError):
+    with pytest.raises(ValueError, match="Could not import 'no_such_module_for_tokenguard'"):
         load_app("no_such_module_for_tokenguard:app")
+    with pytest.raises(ValueError, match="module:create_app"):
+        load_app(":app")
 
 
 def _wait_for(predicate: t.Callable[[], t.Any], timeout: float = 10.0) -> None:
@@ -452,7 +468,7 @@ def test_service_serves_and_drains_on_stop(
     def run() -> None:
         try:
             service.SvcDoRun()
-        except BaseException as exc:  # pragma: no cover - reported below
+        except BaseException as exc:  # noqa: BLE001  # pragma: no cover - reported below
             errors.append(exc)
 
     thread = threading.Thread(target=run)
@@ -576,7 +592,7 @@ def test_service_without_an_app_fails_to_start(pywin32: FakePywin32) -> None:
 def test_event_log_handler_maps_levels_to_servicemanager(
     pywin32: FakePywin32,
 ) -> None:
-    handler = winservice._EventLogHandler(sys.modules["servicemanager"])
+    handler = winservice.EventLogHandler(sys.modules["servicemanager"])
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.CRITICAL):
         record = logging.makeLogRecord(
@@ -589,3 +605,228 @@ def test_event_log_handler_maps_levels_to_servicemanager(
         ("warning", "WARNING m"),
         ("error", "CRITICAL m"),
     ]
+
+
+def test_load_app_uses_flask_script_info(app_module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same loader as flask --app, factory arguments included.
+    from flask.cli import ScriptInfo
+
+    calls: list[str | None] = []
+    original = ScriptInfo.load_app
+
+    def recording(self: ScriptInfo) -> t.Any:
+        calls.append(self.app_import_path)
+        return original(self)
+
+    monkeypatch.setattr(ScriptInfo, "load_app", recording)
+    assert load_app(f"{app_module}:create_app()").name == app_module
+    assert calls == [f"{app_module}:create_app()"]
+
+
+def test_service_class_is_a_plain_class_found_by_its_dotted_name(
+    pywin32: FakePywin32,
+) -> None:
+    # What pythonservice.exe does with the registry's class string: put the folder on
+    # sys.path, import the module, getattr the class.
+    assert main(["--app", "orders:app", "install"]) == 0
+    class_string = pywin32.command_lines[0]["class_string"]
+    folder, dotted = class_string.rsplit("\\", 1)
+    assert Path(folder) == Path(flask_tokenguard.__file__).resolve().parent.parent
+    module_name, _, class_name = dotted.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    assert cls is winservice.TokenGuardService is winservice.service_class()
+    assert cls.__name__ == cls.__qualname__ == "TokenGuardService"
+    assert cls.__module__ == "flask_tokenguard.serving.winservice"
+    assert not hasattr(cls, "__orig_bases__") and type(cls) is type
+    assert callable(cls.SvcDoRun) and callable(cls.SvcStop)
+    named = winservice.service_class("Orders")
+    assert issubclass(named, cls) and named._svc_name_ == "Orders"
+    assert named._svc_display_name_ == "TokenGuard (Orders)"
+
+
+def test_python_m_runs_the_command_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "flask_tokenguard.serving.winservice", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--password-stdin" in result.stdout and "--app" in result.stdout
+
+
+# -- the account password is never taken from the command line -------------------------
+
+
+def test_password_on_the_command_line_is_refused(
+    pywin32: FakePywin32, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--app", "orders:app", "--username", r"DOM\svc", "--password", "hunter2", "install"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "process lists" in err and "--password-stdin" in err
+    assert "hunter2" not in err
+    assert pywin32.command_lines == []
+
+
+def test_help_offers_no_password_option(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--password-stdin" in out
+    assert "--password " not in out and "--password PASSWORD" not in out
+
+
+def test_password_is_asked_for_hidden(
+    pywin32: FakePywin32, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts: list[str] = []
+
+    def fake_getpass(prompt: str = "") -> str:
+        prompts.append(prompt)
+        return "typed secret"
+
+    monkeypatch.setattr(sys, "stdin", _Tty())
+    monkeypatch.setattr(getpass, "getpass", fake_getpass)
+    assert main(["--username", r"DOM\svc", "update"]) == 0
+    assert prompts == [r"Password for DOM\svc: "]
+    argv = pywin32.command_lines[0]["argv"]
+    assert argv[1:] == [r"--username=DOM\svc", "--password=typed secret", "update"]
+    assert "typed secret" not in " ".join(sys.argv)
+    assert all("typed secret" not in str(v) for v in pywin32.options.values())
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_password_without_a_console_needs_password_stdin(
+    pywin32: FakePywin32, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["--username", r"DOM\svc", "update"]) == 2
+    assert "--password-stdin" in capsys.readouterr().err
+    assert pywin32.command_lines == []
+
+
+@pytest.mark.parametrize(
+    "account", ["LocalSystem", r"NT AUTHORITY\LocalService", r"NT SERVICE\TokenGuard", r"DOM\gmsa$"]
+)
+def test_service_accounts_need_no_password(
+    pywin32: FakePywin32, monkeypatch: pytest.MonkeyPatch, account: str
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["--username", account, "update"]) == 0
+    assert pywin32.command_lines[0]["argv"][1:] == [f"--username={account}", "update"]
+
+
+# -- the folder the app is imported from -------------------------------------------------
+
+posix_only = pytest.mark.skipif(os.name == "nt", reason="mode bits; Windows uses ACLs")
+
+
+@posix_only
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757, 0o1777])
+def test_install_refuses_a_workdir_others_can_write(
+    pywin32: FakePywin32,
+    tmp_path: Path,
+    mode: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    assert main(["--app", "orders:app", "--workdir", str(shared), "install"]) == 2
+    err = capsys.readouterr().err
+    assert "writable by other users" in err and str(shared) in err
+    assert pywin32.command_lines == [] and pywin32.options == {}
+
+
+@posix_only
+def test_install_refuses_a_workdir_under_a_folder_others_can_write(
+    pywin32: FakePywin32, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Whoever can write to the parent can swap the folder for one of their own.
+    parent = tmp_path / "open"
+    (parent / "app").mkdir(parents=True)
+    parent.chmod(0o777)
+    assert main(["--app", "orders:app", "--workdir", str(parent / "app"), "install"]) == 2
+    assert f"{parent} is writable by other users" in capsys.readouterr().err
+
+
+@posix_only
+def test_install_accepts_a_private_workdir(pywin32: FakePywin32, tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o755)
+    private.chmod(0o755)
+    assert main(["--app", "orders:app", "--workdir", str(private), "install"]) == 0
+    assert pywin32.options[("TokenGuard", "workdir")] == str(private)
+
+
+@posix_only
+def test_service_refuses_to_import_from_a_workdir_others_can_write(
+    pywin32: FakePywin32, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A module planted in the folder would run with the service's rights.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    planted = tmp_path / "planted"
+    (shared / "planted_app.py").write_text(
+        f"open({str(planted)!r}, 'w').close()\nfrom flask import Flask\napp = Flask('x')\n"
+    )
+    shared.chmod(0o777)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    pywin32.options[("TokenGuard", "app")] = "planted_app:app"
+    pywin32.options[("TokenGuard", "workdir")] = str(shared)
+    service = winservice.TokenGuardService(["TokenGuard"])
+    try:
+        with pytest.raises(winservice.ServiceStartError, match="writable by other users"):
+            service.SvcDoRun()
+    finally:
+        sys.modules.pop("planted_app", None)
+    assert not planted.exists()
+    assert str(shared) not in sys.path
+    [(level, message)] = pywin32.messages
+    assert level == "error" and "refusing to import the app" in message
+
+
+# Until Settings knows TOKENGUARD_LOG_FORMAT, it warns that the key is unknown.
+@pytest.mark.filterwarnings("ignore:unknown setting TOKENGUARD_LOG_FORMAT")
+@pytest.mark.server
+def test_service_log_file_follows_the_log_format(
+    pywin32: FakePywin32, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "json_app.py").write_text(
+        textwrap.dedent(
+            f"""
+            from flask import Flask
+
+            app = Flask(__name__, instance_path={str(tmp_path / "instance")!r})
+            app.config["TOKENGUARD_LOG_FORMAT"] = "json"
+            """
+        )
+    )
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "json_app", raising=False)
+    pywin32.options.update(
+        {
+            ("TokenGuard", "app"): "json_app:app",
+            ("TokenGuard", "port"): "0",
+            ("TokenGuard", "workdir"): str(tmp_path),
+        }
+    )
+    monkeypatch.chdir(tmp_path)
+    service = winservice.TokenGuardService(["TokenGuard"])
+    thread = threading.Thread(target=service.SvcDoRun)
+    thread.start()
+    try:
+        _wait_for(lambda: service.runner is not None or not thread.is_alive())
+    finally:
+        service.SvcStop()
+        thread.join(10)
+        sys.modules.pop("json_app", None)
+    lines = (tmp_path / "instance" / "TokenGuard.log").read_text().splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert entries and all({"time", "level", "logger", "message"} <= e.keys() for e in entries)
+    assert any(e["message"].startswith("Serving on http://127.0.0.1:") for e in entries)

@@ -24,6 +24,10 @@ This leans on waitress internals that have been stable across 2.x and 3.x (``_ma
 ``waitress<4`` and ``tests/test_serve.py`` covers the drain with a real SIGTERM and
 with keep-alive and pipelined connections.
 
+The pieces live by role: :mod:`.server` has the waitress subclasses the drain needs,
+:mod:`.logs` the logging set-up and the request lines; this module runs them (the
+:class:`Runner`, :func:`serve` and its signal handling).
+
 Proxy trust goes through waitress's own ``trusted_proxy``/``trusted_proxy_headers``
 (the peer address is checked, untrusted ``X-Forwarded-*`` headers are cleared) rather
 than werkzeug's ProxyFix, which trusts by hop count whatever the peer.
@@ -38,31 +42,32 @@ import sys
 import threading
 import time
 import typing as t
-from urllib.parse import quote
 
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 from waitress.server import create_server
 from waitress.task import ThreadedTaskDispatcher
-from waitress.task import WSGITask
 
 from ..config import Settings
 from ..errors import ConfigurationError
+from .logs import AccessLog
+from .logs import configure_logging
+from .logs import detach_flask_handler
+from .logs import LOG_FORMAT
+from .logs import log_format_of
+from .server import DrainingChannel
+from .server import DrainState
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from types import FrameType
 
-    from _typeshed.wsgi import StartResponse
     from _typeshed.wsgi import WSGIApplication
-    from _typeshed.wsgi import WSGIEnvironment
     from flask import Flask
 
 logger = logging.getLogger("flask_tokenguard.serve")
-access_logger = logging.getLogger("flask_tokenguard.serve.access")
 
-#: Format of the handler :func:`configure_logging` installs.
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+__all__ = ["LOG_FORMAT", "Runner", "configure_logging", "serve"]
 
 T = t.TypeVar("T")
 
@@ -75,186 +80,6 @@ _LOOP_TIMEOUT = 5.0
 #: being lost when the connection closes under it. Closing a connection idle for
 #: longer can still race with a client picking it; HTTP clients retry then.
 _IDLE_GRACE = 0.25
-
-# Characters left as they are when a path is written to the access log; anything else
-# (control characters, spaces, newlines that could forge log lines) is percent-encoded.
-_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
-
-
-def configure_logging(level: int | str = logging.INFO) -> None:
-    """Give the root logger a stderr handler with :data:`LOG_FORMAT` if it has none.
-
-    An app or a host that has set up logging keeps its own; waitress's ``waitress``
-    loggers and ours propagate to the root, so they end up in the same place.
-    """
-    root = logging.getLogger()
-    if root.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root.addHandler(handler)
-    root.setLevel(level)
-
-
-class _AccessLog:
-    """WSGI middleware writing ``METHOD path status duration`` per request.
-
-    The query string and the headers are never logged: they may carry tokens
-    (``?access_token=``, ``Authorization``).
-    """
-
-    def __init__(self, app: WSGIApplication) -> None:
-        self.app = app
-
-    def __call__(
-        self, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> t.Iterable[bytes]:
-        started = time.perf_counter()
-        status: list[str] = []
-
-        def recording_start_response(code: str, headers: t.Any, exc_info: t.Any = None) -> t.Any:
-            status[:] = [code.split(" ", 1)[0]]
-            return start_response(code, headers, exc_info)
-
-        try:
-            body = self.app(environ, recording_start_response)
-        except BaseException:
-            self._log(environ, "500", started)
-            raise
-        return self._iterate(body, environ, status, started)
-
-    def _iterate(
-        self,
-        body: t.Iterable[bytes],
-        environ: WSGIEnvironment,
-        status: list[str],
-        started: float,
-    ) -> t.Iterator[bytes]:
-        try:
-            yield from body
-        finally:
-            close = getattr(body, "close", None)
-            try:
-                if close is not None:
-                    close()
-            finally:
-                self._log(environ, status[0] if status else "-", started)
-
-    @staticmethod
-    def _log(environ: WSGIEnvironment, status: str, started: float) -> None:
-        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        access_logger.info(
-            "%s %s %s %s %.1fms",
-            environ.get("REMOTE_ADDR", "-"),
-            quote(environ.get("REQUEST_METHOD", "-"), safe=""),
-            quote(path, safe=_PATH_SAFE, encoding="latin-1") or "/",
-            status,
-            (time.perf_counter() - started) * 1000,
-        )
-
-
-class _DrainState:
-    """What a runner shares with its channels: has the drain begun, who is busy.
-
-    The drain waits for workers still serving a request whose client went away (its
-    channel is closed, the app runs to the end): the store must outlive them.
-    """
-
-    def __init__(self) -> None:
-        #: Set in the event-loop thread when the drain begins.
-        self.started = threading.Event()
-        self._lock = threading.Lock()
-        self._serving = 0
-
-    @property
-    def serving(self) -> int:
-        """How many channels a worker thread is serving now."""
-        return self._serving
-
-    def enter(self) -> None:
-        with self._lock:
-            self._serving += 1
-
-    def leave(self) -> None:
-        with self._lock:
-            self._serving -= 1
-
-
-class _Task(WSGITask):
-    """waitress's task, closing its connection in a drain, with RFC 7235 spelling.
-
-    During a drain, the response to the last request a connection has sent says
-    ``Connection: close`` and the connection closes once it is sent (see
-    :meth:`Runner.stop`). And ``WWW-Authenticate`` is spelled as RFC 7235 spells it:
-    waitress capitalises every header name (``Www-Authenticate``). Names are
-    case-insensitive, but some clients and scripts read headers into a plain dict.
-    """
-
-    channel: _Channel
-
-    def build_response_header(self) -> bytes:
-        if self._last_before_drain():
-            # Answer as if the client had asked for "Connection: close": waitress
-            # then sends that header, for HTTP/1.0 and 1.1 alike, and closes the
-            # connection once the response is flushed. The environ was built before
-            # the app ran, so the app never sees this.
-            self.request.headers["CONNECTION"] = "close"
-        header: bytes = super().build_response_header()
-        return header.replace(b"\r\nWww-Authenticate:", b"\r\nWWW-Authenticate:")
-
-    def _last_before_drain(self) -> bool:
-        """True during a drain when no request is queued behind this one.
-
-        Pipelined requests already received are answered; the last one closes.
-        Runs in a worker thread: the event-loop thread appends to ``requests`` under
-        ``requests_lock``, and during a drain it reads no more while one is queued.
-        """
-        channel = self.channel
-        if not channel.drain.started.is_set():
-            return False
-        with channel.requests_lock:
-            return len(channel.requests) <= 1
-
-
-class _Channel(HTTPChannel):
-    """waitress's channel, aware of the runner's drain.
-
-    ``Runner.start`` gives every listener its :class:`_DrainState`
-    (``tokenguard_drain``); the channels it accepts share it.
-    """
-
-    task_class = _Task
-
-    def __init__(
-        self,
-        server: BaseWSGIServer,
-        sock: socket.socket,
-        addr: t.Any,
-        adj: t.Any,
-        map: dict[int, t.Any] | None = None,  # noqa: A002 - waitress's name
-    ) -> None:
-        self.drain: _DrainState = server.tokenguard_drain  # type: ignore[attr-defined]
-        super().__init__(server, sock, addr, adj, map)
-        if self.drain.started.is_set():
-            # Accepted as the listener closed: refuse it rather than start a request
-            # the drain did not count on.
-            self.handle_close()
-
-    def readable(self) -> bool:
-        # During a drain, read nothing while a request is queued (even with
-        # channel_request_lookahead), so that _Task._last_before_drain stays true
-        # once it is: its response closes the connection.
-        if self.drain.started.is_set() and self.requests:
-            return False
-        return bool(super().readable())
-
-    def service(self) -> None:
-        # Runs in a worker thread, for one request.
-        self.drain.enter()
-        try:
-            super().service()
-        finally:
-            self.drain.leave()
 
 
 class Runner:
@@ -348,13 +173,13 @@ class Runner:
             self.adjustments["trusted_proxy"] = trusted_proxy
             self.adjustments["trusted_proxy_headers"] = headers
         self.adjustments.update(adjustments)
-        self._wsgi: WSGIApplication = _AccessLog(app) if access_log else app
+        self._wsgi: WSGIApplication = AccessLog(app) if access_log else app
         self._map: dict[int, t.Any] = {}
         self._server: t.Any = None
-        self._listeners: list[BaseWSGIServer] = []
+        self._listeners: list[t.Any] = []  # BaseWSGIServer, typed loosely by waitress
         self._thread: threading.Thread | None = None
         self._abort = threading.Event()
-        self._drain_state = _DrainState()
+        self._drain_state = DrainState()
         self._stop_lock = threading.Lock()
         self._stopped: bool | None = None
 
@@ -383,8 +208,8 @@ class Runner:
         self._server = server
         self._listeners = [obj for obj in self._map.values() if isinstance(obj, BaseWSGIServer)]
         for listener in self._listeners:
-            listener.channel_class = _Channel
-            listener.tokenguard_drain = self._drain_state  # type: ignore[attr-defined]
+            listener.channel_class = DrainingChannel
+            listener.tokenguard_drain = self._drain_state
         self._thread = threading.Thread(target=self._run, name="tokenguard-serve", daemon=True)
         self._thread.start()
         logger.info("Serving on %s", ", ".join(self.urls))
@@ -491,7 +316,7 @@ class Runner:
         def call() -> None:
             try:
                 outcome.append(thunk())
-            except BaseException as exc:  # re-raised in the calling thread
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
                 error.append(exc)
             finally:
                 done.set()
@@ -524,7 +349,7 @@ class Runner:
         """Close the idle channels; return how many stay open. Loop thread only.
 
         A channel with a request queued, running or half received stays open: its
-        last response closes it (see :class:`_Task`). So does one still sending a
+        last response closes it (see :class:`~.server.DrainingTask`). So does one still sending a
         response. One with nothing to do closes now, unless it was active within
         :data:`_IDLE_GRACE` or a request has just arrived on it: the loop reads that
         next, and answers it with ``Connection: close``.
@@ -568,7 +393,7 @@ class Runner:
             return
         try:
             close_store(self.app)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the process is stopping anyway
             logger.warning("closing the store failed: %s", exc)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -627,7 +452,10 @@ def serve(
 
     ``overrides`` are :class:`Runner` arguments (``drain_timeout``, ``trusted_proxy``,
     ``access_log`` (on here), waitress adjustments). Logging gets a default stderr handler
-    unless the root logger has one (``log_level=None`` leaves logging alone).
+    unless the root logger has one (``log_level=None`` leaves logging alone), in the
+    app's ``TOKENGUARD_LOG_FORMAT``: ``"text"`` or ``"json"`` (one JSON object per line,
+    for log shippers; then the app logger's own Flask handler is detached, so that its
+    lines go through the same handler).
 
     Returns 0 after a requested stop, 1 when the server could not start (the port is
     in use, a bad setting: one line on stderr, no traceback) or its loop died. A
@@ -635,15 +463,26 @@ def serve(
     handlers are installed only from the main thread, and the previous ones are put
     back before returning.
     """
+    try:
+        log_format = log_format_of(app)
+    except ConfigurationError as exc:
+        print(f"Error: cannot serve on {host}:{port}: {_describe(exc)}", file=sys.stderr)
+        return 1
     if log_level is not None:
-        configure_logging(log_level)
+        configure_logging(log_level, log_format)
+        if log_format == "json":
+            detach_flask_handler(app)
     # A served app logs one line per request (never a query string or a header).
     overrides.setdefault("access_log", True)
     try:
         runner = Runner(app, host=host, port=port, threads=threads, **overrides)
         runner.start()
     except (OSError, ValueError, ConfigurationError) as exc:
-        print(f"Error: cannot serve on {host}:{port}: {_describe(exc)}", file=sys.stderr)
+        message = f"Error: cannot serve on {host}:{port}: {_describe(exc)}"
+        if log_format == "json" and logging.getLogger().handlers:
+            logger.error("%s", message)
+        else:
+            print(message, file=sys.stderr)
         return 1
 
     stop = threading.Event()

@@ -2,7 +2,8 @@
 
 Run as ``python tests/apps/slow_app.py [--port 0] [--started FILE]``: it logs
 ``Serving on http://127.0.0.1:PORT`` to stderr, and ``/slow`` appends a line to FILE
-when a request starts, so a test knows which requests a worker has picked up.
+when a request starts, so a test knows which requests a worker has picked up. It reads
+``FLASK_*`` environment variables into its config (``FLASK_TOKENGUARD_LOG_FORMAT=json``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import hashlib
 import sys
 import time
+import warnings
 
 from flask import Flask
 from flask import request
@@ -31,6 +33,9 @@ def body() -> bytes:
 def create_app(started: str | None = None) -> Flask:
     """Build the app; ``started`` names a file that ``/slow`` appends to on entry."""
     app = Flask(__name__)
+    app.config.from_prefixed_env()
+    # Touching the logger now gives it Flask's own text handler, as many apps do.
+    app.logger.debug("slow app created")
     payload = body()
 
     @app.get("/slow")
@@ -49,6 +54,16 @@ def create_app(started: str | None = None) -> Flask:
             "forwarded_proto": request.headers.get("X-Forwarded-Proto"),
         }
 
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("boom\nwith a second line")
+
+    @app.get("/warn")
+    def warn() -> str:
+        warnings.warn("a deprecated call", DeprecationWarning, stacklevel=1)
+        app.logger.warning("the app logs a warning")
+        return "warned"
+
     return app
 
 
@@ -61,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--started")
     args = parser.parse_args(argv)
     app = create_app(args.started)
+    warnings.simplefilter("default")  # show the DeprecationWarning of /warn
     return serve(app, port=args.port, threads=args.threads, access_log=True)
 
 
