@@ -1,86 +1,70 @@
-"""``TOKENGUARD_*`` configuration: defaults, coercion and validation, read once per app.
+"""``TOKENGUARD_*`` configuration: one table of settings, validated when an app is set up.
 
-Values may arrive as strings from ``app.config.from_prefixed_env()``, so each key has a
-converter, as waitress's ``adjustments`` table does (``"5"`` -> 5, ``"true"`` -> True).
-A bad value raises ``ConfigurationError`` naming the key; an unknown ``TOKENGUARD_`` key
-warns, since it is most likely a typo.
+Every setting is declared once, as a field of :class:`Settings` carrying its default, its
+converter and a one-line description (as waitress's ``adjustments`` table does); ``DEFAULTS``,
+the checks and README's configuration table are derived from those fields.
+
+Values may arrive as strings from ``app.config.from_prefixed_env()``, so each converter takes
+them too (``"5"`` -> 5, ``"true"`` -> True, JSON for lists and mappings). A bad value raises
+``ConfigurationError`` naming the key; an unknown ``TOKENGUARD_`` key warns, since it is most
+likely a typo. Nothing here needs Flask: :meth:`Settings.from_mapping` reads any mapping.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
+import math
 import os
 import typing as t
 import warnings
 
 from .errors import ConfigurationError
 
-if t.TYPE_CHECKING:  # pragma: no cover
-    from flask import Flask
+PREFIX = "TOKENGUARD_"
 
-DEFAULTS: dict[str, t.Any] = {
-    #: Store URL; None means ``sqlite:///<instance_path>/tokenguard.sqlite3``.
-    "TOKENGUARD_STORE_URL": None,
-    #: Keyword arguments for the store's driver.
-    "TOKENGUARD_STORE_OPTIONS": {},
-    #: Prefix of the endpoints: ``"/connect"`` gives ``/connect/token``.
-    "TOKENGUARD_URL_PREFIX": "",
-    #: Access token lifetime in seconds.
-    "TOKENGUARD_ACCESS_TOKEN_TTL": 900,
-    #: Idle lifetime of a session's refresh token; each token request extends it.
-    "TOKENGUARD_SESSION_TTL": 1200,
-    #: Seats for licensed sessions; None means no limit.
-    "TOKENGUARD_LICENSES": None,
-    #: Known scopes and their descriptions.
-    "TOKENGUARD_SCOPES": {"view": "Read-only access", "all": "Full access"},
-    #: Scope -> scopes it implies.
-    "TOKENGUARD_SCOPE_IMPLIES": {"all": ["view"]},
-    #: A session holding any of these needs a seat.
-    "TOKENGUARD_LICENSED_SCOPES": ["all"],
-    #: Scope granted when a request names none.
-    "TOKENGUARD_DEFAULT_SCOPE": "all",
-    #: Seconds another process may still accept a revoked token; 0 reads the store each time.
-    "TOKENGUARD_REVOCATION_LAG": 1,
-    #: Refuse plain HTTP on tokenguard endpoints and guarded routes, except from loopback.
-    "TOKENGUARD_REQUIRE_HTTPS": True,
-    #: Address of the one reverse proxy whose X-Forwarded-Proto/-For are believed.
-    "TOKENGUARD_TRUSTED_PROXY": None,
-    #: Forwarded headers believed from the trusted proxy.
-    "TOKENGUARD_TRUSTED_PROXY_HEADERS": ["x-forwarded-proto", "x-forwarded-for"],
-    #: ``iss`` of access tokens; None means the request's host URL.
-    "TOKENGUARD_ISSUER": None,
-    #: ``aud`` of access tokens; None means the issuer.
-    "TOKENGUARD_AUDIENCE": None,
-    #: JWS algorithm for new signing keys: RS256 or ES256.
-    "TOKENGUARD_SIGNING_ALG": "RS256",
-    #: Seconds of clock skew tolerated when checking ``exp``/``iat`` from other hosts.
-    "TOKENGUARD_CLOCK_SKEW": 0,
-    #: How many verified tokens each process keeps to skip signature checks.
-    "TOKENGUARD_TOKEN_CACHE_SIZE": 10000,
-    #: Failed password-grant attempts per user name before it is locked out; 0 = never.
-    "TOKENGUARD_LOCKOUT_THRESHOLD": 10,
-    #: Seconds the failures are counted over, and a lockout lasts.
-    "TOKENGUARD_LOCKOUT_SECONDS": 300,
-    #: Seconds after which the signing key is replaced by itself; None = only by rotate-keys.
-    "TOKENGUARD_KEY_ROTATION": None,
-    #: scrypt cost (log2 of N) for user passwords.
-    "TOKENGUARD_PASSWORD_HASH_COST": 15,
-    #: ``realm`` in ``WWW-Authenticate`` challenges.
-    "TOKENGUARD_REALM": "tokenguard",
-    #: Largest request body the endpoints read, in bytes.
-    "TOKENGUARD_MAX_BODY": 64 * 1024,
-    #: waitress worker threads for the runner.
-    "TOKENGUARD_SERVE_THREADS": 8,
-    #: waitress connection limit.
-    "TOKENGUARD_SERVE_CONNECTION_LIMIT": 200,
-    #: Seconds an idle connection stays open.
-    "TOKENGUARD_SERVE_CHANNEL_TIMEOUT": 120,
-    #: Largest request body waitress accepts for the whole app, in bytes.
-    "TOKENGUARD_SERVE_MAX_REQUEST_BODY": 1024 * 1024,
-    #: Seconds a graceful stop waits for requests in flight.
-    "TOKENGUARD_SERVE_DRAIN_TIMEOUT": 15,
-}
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class _AppLike(t.Protocol):
+    """What :meth:`Settings.from_app` reads of an app: a Flask app has both."""
+
+    @property
+    def config(self) -> t.Mapping[str, t.Any]: ...
+
+    @property
+    def instance_path(self) -> str: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One setting: its key, its default, how a configured value is read, what it means."""
+
+    key: str
+    default: t.Any
+    convert: t.Callable[[t.Any], t.Any]
+    doc: str
+    #: The default as README shows it, when ``repr``-like JSON of ``default`` says too little.
+    shown: str | None = None
+    #: The value is a secret: errors never repeat it.
+    secret: bool = False
+
+    @property
+    def attribute(self) -> str:
+        """The :class:`Settings` attribute holding the value."""
+        return self.key[len(PREFIX) :].lower()
+
+    def shown_default(self) -> str:
+        """The default in README's table: ``None``, ``True``, ``900``, JSON, or ``shown``."""
+        if self.shown is not None:
+            return self.shown
+        if self.default is None or isinstance(self.default, bool):
+            return f"`{self.default}`"
+        return f"`{json.dumps(self.default)}`"
+
+
+# -- converters -----------------------------------------------------------------------------
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -96,16 +80,30 @@ def _as_bool(value: t.Any) -> bool:
     raise ValueError("must be true or false")
 
 
-def _as_int(minimum: int) -> t.Callable[[t.Any], int]:
+def _as_int(minimum: int, maximum: int | None = None) -> t.Callable[[t.Any], int]:
+    bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+
     def convert(value: t.Any) -> int:
         if isinstance(value, bool):
-            raise ValueError("must be an integer")
+            raise ValueError(f"must be an integer {bounds}")
         number = int(value.strip()) if isinstance(value, str) else value
         if not isinstance(number, int) or number < minimum:
-            raise ValueError(f"must be an integer >= {minimum}")
+            raise ValueError(f"must be an integer {bounds}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"must be an integer {bounds}")
         return number
 
     return convert
+
+
+def _as_seconds(value: t.Any) -> float:
+    """A finite number of seconds, 0 or more (``nan`` and ``inf`` are refused)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number of seconds >= 0")
+    number = float(value.strip()) if isinstance(value, str) else value
+    if not isinstance(number, (int, float)) or not math.isfinite(number) or number < 0:
+        raise ValueError("must be a finite number of seconds >= 0")
+    return float(number)
 
 
 def _as_optional(convert: t.Callable[[t.Any], t.Any]) -> t.Callable[[t.Any], t.Any]:
@@ -144,6 +142,16 @@ def _as_json(kind: type) -> t.Callable[[t.Any], t.Any]:
     return convert
 
 
+def _as_choice(*choices: str) -> t.Callable[[t.Any], str]:
+    def convert(value: t.Any) -> str:
+        choice = _as_str(value).strip().lower()
+        if choice not in choices:
+            raise ValueError("must be " + " or ".join(repr(c) for c in choices))
+        return choice
+
+    return convert
+
+
 def _as_prefix(value: t.Any) -> str:
     prefix = _as_str(value).rstrip("/")
     if prefix and not prefix.startswith("/"):
@@ -158,105 +166,311 @@ def _as_alg(value: t.Any) -> str:
     return alg
 
 
-_CONVERTERS: dict[str, t.Callable[[t.Any], t.Any]] = {
-    "TOKENGUARD_STORE_URL": _as_optional(_as_str),
-    "TOKENGUARD_STORE_OPTIONS": _as_json(dict),
-    "TOKENGUARD_URL_PREFIX": _as_prefix,
-    "TOKENGUARD_ACCESS_TOKEN_TTL": _as_int(1),
-    "TOKENGUARD_SESSION_TTL": _as_int(1),
-    "TOKENGUARD_LICENSES": _as_optional(_as_int(0)),
-    "TOKENGUARD_SCOPES": _as_json(dict),
-    "TOKENGUARD_SCOPE_IMPLIES": _as_json(dict),
-    "TOKENGUARD_LICENSED_SCOPES": _as_json(list),
-    "TOKENGUARD_DEFAULT_SCOPE": _as_str,
-    "TOKENGUARD_REVOCATION_LAG": lambda v: (
-        float(_as_str(v).strip()) if isinstance(v, str) else float(v)
-    ),
-    "TOKENGUARD_REQUIRE_HTTPS": _as_bool,
-    "TOKENGUARD_TRUSTED_PROXY": _as_optional(_as_str),
-    "TOKENGUARD_TRUSTED_PROXY_HEADERS": _as_json(list),
-    "TOKENGUARD_ISSUER": _as_optional(lambda v: _as_str(v).rstrip("/")),
-    "TOKENGUARD_AUDIENCE": _as_optional(_as_str),
-    "TOKENGUARD_SIGNING_ALG": _as_alg,
-    "TOKENGUARD_CLOCK_SKEW": _as_int(0),
-    "TOKENGUARD_TOKEN_CACHE_SIZE": _as_int(0),
-    "TOKENGUARD_LOCKOUT_THRESHOLD": _as_int(0),
-    "TOKENGUARD_LOCKOUT_SECONDS": _as_int(1),
-    "TOKENGUARD_KEY_ROTATION": _as_optional(_as_int(60)),
-    "TOKENGUARD_PASSWORD_HASH_COST": _as_int(10),
-    "TOKENGUARD_REALM": _as_str,
-    "TOKENGUARD_MAX_BODY": _as_int(1024),
-    "TOKENGUARD_SERVE_THREADS": _as_int(1),
-    "TOKENGUARD_SERVE_CONNECTION_LIMIT": _as_int(1),
-    "TOKENGUARD_SERVE_CHANNEL_TIMEOUT": _as_int(1),
-    "TOKENGUARD_SERVE_MAX_REQUEST_BODY": _as_int(1024),
-    "TOKENGUARD_SERVE_DRAIN_TIMEOUT": _as_int(0),
-}
+def _as_ip(value: t.Any) -> str:
+    """One IP address, v4 or v6, in its normal form; ``*``, host names and lists are refused."""
+    text = _as_str(value).strip()
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError("must be one IP address (not '*', a host name or a list)") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # Written as a dual-stack socket reports the peer, whatever the Python version.
+        return f"::ffff:{address.ipv4_mapped}"
+    return str(address)
+
+
+def _as_networks(value: t.Any) -> tuple[Network, ...]:
+    entries = _as_json(list)(value)
+    networks: list[Network] = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(_as_str(entry).strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"must list IP addresses or CIDR networks, not {entry!r}") from None
+    return tuple(networks)
+
+
+def _as_path(value: t.Any) -> str:
+    path = os.fspath(value) if isinstance(value, os.PathLike) else _as_str(value)
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError("must be a file path")
+    return path
+
+
+def _as_fernet_keys(value: t.Any) -> tuple[str, ...]:
+    """A Fernet key or a list of them (JSON, or separated by commas), each one checked.
+
+    Error messages say which entry is wrong, never what it holds: these are secrets.
+    """
+    from cryptography.fernet import Fernet
+
+    if isinstance(value, (str, bytes)):
+        text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+        if text.strip().startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise ValueError("must be a Fernet key or a JSON list of them") from None
+        else:
+            value = text.replace(",", " ").split()
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError("must be a Fernet key or a list of them")
+    keys: list[str] = []
+    for number, key in enumerate(value, start=1):
+        if isinstance(key, bytes):
+            key = key.decode("ascii", "replace")
+        try:
+            Fernet(_as_str(key).strip())
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"entry {number} is not a Fernet key (32 url-safe base64-encoded bytes, "
+                "as Fernet.generate_key() makes)"
+            ) from None
+        keys.append(key.strip())
+    return tuple(keys)
+
+
+def _as_scopes(value: t.Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in _as_json(dict)(value).items()}
+
+
+def _as_implies(value: t.Any) -> dict[str, frozenset[str]]:
+    implies = _as_json(dict)(value)
+    for implied in implies.values():
+        if not isinstance(implied, (list, tuple, set, frozenset)):
+            raise ValueError("must map each scope to a list of scopes")
+    return {str(k): frozenset(map(str, v)) for k, v in implies.items()}
+
+
+def _as_scope_set(value: t.Any) -> frozenset[str]:
+    return frozenset(map(str, _as_json(list)(value)))
+
+
+def _as_headers(value: t.Any) -> tuple[str, ...]:
+    return tuple(_as_str(h).lower() for h in _as_json(list)(value))
+
+
+def _setting(
+    default: t.Any,
+    convert: t.Callable[[t.Any], t.Any],
+    doc: str,
+    *,
+    shown: str | None = None,
+    secret: bool = False,
+) -> t.Any:
+    """Declare one setting as a field of :class:`Settings`; its key is derived from the name."""
+    param = Param("", default, convert, doc, shown, secret)
+    return dataclasses.field(metadata={"param": param})
+
+
+# -- the table ------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """The validated ``TOKENGUARD_*`` values of one app; the hot path reads only these."""
+    """The validated ``TOKENGUARD_*`` values of one app; the hot path reads only these.
 
-    store_url: str
-    store_options: t.Mapping[str, t.Any]
-    url_prefix: str
-    access_token_ttl: int
-    session_ttl: int
-    licenses: int | None
-    scopes: t.Mapping[str, str]
-    scope_implies: t.Mapping[str, frozenset[str]]
-    licensed_scopes: frozenset[str]
-    default_scope: str
-    revocation_lag: float
-    require_https: bool
-    trusted_proxy: str | None
-    trusted_proxy_headers: tuple[str, ...]
-    issuer: str | None
-    audience: str | None
-    signing_alg: str
-    clock_skew: int
-    token_cache_size: int
-    lockout_threshold: int
-    lockout_seconds: int
-    key_rotation: int | None
-    password_hash_cost: int
-    realm: str
-    max_body: int
-    serve_threads: int
-    serve_connection_limit: int
-    serve_channel_timeout: int
-    serve_max_request_body: int
-    serve_drain_timeout: int
+    Each field is one setting, ``TOKENGUARD_`` + its name in capitals, declared with its
+    default, its converter and what it means.
+    """
+
+    store_url: str = _setting(
+        None,
+        _as_optional(_as_str),
+        "`sqlite:///path`, `redis://host:port/db`, `postgresql://user@host/db`, "
+        "`mysql+pymysql://...`, `mssql+pyodbc://...`, `memory://` (one process, tests)",
+        shown="`sqlite:///<instance_path>/tokenguard.sqlite3`",
+    )
+    store_options: t.Mapping[str, t.Any] = _setting(
+        {}, _as_json(dict), "keyword arguments for the store's driver"
+    )
+    url_prefix: str = _setting("", _as_prefix, "prefix of the endpoints")
+    access_token_ttl: int = _setting(900, _as_int(1), "access token lifetime, seconds")
+    session_ttl: int = _setting(
+        1200, _as_int(1), "a session's idle lifetime; each token request extends it"
+    )
+    licenses: int | None = _setting(
+        None, _as_optional(_as_int(0)), "seats for licensed sessions; `None` = no limit"
+    )
+    scopes: t.Mapping[str, str] = _setting(
+        {"view": "Read-only access", "all": "Full access"}, _as_scopes, "known scopes"
+    )
+    scope_implies: t.Mapping[str, frozenset[str]] = _setting(
+        {"all": ["view"]}, _as_implies, "scope implication"
+    )
+    licensed_scopes: frozenset[str] = _setting(
+        ["all"], _as_scope_set, "a session holding any of these needs a seat"
+    )
+    default_scope: str = _setting(
+        "all",
+        _as_str,
+        "granted when a request names none; a client that may not have it gets all of its "
+        "own scopes instead",
+    )
+    revocation_lag: float = _setting(
+        1,
+        _as_seconds,
+        "seconds (finite, 0 or more) another process may still accept a revoked token; `0` "
+        "reads the store on every request",
+    )
+    require_https: bool = _setting(
+        True,
+        _as_bool,
+        "refuse plain HTTP on the endpoints and guarded routes, except from loopback when no "
+        "proxy is trusted",
+    )
+    trusted_proxy: str | None = _setting(
+        None,
+        _as_optional(_as_ip),
+        "the one proxy IP address whose `X-Forwarded-Proto`/`-For` are believed (by waitress "
+        "under our runner; under another server the guard reads the proxy's "
+        "`X-Forwarded-Proto` itself); `*`, host names and lists are refused",
+    )
+    trusted_proxy_headers: tuple[str, ...] = _setting(
+        ["x-forwarded-proto", "x-forwarded-for"], _as_headers, "forwarded headers believed from it"
+    )
+    issuer: str | None = _setting(
+        None,
+        _as_optional(lambda v: _as_str(v).rstrip("/")),
+        "`iss` of access tokens; set it in production. When set, `iss` and `aud` are checked "
+        "on every token",
+        shown="request host URL",
+    )
+    audience: str | None = _setting(
+        None, _as_optional(_as_str), "`aud` of access tokens", shown="the issuer"
+    )
+    signing_alg: str = _setting(
+        "RS256",
+        _as_alg,
+        "`RS256` or `ES256` (signs about ten times faster, verifies a little slower)",
+    )
+    clock_skew: int = _setting(
+        0,
+        _as_int(0),
+        "seconds of leeway on `exp` for hosts whose clocks differ; access tokens then end that "
+        "much before their session, and revocations are kept that much longer",
+    )
+    token_cache_size: int = _setting(
+        10000,
+        _as_int(0),
+        "verified tokens each process remembers (by their exact bytes) to skip the signature "
+        "check; `0` turns it off",
+    )
+    password_hash_cost: int = _setting(
+        15, _as_int(10, 20), "scrypt cost (log2 N) for user passwords, 10 to 20"
+    )
+    kdf_concurrency: int = _setting(
+        None,
+        _as_optional(_as_int(1)),
+        "password checks that may run at once; `None` = the CPU count (accepted, not used yet)",
+    )
+    lockout_threshold: int = _setting(
+        10,
+        _as_int(0),
+        "failed password-grant attempts per user name before it is locked out "
+        "(`invalid_grant` with `Retry-After`, without checking the password); `0` turns "
+        "lockout off",
+    )
+    lockout_seconds: int = _setting(
+        300, _as_int(1), "the window the failures are counted in, and how long a lockout lasts"
+    )
+    key_rotation: int | None = _setting(
+        None,
+        _as_optional(_as_int(60)),
+        "seconds after which a signing key replaces itself (one process of those sharing the "
+        "store does it); `None`: only `flask tokenguard rotate-keys`",
+    )
+    key_encryption_key: tuple[str, ...] | None = _setting(
+        None,
+        _as_optional(_as_fernet_keys),
+        "a Fernet key (`Fernet.generate_key()`) or a list of them, the first encrypting, to "
+        "keep signing keys encrypted in the store (accepted and checked, not used yet)",
+        secret=True,
+    )
+    session_max_ttl: int | None = _setting(
+        None,
+        _as_optional(_as_int(1)),
+        "absolute lifetime of a session in seconds, however often it is refreshed; `None` = "
+        "none (accepted, not used yet)",
+    )
+    max_seats_per_client: int | None = _setting(
+        None,
+        _as_optional(_as_int(1)),
+        "licensed sessions one client may hold at once; `None` = no cap (accepted, not used yet)",
+    )
+    seat_policy: str = _setting(
+        "refuse",
+        _as_choice("refuse", "replace_oldest"),
+        "at a client's seat cap: `refuse` or `replace_oldest` (accepted, not used yet)",
+    )
+    audit_log: str | None = _setting(
+        None,
+        _as_optional(_as_path),
+        "a file the audit trail is appended to as JSON lines (accepted, not used yet)",
+    )
+    admin_enabled: bool = _setting(
+        False, _as_bool, "mount the admin console at `<prefix>/admin/` (accepted, not used yet)"
+    )
+    admin_session_ttl: int = _setting(
+        900,
+        _as_int(1),
+        "idle seconds after which an admin console session ends (accepted, not used yet)",
+    )
+    metrics_enabled: bool = _setting(
+        False, _as_bool, "serve Prometheus metrics at `<prefix>/metrics` (extra `metrics`)"
+    )
+    metrics_allow: tuple[Network, ...] = _setting(
+        ["127.0.0.0/8", "::1/128"],
+        _as_networks,
+        "JSON list of addresses or CIDR networks `/metrics` answers; others get 403",
+    )
+    log_format: str = _setting(
+        "text", _as_choice("text", "json"), "the runner's log lines: `text` or `json`"
+    )
+    realm: str = _setting("tokenguard", _as_str, "`realm` of `WWW-Authenticate` challenges")
+    max_body: int = _setting(
+        64 * 1024, _as_int(1024), "largest request body the endpoints read (413 above)"
+    )
+    serve_threads: int = _setting(8, _as_int(1), "waitress worker threads")
+    serve_connection_limit: int = _setting(200, _as_int(1), "waitress connection limit")
+    serve_channel_timeout: int = _setting(120, _as_int(1), "seconds an idle connection stays open")
+    serve_max_request_body: int = _setting(
+        1024 * 1024, _as_int(1024), "largest request body waitress accepts, whole app"
+    )
+    serve_drain_timeout: int = _setting(
+        15, _as_int(0), "seconds a graceful stop waits for requests in flight"
+    )
 
     @classmethod
     def from_mapping(cls, config: t.Mapping[str, t.Any], instance_path: str = ".") -> Settings:
-        """Coerce and check every key; raise ``ConfigurationError`` naming the first bad one."""
+        """Coerce and check every key; raise ``ConfigurationError`` naming the first bad one.
+
+        Keys missing from ``config`` take their defaults; ``instance_path`` is where the
+        default SQLite store lives.
+        """
         for key in config:
-            if key.startswith("TOKENGUARD_") and key not in DEFAULTS:
+            if key.startswith(PREFIX) and key not in DEFAULTS:
                 warnings.warn(f"unknown setting {key} is ignored", stacklevel=3)
         values: dict[str, t.Any] = {}
-        for key, convert in _CONVERTERS.items():
-            raw = config.get(key, DEFAULTS[key])
+        for param in PARAMS:
+            raw = config.get(param.key, param.default)
             try:
-                values[key[len("TOKENGUARD_") :].lower()] = convert(raw)
+                values[param.attribute] = param.convert(raw)
             except (ValueError, TypeError) as exc:
-                raise ConfigurationError(f"{key} {exc}, got {raw!r}") from None
+                got = "" if param.secret else f", got {raw!r}"
+                raise ConfigurationError(f"{param.key} {exc}{got}") from None
         if values["store_url"] is None:
             path = os.path.join(instance_path, "tokenguard.sqlite3")
             values["store_url"] = f"sqlite:///{path}"
-        values["scope_implies"] = {
-            str(k): frozenset(map(str, v)) for k, v in values["scope_implies"].items()
-        }
-        values["licensed_scopes"] = frozenset(map(str, values["licensed_scopes"]))
-        values["trusted_proxy_headers"] = tuple(h.lower() for h in values["trusted_proxy_headers"])
+        if values["kdf_concurrency"] is None:
+            values["kdf_concurrency"] = os.cpu_count() or 1
         settings = cls(**values)
         settings._validate()
         return settings
 
     @classmethod
-    def from_app(cls, app: Flask) -> Settings:
-        """Read the settings of ``app`` (defaults already set by ``init_app``)."""
+    def from_app(cls, app: _AppLike) -> Settings:
+        """Read the settings of a Flask ``app`` (its config and instance folder)."""
         return cls.from_mapping(app.config, app.instance_path)
 
     def _validate(self) -> None:
@@ -289,3 +503,26 @@ class Settings:
                     result.add(implied)
                     pending.append(implied)
         return frozenset(result)
+
+
+def _params() -> tuple[Param, ...]:
+    params = []
+    for field in dataclasses.fields(Settings):
+        param: Param = field.metadata["param"]
+        params.append(dataclasses.replace(param, key=PREFIX + field.name.upper()))
+    return tuple(params)
+
+
+#: Every setting, in the order README lists them.
+PARAMS: tuple[Param, ...] = _params()
+
+#: ``TOKENGUARD_*`` key -> default, as ``init_app`` puts them into ``app.config``.
+DEFAULTS: dict[str, t.Any] = {param.key: param.default for param in PARAMS}
+
+
+def settings_table_markdown() -> str:
+    """README's configuration table: every key with its default and what it means."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for param in PARAMS:
+        lines.append(f"| `{param.key}` | {param.shown_default()} | {param.doc} |")
+    return "\n".join(lines) + "\n"

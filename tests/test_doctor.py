@@ -19,8 +19,6 @@ from ops_support import ops_app
 from flask_tokenguard.models import SigningKey
 from flask_tokenguard.web.doctor import doctor_command
 
-pytestmark = pytest.mark.filterwarnings("ignore:unknown setting TOKENGUARD_METRICS")
-
 
 class Report(t.NamedTuple):
     exit_code: int

@@ -19,7 +19,6 @@ from flask_tokenguard.errors import StoreError
 from flask_tokenguard.web import metrics as metrics_mod
 
 # Until config.py knows the metrics keys, other readers of the config warn about them.
-pytestmark = pytest.mark.filterwarnings("ignore:unknown setting TOKENGUARD_METRICS")
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -16,7 +16,6 @@ from openapi_spec_validator import validate
 from ops_support import ops_app
 
 # Until config.py knows the metrics keys, other readers of the config warn about them.
-pytestmark = pytest.mark.filterwarnings("ignore:unknown setting TOKENGUARD_METRICS")
 
 
 def shipped() -> dict[str, t.Any]:

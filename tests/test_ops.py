@@ -16,7 +16,6 @@ from flask_tokenguard import TokenGuard
 from flask_tokenguard.web.ops import init_ops
 
 # Until config.py knows the metrics keys, other readers of the config warn about them.
-pytestmark = pytest.mark.filterwarnings("ignore:unknown setting TOKENGUARD_METRICS")
 
 
 def test_health_ok_under_the_prefix(app_factory: t.Callable[..., Flask]) -> None:

@@ -627,7 +627,6 @@ def test_configure_logging_json_installs_the_json_formatter(
 
 
 # Until Settings knows TOKENGUARD_LOG_FORMAT, it warns that the key is unknown.
-@pytest.mark.filterwarnings("ignore:unknown setting TOKENGUARD_LOG_FORMAT")
 def test_a_bad_log_format_is_reported_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     app = Flask(__name__)
     app.config["TOKENGUARD_LOG_FORMAT"] = "xml"

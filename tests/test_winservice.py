@@ -792,7 +792,6 @@ def test_service_refuses_to_import_from_a_workdir_others_can_write(
 
 
 # Until Settings knows TOKENGUARD_LOG_FORMAT, it warns that the key is unknown.
-@pytest.mark.filterwarnings("ignore:unknown setting TOKENGUARD_LOG_FORMAT")
 @pytest.mark.server
 def test_service_log_file_follows_the_log_format(
     pywin32: FakePywin32, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
