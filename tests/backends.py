@@ -47,6 +47,12 @@ _SERVERS = {
 }
 
 
+def server_url(backend_id: str) -> str:
+    """The URL of a server backend (``redis``, ``postgresql``, ``mariadb``) for tests."""
+    env, default = _SERVERS[backend_id]
+    return os.environ.get(env) or default
+
+
 def backend_url_and_options(backend_id: str, tmp_path: Path) -> tuple[str, dict[str, t.Any]]:
     """The URL and options of a fresh, isolated store; nothing is created yet."""
     run = uuid.uuid4().hex[:12]
@@ -56,8 +62,7 @@ def backend_url_and_options(backend_id: str, tmp_path: Path) -> tuple[str, dict[
         return f"sqlite:///{tmp_path / 'tokenguard.sqlite3'}", {}
     if backend_id == "sqlite+pysqlite":
         return f"sqlite+pysqlite:///{tmp_path / 'tokenguard-sa.sqlite3'}", {}
-    env, default = _SERVERS[backend_id]
-    url = os.environ.get(env) or default
+    url = server_url(backend_id)
     if backend_id == "redis":
         return url, {"key_prefix": f"tgtest:{{{run}}}:"}
     return url, {"schema": f"tgtest_{run}"}

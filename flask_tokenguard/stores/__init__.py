@@ -11,24 +11,9 @@ import typing as t
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
+from .base import SCHEME_MODULES
 from .base import SCHEMES
 from .base import Store
-
-#: Scheme -> module that defines its store class (imported on first use).
-_MODULES = {
-    "memory": "memory",
-    "sqlite": "sqlite",
-    "redis": "redis",
-    "rediss": "redis",
-    "redis+unix": "redis",
-    "postgresql": "sql",
-    "postgresql+psycopg": "sql",
-    "mysql+pymysql": "sql",
-    "mariadb+pymysql": "sql",
-    "mssql+pyodbc": "sql",
-    "mssql+pymssql": "sql",
-    "sqlite+pysqlite": "sql",
-}
 
 __all__ = ["Store", "store_from_url"]
 
@@ -36,11 +21,11 @@ __all__ = ["Store", "store_from_url"]
 def store_from_url(url: str, **options: t.Any) -> Store:
     """Build the store that serves ``url``; raise ``ConfigurationError`` for unknown schemes."""
     scheme = urlsplit(url).scheme.lower()
-    module = _MODULES.get(scheme)
+    module = SCHEME_MODULES.get(scheme)
     if module is None:
         raise ConfigurationError(
             f"TOKENGUARD_STORE_URL has an unknown scheme {scheme!r}; "
-            f"use one of {', '.join(sorted(_MODULES))}"
+            f"use one of {', '.join(sorted(SCHEME_MODULES))}"
         )
     importlib.import_module(f"{__name__}.{module}")
     return SCHEMES[scheme](url, **options)

@@ -5,14 +5,16 @@ Backends are small: records in, records out, and a few primitives that must be a
 threads, processes or hosts share one store. Every method that depends on time takes
 ``now`` (epoch seconds) from the caller, so that backends agree and tests never sleep.
 
-Driver exceptions listed in ``base_exceptions`` are wrapped in ``StoreError`` by
-``wrap_errors`` so that the HTTP layer can answer 503 instead of 500.
+Driver exceptions listed in ``base_exceptions`` are wrapped in ``StoreError`` so that
+the HTTP layer can answer 503 instead of 500: every API method of a subclass is wrapped
+once, when the class is created (as ``limits`` does); ``wrap_errors`` serves the rest.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import typing as t
 
 from ..errors import StoreError
@@ -21,8 +23,53 @@ from ..models import SigningKey
 from ..models import TokenSession
 from ..models import User
 
+#: The longest id, name or hash a store keeps as a key; a longer one cannot exist.
+MAX_KEY_CHARS = 256
+
+#: Every URL scheme, and the module of ``flask_tokenguard.stores`` whose class serves it
+#: (imported on first use, so that drivers stay optional). Classes name their schemes
+#: with ``schemes_of(module)``.
+SCHEME_MODULES: dict[str, str] = {
+    "memory": "memory",
+    "sqlite": "sqlite",
+    "redis": "redis",
+    "rediss": "redis",
+    "redis+unix": "redis",
+    "postgresql": "sql",
+    "postgresql+psycopg": "sql",
+    "mysql+pymysql": "sql",
+    "mariadb+pymysql": "sql",
+    "mssql+pyodbc": "sql",
+    "mssql+pymssql": "sql",
+    "sqlite+pysqlite": "sql",
+}
+
+#: An ended session's id stays revoked at least this long beyond ``now``, so that other
+#: processes' next poll still sees a session that was ended just as it expired.
+REVOKE_MARGIN = 1.0
+
+
+def schemes_of(module: str) -> tuple[str, ...]:
+    """The URL schemes that the store class of ``module`` serves."""
+    return tuple(scheme for scheme, owner in SCHEME_MODULES.items() if owner == module)
+
+
+def session_revoked_until(expires_at: float, now: float) -> float:
+    """Until when the id of a session ended at ``now`` stays revoked."""
+    return max(expires_at, now + REVOKE_MARGIN)
+
+
 #: Registry filled by ``Store.__init_subclass__``: URL scheme -> store class.
 SCHEMES: dict[str, type[Store]] = {}
+
+
+def impossible_key(value: str) -> bool:
+    """Whether no record can have ``value`` as its key: a NUL byte, or too long.
+
+    Lookups answer None for such keys without asking the engine, whose driver would
+    reject them (PostgreSQL refuses NUL in text) with an error that means "outage".
+    """
+    return "\x00" in value or len(value) > MAX_KEY_CHARS
 
 
 class Store(abc.ABC):
@@ -37,6 +84,12 @@ class Store(abc.ABC):
         super().__init_subclass__(**kwargs)
         for scheme in cls.schemes:
             SCHEMES[scheme] = cls
+        # Every operation of the store API, as the subclass defines it, runs under
+        # ``wrap_errors``: backends write no error handling of their own for it.
+        for name in _API_METHODS:
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "_wraps_errors", False):
+                setattr(cls, name, _wrapping_errors(method))
 
     @abc.abstractmethod
     def __init__(self, url: str, **options: t.Any) -> None:
@@ -103,7 +156,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def create_client(self, client: Client) -> None:
-        """Insert ``client``; raise ``ConflictError`` if its id or alias is taken by any id or alias."""
+        """Insert ``client``; ``ConflictError`` if its id or alias is taken by any id or alias."""
 
     @abc.abstractmethod
     def get_client(self, id_or_alias: str) -> Client | None:
@@ -240,3 +293,25 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def clear_failures(self, key: str) -> None:
         """Forget ``key``'s failures (after a success)."""
+
+
+#: Methods wrapped by ``Store.__init_subclass__``: the abstract API, and ``drop``.
+_API_METHODS = frozenset(Store.__abstractmethods__ - {"__init__"} | {"drop"})
+
+_Method = t.TypeVar("_Method", bound=t.Callable[..., t.Any])
+
+
+def _wrapping_errors(method: _Method) -> _Method:
+    """``method``, with driver failures raised as ``StoreError`` (see ``wrap_errors``)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError:
+            raise
+        except self.base_exceptions as exc:
+            raise StoreError(f"{type(self).__name__} failed: {type(exc).__name__}", exc) from exc
+
+    wrapper._wraps_errors = True  # type: ignore[attr-defined]
+    return t.cast("_Method", wrapper)

@@ -14,6 +14,8 @@ from ..models import Client
 from ..models import SigningKey
 from ..models import TokenSession
 from ..models import User
+from .base import schemes_of
+from .base import session_revoked_until
 from .base import Store
 
 #: ``record_failure`` purges expired counts once the dict reaches this size, then again
@@ -24,7 +26,7 @@ _FAILURES_PURGE_MIN = 1024
 class MemoryStore(Store):
     """Dicts behind a lock."""
 
-    schemes = ("memory",)
+    schemes = schemes_of("memory")
     crosses_processes = False
 
     def __init__(self, url: str = "memory://", **options: t.Any) -> None:
@@ -188,9 +190,9 @@ class MemoryStore(Store):
                 if session.refresh_hash == refresh_hash and session.is_live(now):
                     return session, True
             sid = self._used_refresh.get(refresh_hash)
-            session = self._sessions.get(sid) if sid else None
-            if session is not None and session.is_live(now):
-                return session, False
+            used = self._sessions.get(sid) if sid else None
+            if used is not None and used.is_live(now):
+                return used, False
             return None
 
     def rotate_refresh(
@@ -210,7 +212,7 @@ class MemoryStore(Store):
         if session is None:
             return None
         self._seq += 1
-        self._revoked[session_id] = (max(session.expires_at, now + 1), self._seq)
+        self._revoked[session_id] = (session_revoked_until(session.expires_at, now), self._seq)
         return session if session.is_live(now) else None
 
     def end_session(self, session_id: str, now: float) -> TokenSession | None:

@@ -40,6 +40,8 @@ from ..models import Client
 from ..models import SigningKey
 from ..models import TokenSession
 from ..models import User
+from .base import REVOKE_MARGIN
+from .base import schemes_of
 from .base import Store
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -133,7 +135,7 @@ def _session_from(fields: t.Mapping[str, str], session_id: str) -> TokenSession:
 
 def _pairs(flat: t.Sequence[str]) -> dict[str, str]:
     """A flat HGETALL reply from a script as a dict."""
-    return dict(zip(flat[::2], flat[1::2]))
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _client_to_json(client: Client) -> str:
@@ -177,7 +179,7 @@ def _keys_from_reply(flat: t.Sequence[str | None]) -> list[SigningKey]:
 class RedisStore(Store):
     """Records as hashes and JSON strings; seats, sessions and revocations as sorted sets."""
 
-    schemes = ("redis", "rediss", "redis+unix")
+    schemes = schemes_of("redis")
 
     def __init__(self, url: str, **options: t.Any) -> None:
         try:
@@ -241,13 +243,12 @@ class RedisStore(Store):
 
     def check(self) -> None:
         """PING; log a warning when Redis may evict keys, since evicting seats frees them."""
-        with self.wrap_errors():
-            self._client.ping()
-            try:
-                reply = self._client.config_get("maxmemory-policy")
-            except self._redis.exceptions.ResponseError:
-                # CONFIG is renamed or forbidden (managed services, ACLs): cannot tell.
-                return
+        self._client.ping()
+        try:
+            reply = self._client.config_get("maxmemory-policy")
+        except self._redis.exceptions.ResponseError:
+            # CONFIG is renamed or forbidden (managed services, ACLs): cannot tell.
+            return
         policy = reply.get("maxmemory-policy")
         if policy and policy != "noeviction":
             logger.warning(
@@ -258,21 +259,19 @@ class RedisStore(Store):
 
     def close(self) -> None:
         """Disconnect every pooled connection; the pool reconnects on the next call."""
-        with self.wrap_errors():
-            self._client.connection_pool.disconnect()
+        self._client.connection_pool.disconnect()
 
     def reset(self) -> None:
         """Delete every key under this store's prefix (and nothing else)."""
         pattern = "".join("\\" + c if c in _GLOB_SPECIAL else c for c in self.key_prefix) + "*"
-        with self.wrap_errors():
-            batch: list[str] = []
-            for key in self._client.scan_iter(match=pattern, count=1000):
-                batch.append(key)
-                if len(batch) >= 500:
-                    self._client.delete(*batch)
-                    batch.clear()
-            if batch:
+        batch: list[str] = []
+        for key in self._client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
                 self._client.delete(*batch)
+                batch.clear()
+        if batch:
+            self._client.delete(*batch)
 
     def drop(self) -> None:
         """Delete this store's keys for good: tests' teardown of a per-run prefix."""
@@ -280,8 +279,7 @@ class RedisStore(Store):
 
     def claim_once(self, name: str) -> bool:
         # SET NX is atomic: exactly one caller creates the key.
-        with self.wrap_errors():
-            return bool(self._client.set(self._key("claim", name), "1", nx=True))
+        return bool(self._client.set(self._key("claim", name), "1", nx=True))
 
     # -- signing keys ------------------------------------------------------------------
 
@@ -290,26 +288,23 @@ class RedisStore(Store):
 
     def ensure_signing_key(self, candidate: SigningKey) -> list[SigningKey]:
         retire_at = "" if candidate.retire_at is None else _num(candidate.retire_at)
-        with self.wrap_errors():
-            reply = self._run(
-                "signing_keys",
-                self._key_keys(),
-                ["ensure", candidate.kid, _key_to_json(candidate), retire_at],
-            )
+        reply = self._run(
+            "signing_keys",
+            self._key_keys(),
+            ["ensure", candidate.kid, _key_to_json(candidate), retire_at],
+        )
         return _keys_from_reply(reply)
 
     def add_signing_key(self, key: SigningKey, retire_others_at: float) -> None:
         retire_at = "" if key.retire_at is None else _num(key.retire_at)
-        with self.wrap_errors():
-            self._run(
-                "signing_keys",
-                self._key_keys(),
-                ["add", key.kid, _key_to_json(key), retire_at, _num(retire_others_at)],
-            )
+        self._run(
+            "signing_keys",
+            self._key_keys(),
+            ["add", key.kid, _key_to_json(key), retire_at, _num(retire_others_at)],
+        )
 
     def signing_keys(self, now: float) -> list[SigningKey]:
-        with self.wrap_errors():
-            reply = self._run("signing_keys", self._key_keys(), ["list", _num(now)])
+        reply = self._run("signing_keys", self._key_keys(), ["list", _num(now)])
         return _keys_from_reply(reply)
 
     # -- clients -----------------------------------------------------------------------
@@ -318,38 +313,33 @@ class RedisStore(Store):
         return [self._key("clients"), self._key("client_aliases"), self._key("client_alias_of")]
 
     def create_client(self, client: Client) -> None:
-        with self.wrap_errors():
-            created = self._run(
-                "create_client",
-                self._client_keys(),
-                [client.client_id, client.alias or "", _client_to_json(client)],
-            )
+        created = self._run(
+            "create_client",
+            self._client_keys(),
+            [client.client_id, client.alias or "", _client_to_json(client)],
+        )
         if not created:
             raise ConflictError("client id or alias is taken")
 
     def get_client(self, id_or_alias: str) -> Client | None:
-        with self.wrap_errors():
-            data = self._run("get_client", self._client_keys()[:2], [id_or_alias])
+        data = self._run("get_client", self._client_keys()[:2], [id_or_alias])
         return None if data is None else _client_from_json(data)
 
     def update_client(self, client: Client) -> bool:
-        with self.wrap_errors():
-            result = self._run(
-                "update_client",
-                self._client_keys(),
-                [client.client_id, client.alias or "", _client_to_json(client)],
-            )
+        result = self._run(
+            "update_client",
+            self._client_keys(),
+            [client.client_id, client.alias or "", _client_to_json(client)],
+        )
         if result == -1:
             raise ConflictError("alias is taken")
         return bool(result == 1)
 
     def delete_client(self, client_id: str) -> bool:
-        with self.wrap_errors():
-            return bool(self._run("delete_client", self._client_keys(), [client_id]) == 1)
+        return bool(self._run("delete_client", self._client_keys(), [client_id]) == 1)
 
     def list_clients(self) -> list[Client]:
-        with self.wrap_errors():
-            values = t.cast("list[str]", self._client.hvals(self._key("clients")))
+        values = t.cast("list[str]", self._client.hvals(self._key("clients")))
         clients = [_client_from_json(v) for v in values]
         return sorted(clients, key=lambda c: (c.created_at, c.client_id))
 
@@ -357,30 +347,25 @@ class RedisStore(Store):
 
     def create_user(self, user: User) -> None:
         # HSETNX is atomic: of two creators of one name, one gets 0.
-        with self.wrap_errors():
-            created = self._client.hsetnx(self._key("users"), user.username, _user_to_json(user))
+        created = self._client.hsetnx(self._key("users"), user.username, _user_to_json(user))
         if not created:
             raise ConflictError("user exists")
 
     def get_user(self, username: str) -> User | None:
-        with self.wrap_errors():
-            data = t.cast("str | None", self._client.hget(self._key("users"), username))
+        data = t.cast("str | None", self._client.hget(self._key("users"), username))
         return None if data is None else _user_from_json(data)
 
     def update_user(self, user: User) -> bool:
-        with self.wrap_errors():
-            result = self._run(
-                "update_user", [self._key("users")], [user.username, _user_to_json(user)]
-            )
+        result = self._run(
+            "update_user", [self._key("users")], [user.username, _user_to_json(user)]
+        )
         return bool(result == 1)
 
     def delete_user(self, username: str) -> bool:
-        with self.wrap_errors():
-            return bool(self._client.hdel(self._key("users"), username))
+        return bool(self._client.hdel(self._key("users"), username))
 
     def list_users(self) -> list[User]:
-        with self.wrap_errors():
-            values = t.cast("list[str]", self._client.hvals(self._key("users")))
+        values = t.cast("list[str]", self._client.hvals(self._key("users")))
         return sorted((_user_from_json(v) for v in values), key=lambda u: u.username)
 
     # -- sessions and seats ------------------------------------------------------------
@@ -409,25 +394,21 @@ class RedisStore(Store):
             _num(session.created_at),
             str(SWEEP_LIMIT),
         ]
-        with self.wrap_errors():
-            return bool(self._run("start_session", keys, args) == 1)
+        return bool(self._run("start_session", keys, args) == 1)
 
     def earliest_seat_expiry(self, now: float) -> float | None:
-        with self.wrap_errors():
-            first = self._client.zrangebyscore(
-                self._key("seats"), f"({_num(now)}", "+inf", start=0, num=1, withscores=True
-            )
+        first = self._client.zrangebyscore(
+            self._key("seats"), f"({_num(now)}", "+inf", start=0, num=1, withscores=True
+        )
         return float(first[0][1]) if first else None
 
     def seats_in_use(self, now: float) -> int:
         # Expired members may linger until the next sweep; counting by score ignores them.
-        with self.wrap_errors():
-            return int(self._client.zcount(self._key("seats"), f"({_num(now)}", "+inf"))
+        return int(self._client.zcount(self._key("seats"), f"({_num(now)}", "+inf"))
 
     def get_session(self, session_id: str, now: float) -> TokenSession | None:
-        with self.wrap_errors():
-            key = self._key("session", session_id)
-            fields = t.cast("dict[str, str]", self._client.hgetall(key))
+        key = self._key("session", session_id)
+        fields = t.cast("dict[str, str]", self._client.hgetall(key))
         if not fields:
             return None
         session = _session_from(fields, session_id)
@@ -435,8 +416,7 @@ class RedisStore(Store):
 
     def find_refresh(self, refresh_hash: str, now: float) -> tuple[TokenSession, bool] | None:
         keys = [self._key("refresh", refresh_hash), self._key("used", refresh_hash)]
-        with self.wrap_errors():
-            reply = self._run("find_refresh", keys, [self.key_prefix, refresh_hash, _num(now)])
+        reply = self._run("find_refresh", keys, [self.key_prefix, refresh_hash, _num(now)])
         if reply is None:
             return None
         current, sid, flat = reply
@@ -454,14 +434,12 @@ class RedisStore(Store):
             _num(now),
             _ttl_ms(expires_at, now),
         ]
-        with self.wrap_errors():
-            flat = self._run("rotate_refresh", [self._key("session", session_id)], args)
+        flat = self._run("rotate_refresh", [self._key("session", session_id)], args)
         return None if flat is None else _session_from(_pairs(flat), session_id)
 
     def end_session(self, session_id: str, now: float) -> TokenSession | None:
-        args = [self.key_prefix, session_id, _num(now), _num(now + 1), str(SWEEP_LIMIT)]
-        with self.wrap_errors():
-            flat = self._run("end_session", [self._key("session", session_id)], args)
+        args = [self.key_prefix, session_id, _num(now), _num(now + REVOKE_MARGIN), str(SWEEP_LIMIT)]
+        flat = self._run("end_session", [self._key("session", session_id)], args)
         if not flat:
             return None
         session = _session_from(_pairs(flat), session_id)
@@ -472,24 +450,30 @@ class RedisStore(Store):
         sessions = self._key("sessions")
         members = sessions if client_id is None else self._key("client_sessions", client_id)
         keys = [sessions, members]
-        args = [self.key_prefix, client_id or "", _num(now), _num(now + 1), str(SWEEP_LIMIT)]
-        with self.wrap_errors():
-            return int(self._run("end_sessions", keys, args))
+        args = [
+            self.key_prefix,
+            client_id or "",
+            _num(now),
+            _num(now + REVOKE_MARGIN),
+            str(SWEEP_LIMIT),
+        ]
+        return int(self._run("end_sessions", keys, args))
 
     def list_sessions(self, client_id: str | None, now: float) -> list[TokenSession]:
-        with self.wrap_errors():
-            index: t.Iterable[t.Any]
-            if client_id is None:
-                index = self._client.zrangebyscore(self._key("sessions"), f"({_num(now)}", "+inf")
-            else:
-                index = self._client.smembers(self._key("client_sessions", client_id))
-            ids = [str(sid) for sid in index]
-            # One round trip for all hashes; a session ended in between reads as empty.
-            pipe = self._client.pipeline(transaction=False)
-            for sid in ids:
-                pipe.hgetall(self._key("session", sid))
-            replies = t.cast("list[dict[str, str]]", pipe.execute())
-        sessions = [_session_from(fields, sid) for sid, fields in zip(ids, replies) if fields]
+        index: t.Iterable[t.Any]
+        if client_id is None:
+            index = self._client.zrangebyscore(self._key("sessions"), f"({_num(now)}", "+inf")
+        else:
+            index = self._client.smembers(self._key("client_sessions", client_id))
+        ids = [str(sid) for sid in index]
+        # One round trip for all hashes; a session ended in between reads as empty.
+        pipe = self._client.pipeline(transaction=False)
+        for sid in ids:
+            pipe.hgetall(self._key("session", sid))
+        replies = t.cast("list[dict[str, str]]", pipe.execute())
+        sessions = [
+            _session_from(fields, sid) for sid, fields in zip(ids, replies, strict=True) if fields
+        ]
         live = [s for s in sessions if s.is_live(now)]
         return sorted(live, key=lambda s: (s.created_at, s.session_id))
 
@@ -497,18 +481,15 @@ class RedisStore(Store):
 
     def revoke(self, token_id: str, expires_at: float, now: float) -> None:
         args = [self.key_prefix, token_id, _num(expires_at), _num(now), str(SWEEP_LIMIT)]
-        with self.wrap_errors():
-            self._run("revoke", [self._key("revoked")], args)
+        self._run("revoke", [self._key("revoked")], args)
 
     def revocation_seq(self) -> int:
-        with self.wrap_errors():
-            value = self._client.get(self._key("revocation_seq"))
+        value = self._client.get(self._key("revocation_seq"))
         return int(value or 0)
 
     def revocations_since(self, seq: int, now: float) -> tuple[dict[str, float], int]:
         args = [self.key_prefix, str(int(seq)), _num(now)]
-        with self.wrap_errors():
-            reply = self._run("revocations_since", [self._key("revoked_seq")], args)
+        reply = self._run("revocations_since", [self._key("revoked_seq")], args)
         entries = {reply[i]: float(reply[i + 1]) for i in range(1, len(reply), 2)}
         return entries, int(reply[0])
 
@@ -518,20 +499,17 @@ class RedisStore(Store):
         until = now + window
         # A fresh id per call: a resend of this call's script is recognised, not counted.
         args = [_num(now), _num(until), _ttl_ms(until, now), secrets.token_hex(8)]
-        with self.wrap_errors():
-            count, stored_until = self._run("record_failure", [self._key("failures", key)], args)
+        count, stored_until = self._run("record_failure", [self._key("failures", key)], args)
         return int(count), float(stored_until)
 
     def failures(self, key: str, now: float) -> tuple[int, float]:
-        with self.wrap_errors():
-            count, until = t.cast(
-                "list[str | None]",
-                self._client.hmget(self._key("failures", key), ["count", "until"]),
-            )
+        count, until = t.cast(
+            "list[str | None]",
+            self._client.hmget(self._key("failures", key), ["count", "until"]),
+        )
         if count is None or until is None or float(until) <= now:
             return 0, 0.0
         return int(count), float(until)
 
     def clear_failures(self, key: str) -> None:
-        with self.wrap_errors():
-            self._client.delete(self._key("failures", key))
+        self._client.delete(self._key("failures", key))

@@ -46,24 +46,27 @@ from ..models import Client
 from ..models import SigningKey
 from ..models import TokenSession
 from ..models import User
+from .base import impossible_key
+from .base import schemes_of
+from .base import session_revoked_until
 from .base import Store
+from .files import prepare_private_file
+from .sql_schema import FAILURE_KEY_CHARS
+from .sql_schema import SCHEMA_VERSION
+from .sql_schema import SQL
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    import sqlalchemy as sa
     from sqlalchemy.engine import Connection
     from sqlalchemy.engine import Engine
     from sqlalchemy.engine import Row
 
-#: Bumped whenever the tables change; stored in ``tg_schema_version``.
-SCHEMA_VERSION = 1
+#: NO PAD binary collations, best first: with them "alice" differs from "alice  ".
+#: MariaDB has the first; MySQL 8 the second.
+_NO_PAD_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin")
 #: A schema (PostgreSQL, SQL Server) or database (MySQL) name we are willing to quote.
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}")
-#: Name of the counter row that numbers revocations.
-_SEQ = "revocation_seq"
 #: Seconds for which schema creation is retried; concurrent creators lose races.
 _SETUP_PATIENCE = 15.0
-#: Characters of a lockout key kept, for people reading the table; the hash is the key.
-_FAILURE_KEY_CHARS = 512
 #: Attempts of ``record_failure`` before giving up; one retry follows each lost race to
 #: insert a key's first row, and each deletion of the row between two statements.
 _FAILURE_ATTEMPTS = 10
@@ -88,360 +91,11 @@ if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class _SQL:
-    """Tables and prebuilt statements, shared by every store in the process.
-
-    Built on first use (SQLAlchemy is an optional dependency). Tables carry no schema:
-    a store that uses one maps ``None`` to it with ``schema_translate_map``, which is
-    applied after compilation, so all stores share one compiled cache entry.
-    """
-
-    def __init__(self) -> None:
-        import sqlalchemy as sa
-
-        self.metadata = metadata = sa.MetaData()
-        # MySQL/MariaDB: binary collation so that ids compare case-sensitively, as on
-        # every other engine; InnoDB for row locks and transactions.
-        table_kw: dict[str, t.Any] = {
-            f"{prefix}_{key}": value
-            for prefix in ("mysql", "mariadb")
-            for key, value in (
-                ("engine", "InnoDB"),
-                ("charset", "utf8mb4"),
-                ("collate", "utf8mb4_bin"),
-            )
-        }
-
-        def key(length: int = 128) -> sa.types.TypeEngine[str]:
-            # 128 characters keeps composite and unique indexes under InnoDB's limits;
-            # SQL Server's default collations are case-insensitive, hence BIN2 there.
-            return sa.Unicode(length).with_variant(
-                sa.Unicode(length, collation="Latin1_General_100_BIN2"), "mssql"
-            )
-
-        def when() -> sa.types.TypeEngine[float]:
-            # Double precision everywhere: MySQL's FLOAT is single precision and would
-            # round epoch seconds to about two minutes.
-            return sa.Double()
-
-        self.pool = pool = sa.Table(
-            "tg_pool",
-            metadata,
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-            sa.Column("version", sa.BigInteger, nullable=False),
-            **table_kw,
-        )
-        self.counters = counters = sa.Table(
-            "tg_counters",
-            metadata,
-            sa.Column("name", key(64), primary_key=True),
-            sa.Column("value", sa.BigInteger, nullable=False),
-            **table_kw,
-        )
-        self.schema_version = schema_version = sa.Table(
-            "tg_schema_version",
-            metadata,
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-            sa.Column("version", sa.Integer, nullable=False),
-            **table_kw,
-        )
-        self.clients = clients = sa.Table(
-            "tg_clients",
-            metadata,
-            sa.Column("client_id", key(), primary_key=True),
-            sa.Column("alias", key(), nullable=True),
-            sa.Column("name", sa.Unicode(255), nullable=False),
-            sa.Column("secret_hash", key(), nullable=True),
-            sa.Column("grants", sa.Unicode(1024), nullable=False),
-            sa.Column("scopes", sa.UnicodeText, nullable=False),
-            sa.Column("enabled", sa.Boolean, nullable=False),
-            sa.Column("created_at", when(), nullable=False),
-            # Filtered: a SQL Server UNIQUE constraint admits only one NULL.
-            sa.Index(
-                "tg_clients_alias",
-                "alias",
-                unique=True,
-                mssql_where=sa.column("alias").isnot(None),
-            ),
-            **table_kw,
-        )
-        self.users = users = sa.Table(
-            "tg_users",
-            metadata,
-            sa.Column("username", key(), primary_key=True),
-            sa.Column("password_hash", sa.Unicode(512), nullable=False),
-            sa.Column("created_at", when(), nullable=False),
-            **table_kw,
-        )
-        self.sessions = sessions = sa.Table(
-            "tg_sessions",
-            metadata,
-            sa.Column("session_id", key(), primary_key=True),
-            sa.Column("client_id", key(), nullable=False),
-            sa.Column("subject", sa.Unicode(255), nullable=False),
-            sa.Column("scope", sa.UnicodeText, nullable=False),
-            sa.Column("holds_seat", sa.Boolean, nullable=False),
-            sa.Column("refresh_hash", key(), nullable=False),
-            sa.Column("created_at", when(), nullable=False),
-            sa.Column("expires_at", when(), nullable=False),
-            sa.UniqueConstraint("refresh_hash", name="tg_sessions_refresh_hash"),
-            sa.Index("tg_sessions_client", "client_id"),
-            sa.Index("tg_sessions_expiry", "expires_at"),
-            **table_kw,
-        )
-        self.used_refresh = used_refresh = sa.Table(
-            "tg_used_refresh",
-            metadata,
-            sa.Column("refresh_hash", key(), primary_key=True),
-            # Cascade: sweeping or ending a session forgets its used hashes for free.
-            sa.Column(
-                "session_id",
-                key(),
-                sa.ForeignKey("tg_sessions.session_id", ondelete="CASCADE"),
-                nullable=False,
-                index=True,
-            ),
-            **table_kw,
-        )
-        self.revoked = revoked = sa.Table(
-            "tg_revoked",
-            metadata,
-            sa.Column("token_id", key(), primary_key=True),
-            sa.Column("expires_at", when(), nullable=False),
-            sa.Column("seq", sa.BigInteger, nullable=False),
-            sa.Index("tg_revoked_seq", "seq"),
-            sa.Index("tg_revoked_expiry", "expires_at"),
-            **table_kw,
-        )
-        self.claims = claims = sa.Table(
-            "tg_claims",
-            metadata,
-            sa.Column("name", key(255), primary_key=True),
-            **table_kw,
-        )
-        self.signing_keys = keys = sa.Table(
-            "tg_signing_keys",
-            metadata,
-            sa.Column("kid", key(), primary_key=True),
-            sa.Column("alg", sa.Unicode(16), nullable=False),
-            sa.Column("private_pem", sa.UnicodeText, nullable=False),
-            sa.Column("created_at", when(), nullable=False),
-            sa.Column("retire_at", when(), nullable=True),
-            **table_kw,
-        )
-        #: Not in schema version 1 at first: ``_create`` adds it to older schemas.
-        self.failures = failures = sa.Table(
-            "tg_failures",
-            metadata,
-            sa.Column("key_hash", key(64), primary_key=True),
-            sa.Column("key", sa.Unicode(_FAILURE_KEY_CHARS), nullable=False),
-            sa.Column("count", sa.Integer, nullable=False),
-            sa.Column("until", when(), nullable=False),
-            sa.Index("tg_failures_until", "until"),
-            **table_kw,
-        )
-
-        bp = sa.bindparam
-        now: sa.BindParameter[float] = bp("now")
-        live = sessions.c.expires_at > now
-        seat_live = sa.and_(sessions.c.holds_seat == sa.true(), live)
-
-        # -- lifecycle
-        self.ping = sa.text("SELECT 1")
-        self.get_version = sa.select(schema_version.c.version).where(schema_version.c.id == 1)
-        #: (probe, seed) pairs: a SELECT that finds the row, an INSERT that creates it.
-        self.seeds: tuple[tuple[sa.Select[t.Any], sa.Insert], ...] = (
-            (
-                sa.select(pool.c.id).where(pool.c.id == 1),
-                pool.insert().values(id=1, version=0),
-            ),
-            (
-                sa.select(counters.c.name).where(counters.c.name == _SEQ),
-                counters.insert().values(name=_SEQ, value=0),
-            ),
-            (
-                sa.select(schema_version.c.id).where(schema_version.c.id == 1),
-                schema_version.insert().values(id=1, version=SCHEMA_VERSION),
-            ),
-        )
-        #: Children before parents, for ``reset``.
-        self.wipe = tuple(table.delete() for table in reversed(metadata.sorted_tables))
-
-        # -- locks: a write on one row is an exclusive row lock on every engine
-        self.lock_pool = pool.update().where(pool.c.id == 1).values(version=pool.c.version + 1)
-        self.bump_seq = (
-            counters.update().where(counters.c.name == _SEQ).values(value=counters.c.value + 1)
-        )
-        self.bump_seq_returning = self.bump_seq.returning(counters.c.value)
-        self.get_seq = sa.select(counters.c.value).where(counters.c.name == _SEQ)
-
-        # -- claims
-        self.insert_claim = claims.insert()
-
-        # -- signing keys
-        self.list_keys = sa.select(keys).order_by(keys.c.created_at, keys.c.kid)
-        self.insert_key = keys.insert()
-        self.retire_keys = (
-            keys.update().where(keys.c.retire_at.is_(None)).values(retire_at=bp("b_retire_at"))
-        )
-        self.delete_retired_keys = keys.delete().where(keys.c.retire_at <= now)
-
-        # -- clients
-        self.insert_client = clients.insert()
-        self.get_client = sa.select(clients).where(
-            sa.or_(clients.c.client_id == bp("key"), clients.c.alias == bp("key"))
-        )
-        self.client_exists = sa.select(clients.c.client_id).where(
-            clients.c.client_id == bp("b_client_id")
-        )
-        #: Rows whose id or alias is one of two names (a new id and alias).
-        self.names_taken = (
-            sa.select(sa.func.count())
-            .select_from(clients)
-            .where(
-                sa.or_(
-                    clients.c.client_id == bp("n1"),
-                    clients.c.client_id == bp("n2"),
-                    clients.c.alias == bp("n1"),
-                    clients.c.alias == bp("n2"),
-                )
-            )
-        )
-        self.alias_taken = (
-            sa.select(sa.func.count())
-            .select_from(clients)
-            .where(
-                clients.c.client_id != bp("b_client_id"),
-                sa.or_(
-                    clients.c.client_id == bp("b_alias"),
-                    clients.c.alias == bp("b_alias"),
-                ),
-            )
-        )
-        # SET columns come from the parameter names of each call.
-        self.update_client = clients.update().where(clients.c.client_id == bp("b_client_id"))
-        self.delete_client = clients.delete().where(clients.c.client_id == bp("b_client_id"))
-        self.list_clients = sa.select(clients)
-
-        # -- users
-        self.insert_user = users.insert()
-        self.get_user = sa.select(users).where(users.c.username == bp("b_username"))
-        self.update_user = users.update().where(users.c.username == bp("b_username"))
-        self.delete_user = users.delete().where(users.c.username == bp("b_username"))
-        self.list_users = sa.select(users)
-
-        # -- sessions and seats
-        self.sweep_sessions = sessions.delete().where(sessions.c.expires_at <= now)
-        self.count_seats = sa.select(sa.func.count()).select_from(sessions).where(seat_live)
-        self.earliest_seat = sa.select(sa.func.min(sessions.c.expires_at)).where(seat_live)
-        self.insert_session = sessions.insert()
-        self.get_session = sa.select(sessions).where(
-            sessions.c.session_id == bp("b_session_id"), live
-        )
-        self.find_current = sa.select(sessions).where(
-            sessions.c.refresh_hash == bp("b_refresh_hash"), live
-        )
-        self.find_used = (
-            sa.select(sessions)
-            .join(used_refresh, used_refresh.c.session_id == sessions.c.session_id)
-            .where(used_refresh.c.refresh_hash == bp("b_refresh_hash"), live)
-        )
-        # Compare-and-swap: only the caller holding the current hash matches the row.
-        self.rotate = (
-            sessions.update()
-            .where(
-                sessions.c.session_id == bp("b_session_id"),
-                sessions.c.refresh_hash == bp("b_old_hash"),
-                live,
-            )
-            .values(refresh_hash=bp("b_new_hash"), expires_at=bp("b_expires_at"))
-        )
-        self.rotate_returning = self.rotate.returning(*sessions.c)
-        self.get_session_any = sa.select(sessions).where(
-            sessions.c.session_id == bp("b_session_id")
-        )
-        self.insert_used = used_refresh.insert()
-        self.list_sessions = sa.select(sessions).where(live)
-        self.list_client_sessions = sa.select(sessions).where(
-            sessions.c.client_id == bp("b_client_id"), live
-        )
-
-        #: Ending sessions by one id, by client or all:
-        #: (lock rows, select, prune revoked, delete).
-        self.end: dict[str, tuple[sa.Update, sa.Select[t.Any], sa.Delete, sa.Delete]] = {}
-        filters: dict[str, sa.ColumnElement[bool] | None] = {
-            "session": sessions.c.session_id == bp("b_key"),
-            "client": sessions.c.client_id == bp("b_key"),
-            "all": None,
-        }
-        for kind, where in filters.items():
-            # A write that changes nothing, for its row locks: a refresh rotation that
-            # commits a later expiry between our read and our delete would otherwise
-            # be deleted with the earlier expiry revoked (see ``_end``).
-            lock = sessions.update().values(expires_at=sessions.c.expires_at)
-            pick = sa.select(sessions)
-            ids = sa.select(sessions.c.session_id)
-            drop = sessions.delete()
-            if where is not None:
-                lock, pick = lock.where(where), pick.where(where)
-                ids, drop = ids.where(where), drop.where(where)
-            # Prune expired revocations and any earlier entry under the same ids, so the
-            # inserts that follow cannot collide (the counter lock keeps others out).
-            prune = revoked.delete().where(
-                sa.or_(
-                    revoked.c.expires_at <= now,
-                    revoked.c.token_id.in_(ids.scalar_subquery()),
-                )
-            )
-            self.end[kind] = (lock, pick, prune, drop)
-
-        # -- revocation
-        self.prune_revoked = revoked.delete().where(
-            sa.or_(revoked.c.expires_at <= now, revoked.c.token_id == bp("b_token_id"))
-        )
-        self.insert_revoked = revoked.insert()
-        self.revoked_since = sa.select(revoked.c.token_id, revoked.c.expires_at).where(
-            revoked.c.seq > bp("b_seq"), revoked.c.expires_at > now
-        )
-
-        # -- lockout counters
-        live_window = failures.c.until > now
-        #: Count one failure, or start a new window if the row's has ended, in one
-        #: statement: its row lock serializes concurrent failures of the key, and on
-        #: READ COMMITTED a waiting UPDATE re-reads the row its predecessor committed.
-        #: Ordered: MySQL evaluates SET left to right with the new values, so ``count``
-        #: must read ``until`` before ``until`` changes.
-        self.count_failure = (
-            failures.update()
-            .where(failures.c.key_hash == bp("b_key_hash"))
-            .ordered_values(
-                (
-                    failures.c.count,
-                    sa.case((live_window, failures.c.count + 1), else_=1),
-                ),
-                (
-                    failures.c.until,
-                    sa.case((live_window, failures.c.until), else_=bp("b_until")),
-                ),
-            )
-        )
-        self.count_failure_returning = self.count_failure.returning(
-            failures.c.count, failures.c.until
-        )
-        self.get_failures = sa.select(failures.c.count, failures.c.until).where(
-            failures.c.key_hash == bp("b_key_hash")
-        )
-        self.get_live_failures = self.get_failures.where(live_window)
-        self.insert_failure = failures.insert()
-        self.clear_failures = failures.delete().where(failures.c.key_hash == bp("b_key_hash"))
-        self.purge_failures = failures.delete().where(failures.c.until <= now)
-
-
 _SQL_LOCK = threading.Lock()
-_SQL_SHARED: _SQL | None = None
+_SQL_SHARED: SQL | None = None
 
 
-def _sql() -> _SQL:
+def _sql() -> SQL:
     """The process-wide tables and statements, built once on first use."""
     global _SQL_SHARED
     if _SQL_SHARED is None:
@@ -449,7 +103,7 @@ def _sql() -> _SQL:
         # one compiled-cache entry each) even when threads open stores at once.
         with _SQL_LOCK:
             if _SQL_SHARED is None:
-                _SQL_SHARED = _SQL()
+                _SQL_SHARED = SQL()
     return _SQL_SHARED
 
 
@@ -531,15 +185,7 @@ class SQLAlchemyStore(Store):
     with it).
     """
 
-    schemes = (
-        "postgresql",
-        "postgresql+psycopg",
-        "mysql+pymysql",
-        "mariadb+pymysql",
-        "mssql+pyodbc",
-        "mssql+pymssql",
-        "sqlite+pysqlite",
-    )
+    schemes = schemes_of("sql")
 
     def __init__(self, url: str, **options: t.Any) -> None:
         try:
@@ -566,6 +212,9 @@ class SQLAlchemyStore(Store):
                 "and not on SQLite"
             )
         options.setdefault("pool_pre_ping", True)
+        if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+            if not parsed.database.startswith("file:"):
+                prepare_private_file(os.path.abspath(parsed.database))
         if backend == "sqlite":
             connect_args = dict(options.pop("connect_args", {}))
             connect_args.setdefault("timeout", 30.0)
@@ -702,20 +351,26 @@ class SQLAlchemyStore(Store):
         q = self._q
         version = self._stored_version()
         if version == SCHEMA_VERSION:
-            # Tables added within version 1 (old code ignores them), for schemas created
-            # before them. A concurrent creator's error is retried by ``_setup``.
-            with self._engine.begin() as conn:
-                q.failures.create(conn, checkfirst=True)
             return
         if version is not None and version > SCHEMA_VERSION:
             raise ConfigurationError(
                 f"The store's schema is version {version}; this flask-tokenguard knows "
                 f"{SCHEMA_VERSION}. Upgrade flask-tokenguard."
             )
+        if version is not None:
+            # Every step is idempotent, so concurrent openers may run one together; a
+            # loser's error is retried by ``_setup``.
+            while version < SCHEMA_VERSION:
+                self._MIGRATIONS[version](self)
+                with self._engine.begin() as conn:
+                    conn.execute(q.set_version, {"b_from": version, "b_to": version + 1})
+                version += 1
+            return
         if self._schema is not None:
             self._create_schema()
         with self._engine.begin() as conn:
             q.metadata.create_all(conn, checkfirst=True)
+        self._use_no_pad_collation()
         for probe, seed in q.seeds:
             try:
                 with self._engine.begin() as conn:
@@ -723,6 +378,99 @@ class SQLAlchemyStore(Store):
                         conn.execute(seed)
             except self._exc.IntegrityError:
                 pass  # another process seeded it between our probe and insert
+
+    def _migrate_1_to_2(self) -> None:
+        """Version 1 to 2: ``tg_failures`` (missing from the first releases of version 1),
+        and on MySQL/MariaDB a NO PAD collation, under which ``"alice "`` is not ``"alice"``.
+        """
+        with self._engine.begin() as conn:
+            self._q.failures.create(conn, checkfirst=True)
+        self._use_no_pad_collation()
+
+    #: Upgrade steps: the version a schema has -> the method that brings it to the next.
+    _MIGRATIONS: t.ClassVar[dict[int, t.Callable[[SQLAlchemyStore], None]]] = {
+        1: _migrate_1_to_2,
+    }
+
+    def _use_no_pad_collation(self) -> None:
+        """On MySQL/MariaDB, convert every table (and the database) to a NO PAD collation.
+
+        The ``utf8mb4_bin`` of version 1 is PAD SPACE: trailing spaces are ignored in
+        comparisons, so a padded user name or client id found the unpadded record.
+        """
+        if self._backend not in ("mysql", "mariadb"):
+            return
+        with self._base_engine.connect() as conn:
+            collation = self._no_pad_collation(conn)
+            if self._schema is not None:
+                conn.exec_driver_sql(
+                    f"ALTER DATABASE {self._quoted_schema()}"
+                    f" CHARACTER SET utf8mb4 COLLATE {collation}"
+                )
+            database = self._schema or conn.exec_driver_sql("SELECT DATABASE()").scalar()
+            ours = ", ".join(f"'{table.name}'" for table in self._q.metadata.sorted_tables)
+            stale = [
+                row[0]
+                for row in conn.exec_driver_sql(
+                    "SELECT table_name FROM information_schema.tables"  # noqa: S608 - ours
+                    f" WHERE table_schema = %s AND table_name IN ({ours})"
+                    " AND table_collation != %s",
+                    (database, collation),
+                )
+            ]
+            if not stale:
+                return
+            prefix = f"{self._quoted_schema()}." if self._schema is not None else ""
+            # A column that a foreign key references cannot change collation while the
+            # key exists (whatever foreign_key_checks says): drop the keys, convert the
+            # tables, and add the keys back.
+            keys = list(
+                conn.exec_driver_sql(
+                    "SELECT table_name, constraint_name FROM information_schema.table_constraints"
+                    " WHERE table_schema = %s AND constraint_type = 'FOREIGN KEY'",
+                    (database,),
+                )
+            )
+            for table_name, constraint in keys:
+                if table_name in self._q.metadata.tables:
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE {prefix}{table_name} DROP FOREIGN KEY {constraint}"
+                    )
+            for name in stale:
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {prefix}{name}"
+                    f" CONVERT TO CHARACTER SET utf8mb4 COLLATE {collation}"
+                )
+            for table in self._q.metadata.sorted_tables:
+                for fk in table.foreign_key_constraints:
+                    columns = ", ".join(c.name for c in fk.columns)
+                    target = fk.referred_table.name
+                    referred = ", ".join(e.column.name for e in fk.elements)
+                    on_delete = f" ON DELETE {fk.ondelete}" if fk.ondelete else ""
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE {prefix}{table.name} ADD FOREIGN KEY ({columns})"
+                        f" REFERENCES {prefix}{target} ({referred}){on_delete}"
+                    )
+            conn.commit()
+
+    @staticmethod
+    def _no_pad_collation(conn: Connection) -> str:
+        """The best NO PAD binary collation the MySQL/MariaDB server has."""
+        names = ", ".join(f"'{name}'" for name in _NO_PAD_COLLATIONS)
+        found = {
+            row[0]
+            for row in conn.exec_driver_sql(
+                "SELECT collation_name FROM information_schema.collations"  # noqa: S608
+                f" WHERE collation_name IN ({names})"
+            )
+        }
+        for collation in _NO_PAD_COLLATIONS:
+            if collation in found:
+                return collation
+        raise ConfigurationError(
+            "The SQL store needs MariaDB 10.2+ or MySQL 8.0+"
+            f" (a NO PAD collation: {' or '.join(_NO_PAD_COLLATIONS)})"
+        )
 
     def _stored_version(self) -> int | None:
         """The schema version, or None when the tables do not exist (yet)."""
@@ -740,8 +488,10 @@ class SQLAlchemyStore(Store):
     def _create_schema(self) -> None:
         name = self._quoted_schema()
         if self._backend in ("mysql", "mariadb"):
+            with self._base_engine.connect() as conn:
+                collation = self._no_pad_collation(conn)
             statement = (
-                f"CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                f"CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4 COLLATE {collation}"
             )
         elif self._backend == "mssql":
             statement = f"IF SCHEMA_ID(N'{self._schema}') IS NULL EXEC('CREATE SCHEMA {name}')"
@@ -844,6 +594,8 @@ class SQLAlchemyStore(Store):
             conn.execute(q.insert_client, _client_params(client))
 
     def get_client(self, id_or_alias: str) -> Client | None:
+        if impossible_key(id_or_alias):
+            return None
         with self._tx() as conn:
             rows = list(conn.execute(self._q.get_client, {"key": id_or_alias}))
         # An id never equals another client's alias, but prefer the id if it ever did.
@@ -870,6 +622,8 @@ class SQLAlchemyStore(Store):
         return True
 
     def delete_client(self, client_id: str) -> bool:
+        if impossible_key(client_id):
+            return False
         with self._tx() as conn:
             return conn.execute(self._q.delete_client, {"b_client_id": client_id}).rowcount > 0
 
@@ -893,6 +647,8 @@ class SQLAlchemyStore(Store):
             )
 
     def get_user(self, username: str) -> User | None:
+        if impossible_key(username):
+            return None
         with self._tx() as conn:
             row = conn.execute(self._q.get_user, {"b_username": username}).first()
         return None if row is None else _user(row)
@@ -910,6 +666,8 @@ class SQLAlchemyStore(Store):
             return result.rowcount > 0
 
     def delete_user(self, username: str) -> bool:
+        if impossible_key(username):
+            return False
         with self._tx() as conn:
             return conn.execute(self._q.delete_user, {"b_username": username}).rowcount > 0
 
@@ -957,6 +715,8 @@ class SQLAlchemyStore(Store):
             return int(conn.execute(self._q.count_seats, {"now": now}).scalar_one())
 
     def get_session(self, session_id: str, now: float) -> TokenSession | None:
+        if impossible_key(session_id):
+            return None
         with self._tx() as conn:
             row = conn.execute(
                 self._q.get_session, {"b_session_id": session_id, "now": now}
@@ -964,6 +724,8 @@ class SQLAlchemyStore(Store):
         return None if row is None else _session(row)
 
     def find_refresh(self, refresh_hash: str, now: float) -> tuple[TokenSession, bool] | None:
+        if impossible_key(refresh_hash):
+            return None
         q = self._q
         params = {"b_refresh_hash": refresh_hash, "now": now}
         with self._tx() as conn:
@@ -1027,7 +789,7 @@ class SQLAlchemyStore(Store):
                 [
                     {
                         "token_id": s.session_id,
-                        "expires_at": max(s.expires_at, now + 1),
+                        "expires_at": session_revoked_until(s.expires_at, now),
                         "seq": seq,
                     }
                     for s in ended
@@ -1036,6 +798,8 @@ class SQLAlchemyStore(Store):
         return [s for s in ended if s.is_live(now)]
 
     def end_session(self, session_id: str, now: float) -> TokenSession | None:
+        if impossible_key(session_id):
+            return None
         ended = self._end("session", session_id, now)
         return ended[0] if ended else None
 
@@ -1106,7 +870,8 @@ class SQLAlchemyStore(Store):
                             q.insert_failure,
                             {
                                 "key_hash": key_hash,
-                                "key": key[:_FAILURE_KEY_CHARS],
+                                # For people reading the table; NUL is not text.
+                                "key": key[:FAILURE_KEY_CHARS].replace("\x00", "\ufffd"),
                                 "count": 1,
                                 "until": until,
                             },

@@ -19,6 +19,9 @@ WAL needs every process on one host with a local disk: SQLite is not for network
 shares.
 """
 
+# Every statement below is built from constant table and column names.
+# ruff: noqa: S608
+
 from __future__ import annotations
 
 import contextlib
@@ -39,10 +42,15 @@ from ..models import Client
 from ..models import SigningKey
 from ..models import TokenSession
 from ..models import User
+from .base import impossible_key
+from .base import schemes_of
+from .base import session_revoked_until
 from .base import Store
+from .files import prepare_private_file
 
-#: Version of the tables below, kept in ``tg_meta`` so that later versions can migrate.
-SCHEMA_VERSION = 1
+#: Version of the tables below, kept in ``tg_schema_version``; older files are migrated
+#: in place by the steps of ``_MIGRATIONS``.
+SCHEMA_VERSION = 2
 
 _PREFIX = "sqlite:///"
 
@@ -53,9 +61,7 @@ _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 #: also survives a power loss, at the price of one more fsync per write.
 _SYNCHRONOUS = ("normal", "full", "extra")
 
-#: Lockout counters: one row per key, purged once ``until`` has passed. Added after the
-#: first release without a schema version change (old code simply ignores the table), so
-#: ``_create_schema`` also adds it to files created before it existed.
+#: Lockout counters: one row per key, purged once ``until`` has passed.
 _FAILURES_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS tg_failures (
         key TEXT PRIMARY KEY,
@@ -68,8 +74,19 @@ _FAILURES_SCHEMA = (
 #: DDL run in one ``BEGIN IMMEDIATE`` transaction, so that processes opening a new file
 #: at the same moment create it exactly once: the first takes the write lock, and the
 #: others wait for it, then find every ``IF NOT EXISTS`` satisfied.
+#: Table and column names are those of the SQL server store (``stores/sql.py``).
 _SCHEMA = (
+    # Kept only so that a release that knows version 1 alone refuses a newer file
+    # instead of taking it for a new one; this release reads ``tg_schema_version``.
     """CREATE TABLE IF NOT EXISTS tg_meta (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS tg_schema_version (
+        id INTEGER PRIMARY KEY,
+        version INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS tg_counters (
         name TEXT PRIMARY KEY,
         value INTEGER NOT NULL
     )""",
@@ -111,7 +128,7 @@ _SCHEMA = (
     # Used refresh hashes are kept for replay detection while their session lives; the
     # cascade drops them with the session (expiry sweep or end).
     """CREATE TABLE IF NOT EXISTS tg_used_refresh (
-        hash TEXT PRIMARY KEY,
+        refresh_hash TEXT PRIMARY KEY,
         session_id TEXT NOT NULL
             REFERENCES tg_sessions (session_id) ON DELETE CASCADE
     )""",
@@ -125,9 +142,35 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS tg_revoked_seq ON tg_revoked (seq)",
     "CREATE INDEX IF NOT EXISTS tg_revoked_expires_at ON tg_revoked (expires_at)",
     *_FAILURES_SCHEMA,
-    "INSERT OR IGNORE INTO tg_meta (name, value) VALUES ('revocation_seq', 0)",
+    "INSERT OR IGNORE INTO tg_counters (name, value) VALUES ('revocation_seq', 0)",
     f"INSERT OR IGNORE INTO tg_meta (name, value) VALUES ('schema_version', {SCHEMA_VERSION})",
+    f"INSERT OR IGNORE INTO tg_schema_version (id, version) VALUES (1, {SCHEMA_VERSION})",
 )
+
+#: Version 1 to 2: the names of the SQL server store (``tg_counters``,
+#: ``tg_schema_version``, ``tg_used_refresh.refresh_hash``), and ``tg_failures``, which
+#: files created by the first releases of version 1 lack. Every row is kept.
+_MIGRATE_1_TO_2 = (
+    *_FAILURES_SCHEMA,
+    "ALTER TABLE tg_used_refresh RENAME COLUMN hash TO refresh_hash",
+    """CREATE TABLE tg_counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    )""",
+    "INSERT INTO tg_counters (name, value)"
+    " SELECT name, value FROM tg_meta WHERE name = 'revocation_seq'",
+    "INSERT OR IGNORE INTO tg_counters (name, value) VALUES ('revocation_seq', 0)",
+    "DELETE FROM tg_meta WHERE name != 'schema_version'",
+    """CREATE TABLE tg_schema_version (
+        id INTEGER PRIMARY KEY,
+        version INTEGER NOT NULL
+    )""",
+    "INSERT INTO tg_schema_version (id, version) VALUES (1, 2)",
+    "UPDATE tg_meta SET value = 2 WHERE name = 'schema_version'",
+)
+
+#: Upgrade steps: the version a file has -> statements that bring it to the next one.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _MIGRATE_1_TO_2}
 
 #: Tables emptied by ``reset()``; ``tg_used_refresh`` before ``tg_sessions``.
 _DATA_TABLES = (
@@ -144,10 +187,12 @@ _DATA_TABLES = (
 # Statements, written once here so that each method reads as its logic, and so that
 # every query in the store can be reviewed (and index-checked) in one place.
 
-_GET_SCHEMA_VERSION = "SELECT value FROM tg_meta WHERE name = 'schema_version'"
-_GET_SEQ = "SELECT value FROM tg_meta WHERE name = 'revocation_seq'"
-_ADD_TO_SEQ = "UPDATE tg_meta SET value = value + ? WHERE name = 'revocation_seq'"
-_ZERO_SEQ = "UPDATE tg_meta SET value = 0 WHERE name = 'revocation_seq'"
+_GET_SCHEMA_VERSION = "SELECT version FROM tg_schema_version WHERE id = 1"
+#: Where version 1 kept its version number.
+_GET_V1_SCHEMA_VERSION = "SELECT value FROM tg_meta WHERE name = 'schema_version'"
+_GET_SEQ = "SELECT value FROM tg_counters WHERE name = 'revocation_seq'"
+_ADD_TO_SEQ = "UPDATE tg_counters SET value = value + ? WHERE name = 'revocation_seq'"
+_ZERO_SEQ = "UPDATE tg_counters SET value = 0 WHERE name = 'revocation_seq'"
 
 _CLAIM = "INSERT OR IGNORE INTO tg_claims (name) VALUES (?)"
 
@@ -208,7 +253,7 @@ _FIND_REFRESH = (
     " WHERE refresh_hash = :hash AND expires_at > :now"
     f" UNION ALL SELECT {_S_SESSION_COLUMNS}, 0"
     " FROM tg_used_refresh AS u JOIN tg_sessions AS s ON s.session_id = u.session_id"
-    " WHERE u.hash = :hash AND s.expires_at > :now"
+    " WHERE u.refresh_hash = :hash AND s.expires_at > :now"
     " LIMIT 1"
 )
 #: The compare-and-swap: the WHERE clause is the comparison.
@@ -216,7 +261,7 @@ _SWAP_REFRESH = (
     "UPDATE tg_sessions SET refresh_hash = ?, expires_at = ?"
     " WHERE session_id = ? AND refresh_hash = ? AND expires_at > ?"
 )
-_MARK_USED = "INSERT OR REPLACE INTO tg_used_refresh (hash, session_id) VALUES (?, ?)"
+_MARK_USED = "INSERT OR REPLACE INTO tg_used_refresh (refresh_hash, session_id) VALUES (?, ?)"
 _DELETE_SESSION = "DELETE FROM tg_sessions WHERE session_id = ?"
 _ALL_SESSIONS = f"SELECT {_SESSION_COLUMNS} FROM tg_sessions"
 _CLIENT_SESSIONS = _ALL_SESSIONS + " WHERE client_id = ?"
@@ -230,7 +275,6 @@ _REVOKE = "INSERT OR REPLACE INTO tg_revoked (token_id, expires_at, seq) VALUES 
 _PURGE_REVOKED = "DELETE FROM tg_revoked WHERE expires_at <= ?"
 _REVOKED_SINCE = "SELECT token_id, expires_at FROM tg_revoked WHERE seq > ? AND expires_at > ?"
 
-_HAS_FAILURES_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tg_failures'"
 #: Run first in ``record_failure``: afterwards any row of the key is live.
 _PURGE_FAILURES = "DELETE FROM tg_failures WHERE until <= ?"
 _GET_FAILURES = "SELECT count, until FROM tg_failures WHERE key = ?"
@@ -273,7 +317,7 @@ def _forget_after_fork(ref: weakref.ref[SQLiteStore]) -> None:
 class SQLiteStore(Store):
     """Tables in one SQLite file, shared by the processes of one machine."""
 
-    schemes = ("sqlite",)
+    schemes = schemes_of("sqlite")
 
     def __init__(
         self,
@@ -314,11 +358,7 @@ class SQLiteStore(Store):
             os.register_at_fork(
                 after_in_child=functools.partial(_forget_after_fork, weakref.ref(self))
             )
-        try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        except OSError as exc:
-            message = f"cannot create the folder of {self.path}: {exc}"
-            raise StoreError(message, exc) from exc
+        prepare_private_file(self.path)
         with self.wrap_errors():
             self._create_schema()
             # Hold no connection after set-up: a server that forks its workers after
@@ -428,80 +468,79 @@ class SQLiteStore(Store):
         self._enable_wal(conn)
         # Read first: an existing file (the usual case) needs no write lock.
         version = _schema_version(conn)
-        if version is None:
-            with self._write() as conn:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-            version = _schema_version(conn)
-        if version != SCHEMA_VERSION:
-            # Version 1 is the first; later versions migrate older files here.
+        if version == SCHEMA_VERSION:
+            return
+        if version is not None and version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path} has store schema version {version};"
-                f" this flask_tokenguard supports {SCHEMA_VERSION}"
+                f" this flask_tokenguard supports {SCHEMA_VERSION}. Upgrade flask-tokenguard."
             )
-        # Tables added within version 1, for files created before them: read first, as
-        # above; IF NOT EXISTS makes a concurrent opener's creation harmless.
-        if conn.execute(_HAS_FAILURES_TABLE).fetchone() is None:
-            with self._write() as conn:
-                for statement in _FAILURES_SCHEMA:
+        with self._write() as conn:
+            # Under the write lock, read again: another process may have created or
+            # migrated the file since our first read.
+            version = _schema_version(conn)
+            if version is None:
+                for statement in _SCHEMA:
                     conn.execute(statement)
+                return
+            while version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(statement)
+                version += 1
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def check(self) -> None:
-        with self.wrap_errors():
-            self._connection().execute("SELECT 1").fetchone()
+        self._connection().execute("SELECT 1").fetchone()
 
     def close(self) -> None:
         """Close every connection of this store; any thread reconnects on next use."""
-        with self.wrap_errors():
-            with self._lock:
-                self._generation += 1
-                connections = list(self._connections.values())
-                self._connections.clear()
-            self._local.conn = None
-            for conn in connections:
-                conn.close()
+        with self._lock:
+            self._generation += 1
+            connections = list(self._connections.values())
+            self._connections.clear()
+        self._local.conn = None
+        for conn in connections:
+            conn.close()
 
     def reset(self) -> None:
-        with self.wrap_errors(), self._write() as conn:
+        with self._write() as conn:
             for table in _DATA_TABLES:
                 conn.execute(f"DELETE FROM {table}")  # noqa: S608 - constant names
             conn.execute(_ZERO_SEQ)
 
     def claim_once(self, name: str) -> bool:
-        with self.wrap_errors(), self._write() as conn:
+        with self._write() as conn:
             return conn.execute(_CLAIM, (name,)).rowcount == 1
 
     # -- signing keys ------------------------------------------------------------------
 
     def ensure_signing_key(self, candidate: SigningKey) -> list[SigningKey]:
-        with self.wrap_errors(), self._write() as conn:
+        with self._write() as conn:
             # Under the write lock: of processes starting at once, exactly one inserts.
             if conn.execute(_ANY_KEY).fetchone() is None:
                 conn.execute(_INSERT_KEY, _key_row(candidate))
             return [_key(row) for row in conn.execute(_LIST_KEYS)]
 
     def add_signing_key(self, key: SigningKey, retire_others_at: float) -> None:
-        with self.wrap_errors(), self._write() as conn:
+        with self._write() as conn:
             conn.execute(_RETIRE_KEYS, (retire_others_at,))
             conn.execute(_INSERT_KEY, _key_row(key))
 
     def signing_keys(self, now: float) -> list[SigningKey]:
-        with self.wrap_errors():
-            # Read first: every process calls this every few seconds, and only rarely
-            # is there a key to drop, the one case that needs the write lock.
-            keys = [_key(row) for row in self._connection().execute(_LIST_KEYS)]
-            if any(k.retire_at is not None and k.retire_at <= now for k in keys):
-                with self._write() as conn:
-                    conn.execute(_DROP_RETIRED_KEYS, (now,))
-                    keys = [_key(row) for row in conn.execute(_LIST_KEYS)]
-            return keys
+        # Read first: every process calls this every few seconds, and only rarely
+        # is there a key to drop, the one case that needs the write lock.
+        keys = [_key(row) for row in self._connection().execute(_LIST_KEYS)]
+        if any(k.retire_at is not None and k.retire_at <= now for k in keys):
+            with self._write() as conn:
+                conn.execute(_DROP_RETIRED_KEYS, (now,))
+                keys = [_key(row) for row in conn.execute(_LIST_KEYS)]
+        return keys
 
     # -- clients -----------------------------------------------------------------------
 
     def create_client(self, client: Client) -> None:
-        with self.wrap_errors(), self._write() as conn:
+        with self._write() as conn:
             # No UNIQUE constraint spans ids and aliases together; the write lock makes
             # this check and the insert one step.
             names = {"id": client.client_id, "alias": client.alias or client.client_id}
@@ -510,13 +549,14 @@ class SQLiteStore(Store):
             conn.execute(_INSERT_CLIENT, _client_row(client))
 
     def get_client(self, id_or_alias: str) -> Client | None:
-        with self.wrap_errors():
-            name = {"name": id_or_alias}
-            row = self._connection().execute(_GET_CLIENT, name).fetchone()
-            return None if row is None else _client(row)
+        if impossible_key(id_or_alias):
+            return None
+        name = {"name": id_or_alias}
+        row = self._connection().execute(_GET_CLIENT, name).fetchone()
+        return None if row is None else _client(row)
 
     def update_client(self, client: Client) -> bool:
-        with self.wrap_errors(), self._write() as conn:
+        with self._write() as conn:
             if conn.execute(_CLIENT_EXISTS, (client.client_id,)).fetchone() is None:
                 return False
             if client.alias:
@@ -528,42 +568,45 @@ class SQLiteStore(Store):
             return True
 
     def delete_client(self, client_id: str) -> bool:
-        with self.wrap_errors(), self._write() as conn:
+        if impossible_key(client_id):
+            return False
+        with self._write() as conn:
             return conn.execute(_DELETE_CLIENT, (client_id,)).rowcount == 1
 
     def list_clients(self) -> list[Client]:
-        with self.wrap_errors():
-            return [_client(row) for row in self._connection().execute(_LIST_CLIENTS)]
+        return [_client(row) for row in self._connection().execute(_LIST_CLIENTS)]
 
     # -- users -------------------------------------------------------------------------
 
     def create_user(self, user: User) -> None:
-        with self.wrap_errors(), self._write() as conn:
+        with self._write() as conn:
             if conn.execute(_INSERT_USER, _user_row(user)).rowcount != 1:
                 raise ConflictError("user exists")
 
     def get_user(self, username: str) -> User | None:
-        with self.wrap_errors():
-            row = self._connection().execute(_GET_USER, (username,)).fetchone()
-            return None if row is None else User(*row)
+        if impossible_key(username):
+            return None
+        row = self._connection().execute(_GET_USER, (username,)).fetchone()
+        return None if row is None else User(*row)
 
     def update_user(self, user: User) -> bool:
-        with self.wrap_errors(), self._write() as conn:
+        with self._write() as conn:
             row = (user.password_hash, user.created_at, user.username)
             return conn.execute(_UPDATE_USER, row).rowcount == 1
 
     def delete_user(self, username: str) -> bool:
-        with self.wrap_errors(), self._write() as conn:
+        if impossible_key(username):
+            return False
+        with self._write() as conn:
             return conn.execute(_DELETE_USER, (username,)).rowcount == 1
 
     def list_users(self) -> list[User]:
-        with self.wrap_errors():
-            return [User(*row) for row in self._connection().execute(_LIST_USERS)]
+        return [User(*row) for row in self._connection().execute(_LIST_USERS)]
 
     # -- sessions and seats ------------------------------------------------------------
 
     def start_session(self, session: TokenSession, seat_limit: int | None, now: float) -> bool:
-        with self.wrap_errors(), self._write() as conn:
+        with self._write() as conn:
             # Sweep, count and insert under one write lock: no other thread or process
             # can insert between our count and our insert.
             conn.execute(_SWEEP_SESSIONS, (now,))
@@ -576,28 +619,26 @@ class SQLiteStore(Store):
             return True
 
     def earliest_seat_expiry(self, now: float) -> float | None:
-        with self.wrap_errors():
-            (earliest,) = self._connection().execute(_EARLIEST_SEAT_EXPIRY, (now,)).fetchone()
-            return None if earliest is None else float(earliest)
+        (earliest,) = self._connection().execute(_EARLIEST_SEAT_EXPIRY, (now,)).fetchone()
+        return None if earliest is None else float(earliest)
 
     def seats_in_use(self, now: float) -> int:
-        with self.wrap_errors():
-            (held,) = self._connection().execute(_COUNT_SEATS, (now,)).fetchone()
-            return int(held)
+        (held,) = self._connection().execute(_COUNT_SEATS, (now,)).fetchone()
+        return int(held)
 
     def get_session(self, session_id: str, now: float) -> TokenSession | None:
-        with self.wrap_errors():
-            row = self._connection().execute(_GET_LIVE_SESSION, (session_id, now)).fetchone()
-            return None if row is None else _session(row)
+        if impossible_key(session_id):
+            return None
+        row = self._connection().execute(_GET_LIVE_SESSION, (session_id, now)).fetchone()
+        return None if row is None else _session(row)
 
     def find_refresh(self, refresh_hash: str, now: float) -> tuple[TokenSession, bool] | None:
-        with self.wrap_errors():
-            row = (
-                self._connection()
-                .execute(_FIND_REFRESH, {"hash": refresh_hash, "now": now})
-                .fetchone()
-            )
-            return None if row is None else (_session(row[:-1]), bool(row[-1]))
+        if impossible_key(refresh_hash):
+            return None
+        row = (
+            self._connection().execute(_FIND_REFRESH, {"hash": refresh_hash, "now": now}).fetchone()
+        )
+        return None if row is None else (_session(row[:-1]), bool(row[-1]))
 
     def rotate_refresh(
         self,
@@ -607,7 +648,7 @@ class SQLiteStore(Store):
         expires_at: float,
         now: float,
     ) -> TokenSession | None:
-        with self.wrap_errors(), self._write() as conn:
+        with self._write() as conn:
             # The write lock makes the swap and the "used" record of the old hash one
             # step: no reader sees the old hash as neither current nor used.
             swap = (new_hash, expires_at, session_id, old_hash, now)
@@ -617,7 +658,9 @@ class SQLiteStore(Store):
             return _session(conn.execute(_GET_SESSION, (session_id,)).fetchone())
 
     def end_session(self, session_id: str, now: float) -> TokenSession | None:
-        with self.wrap_errors(), self._write() as conn:
+        if impossible_key(session_id):
+            return None
+        with self._write() as conn:
             conn.execute(_PURGE_REVOKED, (now,))
             row = conn.execute(_GET_SESSION, (session_id,)).fetchone()
             if row is None:
@@ -627,7 +670,7 @@ class SQLiteStore(Store):
             return session if session.is_live(now) else None
 
     def end_sessions(self, client_id: str | None, now: float) -> int:
-        with self.wrap_errors(), self._write() as conn:
+        with self._write() as conn:
             conn.execute(_PURGE_REVOKED, (now,))
             if client_id is None:
                 rows = conn.execute(_ALL_SESSIONS).fetchall()
@@ -638,27 +681,25 @@ class SQLiteStore(Store):
             return sum(1 for s in sessions if s.is_live(now))
 
     def list_sessions(self, client_id: str | None, now: float) -> list[TokenSession]:
-        with self.wrap_errors():
-            query = {"now": now, "client_id": client_id}
-            rows = self._connection().execute(_LIST_SESSIONS, query)
-            return [_session(row) for row in rows]
+        query = {"now": now, "client_id": client_id}
+        rows = self._connection().execute(_LIST_SESSIONS, query)
+        return [_session(row) for row in rows]
 
     # -- revocation --------------------------------------------------------------------
 
     def revoke(self, token_id: str, expires_at: float, now: float) -> None:
-        with self.wrap_errors(), self._write() as conn:
+        with self._write() as conn:
             conn.execute(_PURGE_REVOKED, (now,))
             seq = _advance_seq(conn, 1)
             conn.execute(_REVOKE, (token_id, expires_at, seq))
 
     def revocation_seq(self) -> int:
-        with self.wrap_errors():
-            # Polled by every process several times a second: one primary-key read.
-            (seq,) = self._connection().execute(_GET_SEQ).fetchone()
-            return int(seq)
+        # Polled by every process several times a second: one primary-key read.
+        (seq,) = self._connection().execute(_GET_SEQ).fetchone()
+        return int(seq)
 
     def revocations_since(self, seq: int, now: float) -> tuple[dict[str, float], int]:
-        with self.wrap_errors(), self._read() as conn:
+        with self._read() as conn:
             # One snapshot for both reads. Read apart, a revocation committed in
             # between could be counted in the returned seq yet missing from the
             # entries, and the caller would never ask for it again.
@@ -669,7 +710,7 @@ class SQLiteStore(Store):
     # -- lockout counters --------------------------------------------------------------
 
     def record_failure(self, key: str, window: float, now: float) -> tuple[int, float]:
-        with self.wrap_errors(), self._write() as conn:
+        with self._write() as conn:
             # Under the write lock, purge, read and write are one step: concurrent
             # failures of one key each see the previous one's count.
             conn.execute(_PURGE_FAILURES, (now,))
@@ -682,12 +723,11 @@ class SQLiteStore(Store):
             return int(row[0]) + 1, float(row[1])
 
     def failures(self, key: str, now: float) -> tuple[int, float]:
-        with self.wrap_errors():
-            row = self._connection().execute(_GET_LIVE_FAILURES, (key, now)).fetchone()
-            return (0, 0.0) if row is None else (int(row[0]), float(row[1]))
+        row = self._connection().execute(_GET_LIVE_FAILURES, (key, now)).fetchone()
+        return (0, 0.0) if row is None else (int(row[0]), float(row[1]))
 
     def clear_failures(self, key: str) -> None:
-        with self.wrap_errors(), self._write() as conn:
+        with self._write() as conn:
             conn.execute(_CLEAR_FAILURES, (key,))
 
 
@@ -713,13 +753,16 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 def _schema_version(conn: sqlite3.Connection) -> int | None:
     """The file's schema version; None for a new file without tables."""
-    try:
-        row = conn.execute(_GET_SCHEMA_VERSION).fetchone()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return None
-        raise
-    return None if row is None else int(row[0])
+    for query in (_GET_SCHEMA_VERSION, _GET_V1_SCHEMA_VERSION):
+        try:
+            row = conn.execute(query).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                continue
+            raise
+        if row is not None:
+            return int(row[0])
+    return None
 
 
 def _advance_seq(conn: sqlite3.Connection, count: int) -> int:
@@ -735,12 +778,10 @@ def _end(conn: sqlite3.Connection, sessions: list[TokenSession], now: float) -> 
         return
     first = _advance_seq(conn, len(sessions)) - len(sessions) + 1
     conn.executemany(_DELETE_SESSION, [(s.session_id,) for s in sessions])
-    # Revoked for at least a moment beyond ``now``, so that other processes' next poll
-    # still sees a session that was ended just as it expired.
     conn.executemany(
         _REVOKE,
         [
-            (s.session_id, max(s.expires_at, now + 1), seq)
+            (s.session_id, session_revoked_until(s.expires_at, now), seq)
             for seq, s in enumerate(sessions, start=first)
         ],
     )

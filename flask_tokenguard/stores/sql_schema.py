@@ -1,0 +1,407 @@
+"""The SQL server store's tables and statements (SQLAlchemy Core), apart from its logic.
+
+Built once per process on first use (SQLAlchemy is an optional dependency) and shared by
+every store, so that the compiled-statement cache hits on every call. Table and column
+names are those of the SQLite store too.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    import sqlalchemy as sa
+
+#: Bumped whenever the tables change; stored in ``tg_schema_version``. Older schemas are
+#: migrated in place by the steps of ``SQLAlchemyStore._MIGRATIONS``.
+SCHEMA_VERSION = 2
+#: Name of the counter row that numbers revocations.
+SEQ = "revocation_seq"
+#: Characters of a lockout key kept, for people reading the table; the hash is the key.
+FAILURE_KEY_CHARS = 512
+
+
+class SQL:
+    """Tables and prebuilt statements, shared by every store in the process.
+
+    Built on first use (SQLAlchemy is an optional dependency). Tables carry no schema:
+    a store that uses one maps ``None`` to it with ``schema_translate_map``, which is
+    applied after compilation, so all stores share one compiled cache entry.
+    """
+
+    def __init__(self) -> None:
+        self._define_tables()
+        self._build_statements()
+
+    def _define_tables(self) -> None:
+        """The tables: their names and columns are the same on every engine."""
+        import sqlalchemy as sa
+
+        self.metadata = metadata = sa.MetaData()
+        # MySQL/MariaDB: InnoDB for row locks and transactions. The tables take the
+        # database's collation, a NO PAD binary one that the store sets up (see
+        # ``SQLAlchemyStore._use_no_pad_collation``): ids compare byte for byte.
+        table_kw: dict[str, t.Any] = {
+            f"{prefix}_{key}": value
+            for prefix in ("mysql", "mariadb")
+            for key, value in (("engine", "InnoDB"),)
+        }
+
+        def key(length: int = 128) -> sa.types.TypeEngine[str]:
+            # 128 characters keeps composite and unique indexes under InnoDB's limits;
+            # SQL Server's default collations are case-insensitive, hence BIN2 there.
+            return sa.Unicode(length).with_variant(
+                sa.Unicode(length, collation="Latin1_General_100_BIN2"), "mssql"
+            )
+
+        def when() -> sa.types.TypeEngine[float]:
+            # Double precision everywhere: MySQL's FLOAT is single precision and would
+            # round epoch seconds to about two minutes.
+            return sa.Double()
+
+        self.pool = sa.Table(
+            "tg_pool",
+            metadata,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("version", sa.BigInteger, nullable=False),
+            **table_kw,
+        )
+        self.counters = sa.Table(
+            "tg_counters",
+            metadata,
+            sa.Column("name", key(64), primary_key=True),
+            sa.Column("value", sa.BigInteger, nullable=False),
+            **table_kw,
+        )
+        self.schema_version = sa.Table(
+            "tg_schema_version",
+            metadata,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("version", sa.Integer, nullable=False),
+            **table_kw,
+        )
+        self.clients = sa.Table(
+            "tg_clients",
+            metadata,
+            sa.Column("client_id", key(), primary_key=True),
+            sa.Column("alias", key(), nullable=True),
+            sa.Column("name", sa.Unicode(255), nullable=False),
+            sa.Column("secret_hash", key(), nullable=True),
+            sa.Column("grants", sa.Unicode(1024), nullable=False),
+            sa.Column("scopes", sa.UnicodeText, nullable=False),
+            sa.Column("enabled", sa.Boolean, nullable=False),
+            sa.Column("created_at", when(), nullable=False),
+            # Filtered: a SQL Server UNIQUE constraint admits only one NULL.
+            sa.Index(
+                "tg_clients_alias",
+                "alias",
+                unique=True,
+                mssql_where=sa.column("alias").isnot(None),
+            ),
+            **table_kw,
+        )
+        self.users = sa.Table(
+            "tg_users",
+            metadata,
+            sa.Column("username", key(), primary_key=True),
+            sa.Column("password_hash", sa.Unicode(512), nullable=False),
+            sa.Column("created_at", when(), nullable=False),
+            **table_kw,
+        )
+        self.sessions = sa.Table(
+            "tg_sessions",
+            metadata,
+            sa.Column("session_id", key(), primary_key=True),
+            sa.Column("client_id", key(), nullable=False),
+            sa.Column("subject", sa.Unicode(255), nullable=False),
+            sa.Column("scope", sa.UnicodeText, nullable=False),
+            sa.Column("holds_seat", sa.Boolean, nullable=False),
+            sa.Column("refresh_hash", key(), nullable=False),
+            sa.Column("created_at", when(), nullable=False),
+            sa.Column("expires_at", when(), nullable=False),
+            sa.UniqueConstraint("refresh_hash", name="tg_sessions_refresh_hash"),
+            sa.Index("tg_sessions_client", "client_id"),
+            sa.Index("tg_sessions_expiry", "expires_at"),
+            **table_kw,
+        )
+        self.used_refresh = sa.Table(
+            "tg_used_refresh",
+            metadata,
+            sa.Column("refresh_hash", key(), primary_key=True),
+            # Cascade: sweeping or ending a session forgets its used hashes for free.
+            sa.Column(
+                "session_id",
+                key(),
+                sa.ForeignKey("tg_sessions.session_id", ondelete="CASCADE"),
+                nullable=False,
+                index=True,
+            ),
+            **table_kw,
+        )
+        self.revoked = sa.Table(
+            "tg_revoked",
+            metadata,
+            sa.Column("token_id", key(), primary_key=True),
+            sa.Column("expires_at", when(), nullable=False),
+            sa.Column("seq", sa.BigInteger, nullable=False),
+            sa.Index("tg_revoked_seq", "seq"),
+            sa.Index("tg_revoked_expiry", "expires_at"),
+            **table_kw,
+        )
+        self.claims = sa.Table(
+            "tg_claims",
+            metadata,
+            sa.Column("name", key(255), primary_key=True),
+            **table_kw,
+        )
+        self.signing_keys = sa.Table(
+            "tg_signing_keys",
+            metadata,
+            sa.Column("kid", key(), primary_key=True),
+            sa.Column("alg", sa.Unicode(16), nullable=False),
+            sa.Column("private_pem", sa.UnicodeText, nullable=False),
+            sa.Column("created_at", when(), nullable=False),
+            sa.Column("retire_at", when(), nullable=True),
+            **table_kw,
+        )
+        #: Not in schema version 1 at first: ``_create`` adds it to older schemas.
+        self.failures = sa.Table(
+            "tg_failures",
+            metadata,
+            sa.Column("key_hash", key(64), primary_key=True),
+            sa.Column("key", sa.Unicode(FAILURE_KEY_CHARS), nullable=False),
+            sa.Column("count", sa.Integer, nullable=False),
+            sa.Column("until", when(), nullable=False),
+            sa.Index("tg_failures_until", "until"),
+            **table_kw,
+        )
+
+    def _build_statements(self) -> None:
+        """Every statement the store runs, built once."""
+        import sqlalchemy as sa
+
+        (
+            pool,
+            counters,
+            schema_version,
+            clients,
+            users,
+            sessions,
+            used_refresh,
+            revoked,
+            claims,
+            keys,
+            failures,
+        ) = (
+            self.pool,
+            self.counters,
+            self.schema_version,
+            self.clients,
+            self.users,
+            self.sessions,
+            self.used_refresh,
+            self.revoked,
+            self.claims,
+            self.signing_keys,
+            self.failures,
+        )
+
+        bp = sa.bindparam
+        now: sa.BindParameter[float] = bp("now")
+        live = sessions.c.expires_at > now
+        seat_live = sa.and_(sessions.c.holds_seat == sa.true(), live)
+
+        # -- lifecycle
+        self.ping = sa.text("SELECT 1")
+        self.get_version = sa.select(schema_version.c.version).where(schema_version.c.id == 1)
+        self.set_version = (
+            schema_version.update()
+            .where(schema_version.c.id == 1, schema_version.c.version == bp("b_from"))
+            .values(version=bp("b_to"))
+        )
+        #: (probe, seed) pairs: a SELECT that finds the row, an INSERT that creates it.
+        self.seeds: tuple[tuple[sa.Select[t.Any], sa.Insert], ...] = (
+            (
+                sa.select(pool.c.id).where(pool.c.id == 1),
+                pool.insert().values(id=1, version=0),
+            ),
+            (
+                sa.select(counters.c.name).where(counters.c.name == SEQ),
+                counters.insert().values(name=SEQ, value=0),
+            ),
+            (
+                sa.select(schema_version.c.id).where(schema_version.c.id == 1),
+                schema_version.insert().values(id=1, version=SCHEMA_VERSION),
+            ),
+        )
+        #: Children before parents, for ``reset``.
+        self.wipe = tuple(table.delete() for table in reversed(self.metadata.sorted_tables))
+
+        # -- locks: a write on one row is an exclusive row lock on every engine
+        self.lock_pool = pool.update().where(pool.c.id == 1).values(version=pool.c.version + 1)
+        self.bump_seq = (
+            counters.update().where(counters.c.name == SEQ).values(value=counters.c.value + 1)
+        )
+        self.bump_seq_returning = self.bump_seq.returning(counters.c.value)
+        self.get_seq = sa.select(counters.c.value).where(counters.c.name == SEQ)
+
+        # -- claims
+        self.insert_claim = claims.insert()
+
+        # -- signing keys
+        self.list_keys = sa.select(keys).order_by(keys.c.created_at, keys.c.kid)
+        self.insert_key = keys.insert()
+        self.retire_keys = (
+            keys.update().where(keys.c.retire_at.is_(None)).values(retire_at=bp("b_retire_at"))
+        )
+        self.delete_retired_keys = keys.delete().where(keys.c.retire_at <= now)
+
+        # -- clients
+        self.insert_client = clients.insert()
+        self.get_client = sa.select(clients).where(
+            sa.or_(clients.c.client_id == bp("key"), clients.c.alias == bp("key"))
+        )
+        self.client_exists = sa.select(clients.c.client_id).where(
+            clients.c.client_id == bp("b_client_id")
+        )
+        #: Rows whose id or alias is one of two names (a new id and alias).
+        self.names_taken = (
+            sa.select(sa.func.count())
+            .select_from(clients)
+            .where(
+                sa.or_(
+                    clients.c.client_id == bp("n1"),
+                    clients.c.client_id == bp("n2"),
+                    clients.c.alias == bp("n1"),
+                    clients.c.alias == bp("n2"),
+                )
+            )
+        )
+        self.alias_taken = (
+            sa.select(sa.func.count())
+            .select_from(clients)
+            .where(
+                clients.c.client_id != bp("b_client_id"),
+                sa.or_(
+                    clients.c.client_id == bp("b_alias"),
+                    clients.c.alias == bp("b_alias"),
+                ),
+            )
+        )
+        # SET columns come from the parameter names of each call.
+        self.update_client = clients.update().where(clients.c.client_id == bp("b_client_id"))
+        self.delete_client = clients.delete().where(clients.c.client_id == bp("b_client_id"))
+        self.list_clients = sa.select(clients)
+
+        # -- users
+        self.insert_user = users.insert()
+        self.get_user = sa.select(users).where(users.c.username == bp("b_username"))
+        self.update_user = users.update().where(users.c.username == bp("b_username"))
+        self.delete_user = users.delete().where(users.c.username == bp("b_username"))
+        self.list_users = sa.select(users)
+
+        # -- sessions and seats
+        self.sweep_sessions = sessions.delete().where(sessions.c.expires_at <= now)
+        self.count_seats = sa.select(sa.func.count()).select_from(sessions).where(seat_live)
+        self.earliest_seat = sa.select(sa.func.min(sessions.c.expires_at)).where(seat_live)
+        self.insert_session = sessions.insert()
+        self.get_session = sa.select(sessions).where(
+            sessions.c.session_id == bp("b_session_id"), live
+        )
+        self.find_current = sa.select(sessions).where(
+            sessions.c.refresh_hash == bp("b_refresh_hash"), live
+        )
+        self.find_used = (
+            sa.select(sessions)
+            .join(used_refresh, used_refresh.c.session_id == sessions.c.session_id)
+            .where(used_refresh.c.refresh_hash == bp("b_refresh_hash"), live)
+        )
+        # Compare-and-swap: only the caller holding the current hash matches the row.
+        self.rotate = (
+            sessions.update()
+            .where(
+                sessions.c.session_id == bp("b_session_id"),
+                sessions.c.refresh_hash == bp("b_old_hash"),
+                live,
+            )
+            .values(refresh_hash=bp("b_new_hash"), expires_at=bp("b_expires_at"))
+        )
+        self.rotate_returning = self.rotate.returning(*sessions.c)
+        self.get_session_any = sa.select(sessions).where(
+            sessions.c.session_id == bp("b_session_id")
+        )
+        self.insert_used = used_refresh.insert()
+        self.list_sessions = sa.select(sessions).where(live)
+        self.list_client_sessions = sa.select(sessions).where(
+            sessions.c.client_id == bp("b_client_id"), live
+        )
+
+        #: Ending sessions by one id, by client or all:
+        #: (lock rows, select, prune revoked, delete).
+        self.end: dict[str, tuple[sa.Update, sa.Select[t.Any], sa.Delete, sa.Delete]] = {}
+        filters: dict[str, sa.ColumnElement[bool] | None] = {
+            "session": sessions.c.session_id == bp("b_key"),
+            "client": sessions.c.client_id == bp("b_key"),
+            "all": None,
+        }
+        for kind, where in filters.items():
+            # A write that changes nothing, for its row locks: a refresh rotation that
+            # commits a later expiry between our read and our delete would otherwise
+            # be deleted with the earlier expiry revoked (see ``_end``).
+            lock = sessions.update().values(expires_at=sessions.c.expires_at)
+            pick = sa.select(sessions)
+            ids = sa.select(sessions.c.session_id)
+            drop = sessions.delete()
+            if where is not None:
+                lock, pick = lock.where(where), pick.where(where)
+                ids, drop = ids.where(where), drop.where(where)
+            # Prune expired revocations and any earlier entry under the same ids, so the
+            # inserts that follow cannot collide (the counter lock keeps others out).
+            prune = revoked.delete().where(
+                sa.or_(
+                    revoked.c.expires_at <= now,
+                    revoked.c.token_id.in_(ids.scalar_subquery()),
+                )
+            )
+            self.end[kind] = (lock, pick, prune, drop)
+
+        # -- revocation
+        self.prune_revoked = revoked.delete().where(
+            sa.or_(revoked.c.expires_at <= now, revoked.c.token_id == bp("b_token_id"))
+        )
+        self.insert_revoked = revoked.insert()
+        self.revoked_since = sa.select(revoked.c.token_id, revoked.c.expires_at).where(
+            revoked.c.seq > bp("b_seq"), revoked.c.expires_at > now
+        )
+
+        # -- lockout counters
+        live_window = failures.c.until > now
+        #: Count one failure, or start a new window if the row's has ended, in one
+        #: statement: its row lock serializes concurrent failures of the key, and on
+        #: READ COMMITTED a waiting UPDATE re-reads the row its predecessor committed.
+        #: Ordered: MySQL evaluates SET left to right with the new values, so ``count``
+        #: must read ``until`` before ``until`` changes.
+        self.count_failure = (
+            failures.update()
+            .where(failures.c.key_hash == bp("b_key_hash"))
+            .ordered_values(
+                (
+                    failures.c.count,
+                    sa.case((live_window, failures.c.count + 1), else_=1),
+                ),
+                (
+                    failures.c.until,
+                    sa.case((live_window, failures.c.until), else_=bp("b_until")),
+                ),
+            )
+        )
+        self.count_failure_returning = self.count_failure.returning(
+            failures.c.count, failures.c.until
+        )
+        self.get_failures = sa.select(failures.c.count, failures.c.until).where(
+            failures.c.key_hash == bp("b_key_hash")
+        )
+        self.get_live_failures = self.get_failures.where(live_window)
+        self.insert_failure = failures.insert()
+        self.clear_failures = failures.delete().where(failures.c.key_hash == bp("b_key_hash"))
+        self.purge_failures = failures.delete().where(failures.c.until <= now)
