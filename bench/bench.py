@@ -1,7 +1,7 @@
-"""Benchmarks for the figures quoted in issue notes; not a test (these machines are noisy).
+"""Benchmarks of the bearer check, seats and token requests; not a test (machines are noisy).
 
     .venv/bin/python bench/bench.py guard      # bearer check in-process, 1 vs 10,000 sessions
-    .venv/bin/python bench/bench.py waitress   # guarded vs open under waitress, Flask and WSGI (needs wrk)
+    .venv/bin/python bench/bench.py waitress   # guarded vs open under waitress (needs wrk)
     .venv/bin/python bench/bench.py seats      # seat acquire + release per second, per store
     .venv/bin/python bench/bench.py tokens     # token and guarded requests per second, per store
     .venv/bin/python bench/bench.py all
@@ -30,7 +30,7 @@ from flask_tokenguard import TokenGuard
 from flask_tokenguard.models import TokenSession
 from flask_tokenguard.stores import store_from_url
 
-SERVERS = {
+SERVERS: dict[str, tuple[str, t.Callable[[str], dict[str, t.Any]]]] = {
     "redis": ("redis://127.0.0.1:6379/15", lambda run: {"key_prefix": f"tgbench:{{{run}}}:"}),
     "postgresql": (
         "postgresql://postgres@127.0.0.1:5432/test",
@@ -80,7 +80,8 @@ def get_token(app: Flask, client_id: str, secret: str, scope: str = "all") -> st
         headers={"Authorization": f"Basic {auth}"},
     )
     assert response.status_code == 200, response.json
-    return response.json["access_token"]
+    token: str = response.get_json()["access_token"]
+    return token
 
 
 def per_request_us(
@@ -94,11 +95,14 @@ def _blocks(app: Flask, path: str, headers: dict[str, str], n: int) -> float:
     from werkzeug.test import EnvironBuilder
 
     environ = EnvironBuilder(
-        path=path, headers=headers, environ_base={"REMOTE_ADDR": "127.0.0.1"}
+        path=path, headers=list(headers.items()), environ_base={"REMOTE_ADDR": "127.0.0.1"}
     ).get_environ()
 
-    def start_response(status: str, headers: t.Any, exc_info: t.Any = None) -> None:
+    def start_response(
+        status: str, response_headers: list[tuple[str, str]], exc_info: object = None
+    ) -> t.Callable[[bytes], object]:
         assert status.startswith("200"), status
+        return _discard
 
     wsgi = app.wsgi_app
     start = time.perf_counter()
@@ -106,6 +110,10 @@ def _blocks(app: Flask, path: str, headers: dict[str, str], n: int) -> float:
         for _chunk in wsgi(dict(environ), start_response):
             pass
     return (time.perf_counter() - start) / n * 1e6
+
+
+def _discard(data: bytes) -> None:
+    """The WSGI ``write`` callable handed to the app: the body is not kept."""
 
 
 def side_by_side(app: Flask, auth: dict[str, str], n: int, rounds: int = 7) -> tuple[float, float]:
@@ -145,16 +153,16 @@ def bench_guard(n: int = 4000) -> None:
         _blocks(app, "/guarded", {"Authorization": f"Bearer {other}"}, 1)
     open_us, guarded_us = side_by_side(app, auth, n)
     print(
-        f"  10,001 clients, {store_sessions + 8000:,} sessions: open {open_us:7.1f}  guarded {guarded_us:7.1f}  "
+        f"  10,001 clients, {store_sessions + 8000:,} sessions: "
+        f"open {open_us:7.1f}  guarded {guarded_us:7.1f}  "
         f"extra {guarded_us - open_us:6.1f} µs"
     )
     verifier = app.extensions["tokenguard"].state(app).verifier
     start = time.perf_counter()
     for _ in range(200):
         verifier.decode(token, time.time())
-    print(
-        f"  full signature check without the cache: {(time.perf_counter() - start) / 200 * 1e6:.1f} µs"
-    )
+    full_us = (time.perf_counter() - start) / 200 * 1e6
+    print(f"  full signature check without the cache: {full_us:.1f} µs")
 
 
 _SERVER_SCRIPT = """
@@ -234,7 +242,7 @@ def bench_waitress(seconds: int = 5, rounds: int = 5) -> None:
                     text=True,
                     check=True,
                 ).stdout
-                line = next(l for l in out.splitlines() if l.startswith("Requests/sec"))
+                line = next(row for row in out.splitlines() if row.startswith("Requests/sec"))
                 if "Non-2xx" in out:
                     raise SystemExit(f"errors on /{path}: {out}")
                 results[path].append(float(line.split()[1]))
@@ -259,7 +267,10 @@ def bench_waitress(seconds: int = 5, rounds: int = 5) -> None:
 def bench_seats(n: int = 2000) -> None:
     print(f"== seat acquire + release (start_session + end_session), {n} pairs")
     tmp = tempfile.mkdtemp()
-    stores = {"memory": ("memory://", {}), "sqlite": (f"sqlite:///{tmp}/seats.sqlite3", {})}
+    stores: dict[str, tuple[str, dict[str, t.Any]]] = {
+        "memory": ("memory://", {}),
+        "sqlite": (f"sqlite:///{tmp}/seats.sqlite3", {}),
+    }
     run = uuid.uuid4().hex[:8]
     stores.update({name: (url, opts(run)) for name, (url, opts) in SERVERS.items()})
     for name, (url, options) in stores.items():
@@ -285,7 +296,10 @@ def bench_seats(n: int = 2000) -> None:
 def bench_tokens(n: int = 300) -> None:
     print(f"== token requests and guarded requests per second, in-process, per store ({n} each)")
     tmp = tempfile.mkdtemp()
-    stores = {"memory": ("memory://", {}), "sqlite": (f"sqlite:///{tmp}/tokens.sqlite3", {})}
+    stores: dict[str, tuple[str, dict[str, t.Any]]] = {
+        "memory": ("memory://", {}),
+        "sqlite": (f"sqlite:///{tmp}/tokens.sqlite3", {}),
+    }
     run = uuid.uuid4().hex[:8]
     stores.update({name: (url, opts(run)) for name, (url, opts) in SERVERS.items()})
     for name, (url, options) in stores.items():
@@ -293,7 +307,7 @@ def bench_tokens(n: int = 300) -> None:
             app = make_app(url, **options)
             store = app.extensions["tokenguard"].store(app)
             store.check()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - report and go on to the next store
             print(f"  {name:10s} unavailable: {exc}")
             continue
         app.config["TOKENGUARD_REVOCATION_LAG"] = 1
@@ -311,7 +325,7 @@ def bench_tokens(n: int = 300) -> None:
 
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
-    benches = {
+    benches: dict[str, t.Callable[[], None]] = {
         "guard": bench_guard,
         "waitress": bench_waitress,
         "seats": bench_seats,

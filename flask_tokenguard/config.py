@@ -332,9 +332,10 @@ class Settings:
     issuer: str | None = _setting(
         None,
         _as_optional(lambda v: _as_str(v).rstrip("/")),
-        "`iss` of access tokens; set it in production. When set, `iss` and `aud` are checked "
+        "`iss` of access tokens; set it in production. Unset: the request's host URL when it "
+        "is loopback or `SERVER_NAME`, 400 for any other host; `iss` and `aud` are checked "
         "on every token",
-        shown="request host URL",
+        shown="loopback or `SERVER_NAME` host URL",
     )
     audience: str | None = _setting(
         None, _as_optional(_as_str), "`aud` of access tokens", shown="the issuer"
@@ -362,14 +363,15 @@ class Settings:
     kdf_concurrency: int = _setting(
         None,
         _as_optional(_as_int(1)),
-        "password checks that may run at once; `None` = the CPU count (accepted, not used yet)",
+        "password checks that may run at once (a request waits up to 5 s for a slot, then "
+        "gets 503 with `Retry-After`); `None` = the CPU count",
     )
     lockout_threshold: int = _setting(
         10,
         _as_int(0),
-        "failed password-grant attempts per user name before it is locked out "
-        "(`invalid_grant` with `Retry-After`, without checking the password); `0` turns "
-        "lockout off",
+        "failed client authentications or passwords, per name and address and per address, "
+        "after which that address gets 429 `slow_down` with `Retry-After` without a check; "
+        "`0` turns throttling off",
     )
     lockout_seconds: int = _setting(
         300, _as_int(1), "the window the failures are counted in, and how long a lockout lasts"
@@ -384,14 +386,14 @@ class Settings:
         None,
         _as_optional(_as_fernet_keys),
         "a Fernet key (`Fernet.generate_key()`) or a list of them, the first encrypting, to "
-        "keep signing keys encrypted in the store (accepted and checked, not used yet)",
+        "keep signing keys encrypted at rest on every store; missing or wrong for the stored "
+        "keys: `ConfigurationError` when they are first loaded",
         secret=True,
     )
     session_max_ttl: int | None = _setting(
         None,
         _as_optional(_as_int(1)),
-        "absolute lifetime of a session in seconds, however often it is refreshed; `None` = "
-        "none (accepted, not used yet)",
+        "absolute lifetime of a session in seconds, however often it is refreshed; `None` = none",
     )
     max_seats_per_client: int | None = _setting(
         None,
@@ -406,7 +408,7 @@ class Settings:
     audit_log: str | None = _setting(
         None,
         _as_optional(_as_path),
-        "a file the audit trail is appended to as JSON lines (accepted, not used yet)",
+        "a file the audit trail is appended to as JSON lines (mode 0600; processes may share it)",
     )
     admin_enabled: bool = _setting(
         False, _as_bool, "mount the admin console at `<prefix>/admin/` (accepted, not used yet)"
@@ -440,6 +442,9 @@ class Settings:
     serve_drain_timeout: int = _setting(
         15, _as_int(0), "seconds a graceful stop waits for requests in flight"
     )
+    #: Flask's ``SERVER_NAME``: with no issuer configured, the one non-loopback host that
+    #: may name the issuer. Read from the app's config, not a ``TOKENGUARD_`` key.
+    server_name: str | None = dataclasses.field(default=None, metadata={"flask_key": "SERVER_NAME"})
 
     @classmethod
     def from_mapping(cls, config: t.Mapping[str, t.Any], instance_path: str = ".") -> Settings:
@@ -464,6 +469,8 @@ class Settings:
             values["store_url"] = f"sqlite:///{path}"
         if values["kdf_concurrency"] is None:
             values["kdf_concurrency"] = os.cpu_count() or 1
+        server_name = config.get("SERVER_NAME")
+        values["server_name"] = str(server_name) if server_name else None
         settings = cls(**values)
         settings._validate()
         return settings
@@ -508,6 +515,8 @@ class Settings:
 def _params() -> tuple[Param, ...]:
     params = []
     for field in dataclasses.fields(Settings):
+        if "param" not in field.metadata:
+            continue  # read from Flask's own config, not a TOKENGUARD_ key
         param: Param = field.metadata["param"]
         params.append(dataclasses.replace(param, key=PREFIX + field.name.upper()))
     return tuple(params)

@@ -1,7 +1,9 @@
-"""The error tree: configuration, store and OAuth 2.0 protocol errors.
+"""The error tree: configuration, administration, store and OAuth 2.0 protocol errors.
 
-OAuth errors are werkzeug ``HTTPException`` subclasses that render themselves as the RFC
-requires, so no error handler needs registering:
+Every error here is plain data; nothing in this module knows HTTP. An ``OAuthError``
+carries its RFC code (``error``), its ``status``, a fixed ``description``, the extra
+``headers`` it needs (``Retry-After``, ``Allow``) and, for errors that answer with a
+challenge, the ``WWW-Authenticate`` scheme and parameters. The web layer renders them:
 
 - token endpoint errors as JSON, RFC 6749 section 5.2;
 - resource errors with ``WWW-Authenticate: Bearer``, RFC 6750 section 3;
@@ -12,14 +14,8 @@ Every ``error_description`` is a fixed string from this package; user input is n
 
 from __future__ import annotations
 
-import json
 import math
 import typing as t
-
-from werkzeug.exceptions import HTTPException
-
-if t.TYPE_CHECKING:  # pragma: no cover
-    from _typeshed.wsgi import WSGIEnvironment
 
 
 class TokenGuardError(Exception):
@@ -28,6 +24,14 @@ class TokenGuardError(Exception):
 
 class ConfigurationError(TokenGuardError, ValueError):
     """A ``TOKENGUARD_*`` setting or store URL that cannot work."""
+
+
+class AdminInputError(TokenGuardError, ValueError):
+    """An administrator's input that cannot be accepted (a bad name, scope or grant)."""
+
+
+class NotFoundError(TokenGuardError, LookupError):
+    """The client, user or session an administrator named does not exist."""
 
 
 class StoreError(TokenGuardError):
@@ -46,16 +50,19 @@ class ConflictError(TokenGuardError):
     """A record with that name or id exists already."""
 
 
-class OAuthError(TokenGuardError, HTTPException):
-    """An OAuth 2.0 error that renders itself as a JSON response.
+class OAuthError(TokenGuardError):
+    """An OAuth 2.0 error, as data: the RFC code, the status, a description, headers.
 
-    Subclasses set ``error`` (the RFC code), ``code`` (the HTTP status) and a fixed
-    ``description``; ``extra_headers`` adds per-instance headers such as ``Retry-After``.
+    Subclasses set ``error`` (the RFC code), ``status`` (the HTTP status) and a fixed
+    ``description``; ``headers`` holds per-instance headers such as ``Retry-After``.
+    ``challenge`` names the ``WWW-Authenticate`` scheme (``"Basic"``, ``"Bearer"``) when
+    the response carries one; the renderer adds the realm and ``challenge_params()``.
     """
 
     error: str = "invalid_request"
-    code: int = 400
+    status: int = 400
     description: str = "The request is invalid."
+    challenge: str | None = None
 
     def __init__(
         self,
@@ -63,30 +70,22 @@ class OAuthError(TokenGuardError, HTTPException):
         *,
         headers: t.Mapping[str, str] | None = None,
     ) -> None:
-        HTTPException.__init__(self, description or type(self).description)
-        #: Headers this instance adds (``Retry-After``, ``WWW-Authenticate``).
-        self.extra_headers: dict[str, str] = dict(headers or {})
+        #: The fixed, human-readable ``error_description``.
+        self.description = description or type(self).description
+        #: Headers this instance adds (``Retry-After``, ``Allow``).
+        self.headers: dict[str, str] = dict(headers or {})
+        super().__init__(self.description)
 
     def __str__(self) -> str:
-        return f"{self.code} {self.error}: {self.description}"
+        return f"{self.status} {self.error}: {self.description}"
 
     def to_dict(self) -> dict[str, t.Any]:
         """Return the RFC 6749 5.2 body."""
         return {"error": self.error, "error_description": self.description}
 
-    def get_body(self, environ: WSGIEnvironment | None = None, scope: dict | None = None) -> str:
-        return json.dumps(self.to_dict())
-
-    def get_headers(
-        self, environ: WSGIEnvironment | None = None, scope: dict | None = None
-    ) -> list[tuple[str, str]]:
-        headers = [
-            ("Content-Type", "application/json"),
-            ("Cache-Control", "no-store"),
-            ("Pragma", "no-cache"),
-        ]
-        headers.extend(self.extra_headers.items())
-        return headers
+    def challenge_params(self) -> list[tuple[str, str]]:
+        """The ``WWW-Authenticate`` parameters after the realm, in order."""
+        return []
 
 
 class InvalidRequestError(OAuthError):
@@ -102,25 +101,38 @@ class HTTPSRequiredError(InvalidRequestError):
     description = "HTTPS required."
 
 
+class BodyTooLargeError(InvalidRequestError):
+    """The request body is larger than ``TOKENGUARD_MAX_BODY`` (413)."""
+
+    status = 413
+    description = "The request body is too large."
+
+
+class MethodNotAllowedError(InvalidRequestError):
+    """An endpoint that accepts POST only was called with another method (405)."""
+
+    status = 405
+    description = "This endpoint accepts POST only."
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Allow": "POST, OPTIONS"})
+
+
 class InvalidClientError(OAuthError):
     """Client authentication failed (RFC 6749 5.2).
 
-    With HTTP Basic the status is 401 and ``WWW-Authenticate: Basic`` is sent.
+    With HTTP Basic the status is 401 and a ``WWW-Authenticate: Basic`` challenge is sent.
     """
 
     error = "invalid_client"
     description = "Client authentication failed."
 
-    def __init__(
-        self,
-        description: str | None = None,
-        *,
-        used_basic: bool = False,
-        realm: str = "tokenguard",
-    ) -> None:
-        headers = {"WWW-Authenticate": f'Basic realm="{realm}"'} if used_basic else None
-        super().__init__(description, headers=headers)
-        self.code = 401 if used_basic else 400
+    def __init__(self, description: str | None = None, *, used_basic: bool = False) -> None:
+        super().__init__(description)
+        #: Whether the client authenticated with HTTP Basic.
+        self.used_basic = used_basic
+        self.status = 401 if used_basic else 400
+        self.challenge = "Basic" if used_basic else None
 
 
 class InvalidGrantError(OAuthError):
@@ -130,13 +142,26 @@ class InvalidGrantError(OAuthError):
     description = "The grant is invalid, expired or revoked."
 
 
-class LockedOutError(InvalidGrantError):
-    """Too many failed password attempts for this user name; ``Retry-After`` says how long."""
+class LockedOutError(OAuthError):
+    """Too many failed attempts from this address: 429 ``slow_down`` with ``Retry-After``."""
 
-    description = "Too many failed sign-ins for this user. Try again later."
+    error = "slow_down"
+    status = 429
+    description = "Too many failed attempts. Try again later."
 
     def __init__(self, retry_after: float) -> None:
         super().__init__(headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+
+
+class KdfBusyError(OAuthError):
+    """Every password-check slot stayed busy: 503 ``temporarily_unavailable``, ``Retry-After``."""
+
+    error = "temporarily_unavailable"
+    status = 503
+    description = "The server is busy checking passwords. Try again shortly."
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__(headers={"Retry-After": str(max(1, retry_after))})
 
 
 class UnauthorizedClientError(OAuthError):
@@ -161,12 +186,12 @@ class InvalidScopeError(OAuthError):
 
 
 class LicenseUnavailableError(OAuthError):
-    """Every licence seat is held; ``Retry-After`` says when the next one frees."""
+    """Every license seat is held; ``Retry-After`` says when the next one frees."""
 
     error = "license_unavailable"
     description = (
-        "No licence is free for this scope. Log off another session, wait for one to "
-        "expire, or request scope view, which needs no licence."
+        "No license is free for this scope. Log off another session, wait for one to "
+        "expire, or request scope view, which needs no license."
     )
 
     def __init__(self, retry_after: int) -> None:
@@ -175,18 +200,11 @@ class LicenseUnavailableError(OAuthError):
         self.retry_after = max(1, int(retry_after))
 
 
-class UnsupportedTokenTypeError(OAuthError):
-    """RFC 7009 2.2.1: the server cannot revoke this token type."""
-
-    error = "unsupported_token_type"
-    description = "This token type cannot be revoked."
-
-
 class TemporarilyUnavailableError(OAuthError):
     """The store could not be reached: 503 with ``Retry-After``, never a 500."""
 
     error = "temporarily_unavailable"
-    code = 503
+    status = 503
     description = "The token store is unavailable. Try again shortly."
 
     def __init__(self, retry_after: int = 5) -> None:
@@ -196,39 +214,30 @@ class TemporarilyUnavailableError(OAuthError):
 class BearerError(OAuthError):
     """An RFC 6750 resource error: ``WWW-Authenticate: Bearer`` with the error code."""
 
-    realm: str = "tokenguard"
+    challenge = "Bearer"
 
-    def __init__(self, description: str | None = None, *, realm: str = "tokenguard") -> None:
-        super().__init__(description)
-        self.realm = realm
-        self.extra_headers["WWW-Authenticate"] = self.challenge()
-
-    def challenge(self) -> str:
-        """Return the ``WWW-Authenticate`` value (RFC 6750 3)."""
-        return (
-            f'Bearer realm="{self.realm}", error="{self.error}", '
-            f'error_description="{self.description}"'
-        )
+    def challenge_params(self) -> list[tuple[str, str]]:
+        return [("error", self.error), ("error_description", self.description)]
 
 
 class MissingTokenError(BearerError):
     """No credentials at all: 401 with a bare challenge (RFC 6750 3.1)."""
 
     error = "invalid_token"
-    code = 401
+    status = 401
     description = "An access token is required."
 
-    def challenge(self) -> str:
+    def challenge_params(self) -> list[tuple[str, str]]:
         # RFC 6750 3.1: no error code in the challenge when no credentials were sent;
         # the JSON body keeps the uniform shape.
-        return f'Bearer realm="{self.realm}"'
+        return []
 
 
 class InvalidTokenError(BearerError):
     """Malformed, tampered, expired, revoked or wrongly signed access token."""
 
     error = "invalid_token"
-    code = 401
+    status = 401
     description = "The access token is invalid, expired or revoked."
 
 
@@ -236,16 +245,16 @@ class InsufficientScopeError(BearerError):
     """A valid token that lacks a scope the route needs (403)."""
 
     error = "insufficient_scope"
-    code = 403
+    status = 403
     description = "The access token lacks a scope this resource requires."
 
-    def __init__(self, scopes: t.Iterable[str], *, realm: str = "tokenguard") -> None:
+    def __init__(self, scopes: t.Iterable[str]) -> None:
         #: The scopes the route requires.
         self.scopes = tuple(scopes)
-        super().__init__(realm=realm)
+        super().__init__()
 
-    def challenge(self) -> str:
-        return super().challenge() + f', scope="{" ".join(self.scopes)}"'
+    def challenge_params(self) -> list[tuple[str, str]]:
+        return [*super().challenge_params(), ("scope", " ".join(self.scopes))]
 
     def to_dict(self) -> dict[str, t.Any]:
         return {**super().to_dict(), "scope": " ".join(self.scopes)}

@@ -76,7 +76,7 @@ class SigningKey:
 
     kid: str
     alg: str
-    #: PKCS#8 PEM of the private key.
+    #: PKCS#8 PEM of the private key, or ``fernet:<token>`` when keys are encrypted at rest.
     private_pem: str = dataclasses.field(repr=False)
     created_at: float = 0.0
     #: When set, the key is retired: it verifies until then and never signs again.

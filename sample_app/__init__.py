@@ -17,6 +17,7 @@ from flask import request
 from flask_tokenguard import current_token
 from flask_tokenguard import require_token
 from flask_tokenguard import TokenGuard
+from flask_tokenguard.web import ops
 
 guard = TokenGuard()
 
@@ -38,9 +39,9 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
         app.config.update(test_config)
     guard.init_app(app)
 
-    @app.get("/health")
-    def health() -> t.Any:
-        return {"status": "ok"}
+    if guard.state(app).settings.url_prefix:
+        # The extension answers <prefix>/health; load balancers probe the root too.
+        app.add_url_rule("/health", endpoint="health", view_func=ops.health)
 
     @app.get("/orders")
     @require_token("view")

@@ -1,7 +1,8 @@
 """``python -m sample_app [--host H] [--port P]``: serve the sample app with waitress.
 
 On a first start with no clients it creates a demo client and prints its id and secret,
-the only time the secret is shown, with a ``curl`` line to get a token.
+the only time the secret is shown, with ``curl`` lines to get a token that read the secret
+at a hidden prompt rather than carrying it (shell history, process lists).
 """
 
 from __future__ import annotations
@@ -36,12 +37,18 @@ def ensure_demo_client(app: Flask, base_url: str) -> None:
         now=time.time(),
     )
     prefix = base_url + state.settings.url_prefix
+    # The curl lines never carry the secret: pasted, it would stay in the shell's history
+    # and show in process lists. It is read into a variable at a hidden prompt and handed
+    # to curl on its standard input (printf is a shell builtin: no process sees it).
     print(
         "Created a demo client (its secret is shown only this once):\n"
         f"  client_id:     {client.client_id}\n"
         f"  client_secret: {secret}\n"
-        "Get a token and call the API:\n"
-        f"  curl -s -u '{client.client_id}:{secret}' -d grant_type=client_credentials -d scope=view {prefix}/token\n"
+        "Get a token and call the API (paste the secret at the hidden prompt):\n"
+        f"  TG_CLIENT_ID='{client.client_id}'; printf 'client secret: '; "
+        "stty -echo 2>/dev/null; read -r TG_SECRET; stty echo 2>/dev/null; echo\n"
+        '  printf \'user = "%s:%s"\\n\' "$TG_CLIENT_ID" "$TG_SECRET" | curl -s -K - '
+        f"-d grant_type=client_credentials -d scope=view {prefix}/token\n"
         f"  curl -s -H 'Authorization: Bearer <access_token>' '{base_url}/orders?from=2026-04-01'",
         flush=True,
     )

@@ -20,11 +20,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import unavailable
 
 from flask_tokenguard.errors import StoreError
 from flask_tokenguard.stores import store_from_url
 from flask_tokenguard.stores.base import Store
+from tests.helpers import unavailable
 
 #: Every backend, by id. Servers are marked, so ``pytest -m "not postgresql"`` works.
 BACKENDS = [

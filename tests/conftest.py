@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from helpers import free_port
-from helpers import RedisServer
-from helpers import SampleServer
-from helpers import unavailable
 
 import sample_app
+from tests.helpers import free_port
+from tests.helpers import RedisServer
+from tests.helpers import SampleServer
+from tests.helpers import unavailable
 
 
 @pytest.fixture(autouse=True)

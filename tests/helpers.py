@@ -19,7 +19,7 @@ from flask import Flask
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli(app: Flask, *args: str, input: str | None = None) -> t.Any:
+def cli(app: Flask, *args: str, input: str | None = None) -> t.Any:  # noqa: A002 - click's name
     """Run ``flask tokenguard ARGS`` on ``app``; return the JSON output (``--json`` is added)."""
     result = app.test_cli_runner().invoke(args=["tokenguard", *args, "--json"], input=input)
     assert result.exit_code == 0, result.output
@@ -28,7 +28,8 @@ def cli(app: Flask, *args: str, input: str | None = None) -> t.Any:
 
 def register(app: Flask, name: str = "test client", *args: str) -> dict[str, t.Any]:
     """Create a client through the CLI; returns its JSON (with ``client_secret``)."""
-    return cli(app, "create-client", name, *args)
+    creds: dict[str, t.Any] = cli(app, "create-client", name, *args)
+    return creds
 
 
 def basic(client_id: str, secret: str = "") -> dict[str, str]:
@@ -50,7 +51,7 @@ def get_token(http: t.Any, creds: dict[str, t.Any], **params: str) -> t.Any:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 class SampleServer:
@@ -94,7 +95,7 @@ class SampleServer:
         return code
 
 
-def flask_cli(store_url: str, *args: str, input: str | None = None, **config: str) -> t.Any:
+def flask_cli(store_url: str, *args: str, stdin: str | None = None, **config: str) -> t.Any:
     """Run ``flask --app sample_app tokenguard ARGS --json`` in a subprocess; return its JSON."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLASK_")}
     env["FLASK_TOKENGUARD_STORE_URL"] = store_url
@@ -103,7 +104,7 @@ def flask_cli(store_url: str, *args: str, input: str | None = None, **config: st
         [sys.executable, "-m", "flask", "--app", "sample_app", "tokenguard", *args, "--json"],
         cwd=ROOT,
         env=env,
-        input=input,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,

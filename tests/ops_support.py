@@ -8,8 +8,6 @@ import typing as t
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
-from flask_tokenguard.web.ops import init_ops
-
 
 def ops_app(
     app_factory: t.Callable[..., Flask],
@@ -19,15 +17,13 @@ def ops_app(
     metrics_allow: t.Any = None,
     **config: t.Any,
 ) -> Flask:
-    """The sample app (prefix ``/connect`` unless given) with ``/health``, ``/metrics`` and
-    ``/openapi.json`` registered."""
+    """The sample app (prefix ``/connect`` unless given), metrics on or off; ``init_app``
+    registers ``/health``, ``/metrics`` and ``/openapi.json``."""
     config.setdefault("URL_PREFIX", "/connect")
-    app = app_factory(store_url, **config)
-    app.config["TOKENGUARD_METRICS_ENABLED"] = metrics
+    config["METRICS_ENABLED"] = metrics
     if metrics_allow is not None:
-        app.config["TOKENGUARD_METRICS_ALLOW"] = metrics_allow
-    init_ops(app)
-    return app
+        config["METRICS_ALLOW"] = metrics_allow
+    return app_factory(store_url, **config)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -38,7 +38,8 @@ import redis
 import redis.cluster
 import redis.exceptions
 import redis.sentinel
-from helpers import unavailable
+
+from tests.helpers import unavailable
 
 Address = tuple[str, int]
 HOST = "127.0.0.1"

@@ -15,15 +15,16 @@ from pathlib import Path
 
 import pytest
 import requests
-from backends import BACKENDS
-from backends import CROSS_PROCESS_BACKENDS
-from backends import isolated_store
 from flask import Flask
-from helpers import basic
-from helpers import bearer
-from helpers import cli
-from helpers import flask_cli
-from helpers import SampleServer
+
+from tests.backends import BACKENDS
+from tests.backends import CROSS_PROCESS_BACKENDS
+from tests.backends import isolated_store
+from tests.helpers import basic
+from tests.helpers import bearer
+from tests.helpers import cli
+from tests.helpers import flask_cli
+from tests.helpers import SampleServer
 
 
 @pytest.fixture(params=BACKENDS)
@@ -54,11 +55,13 @@ def test_session_lifecycle(
     first = client.post("/token", data={"grant_type": "client_credentials"}, headers=auth)
     assert first.status_code == 200, first.json
     assert (
-        client.get("/whoami", headers=bearer(first.json["access_token"])).json["client_id"]
+        client.get("/whoami", headers=bearer(first.get_json()["access_token"])).get_json()[
+            "client_id"
+        ]
         == creds["client_id"]
     )
     full = client.post("/token", data={"grant_type": "client_credentials"}, headers=auth)
-    assert full.status_code == 400 and full.json["error"] == "license_unavailable"
+    assert full.status_code == 400 and full.get_json()["error"] == "license_unavailable"
     assert int(full.headers["Retry-After"]) > 0
     assert (
         client.post(
@@ -69,17 +72,20 @@ def test_session_lifecycle(
 
     refreshed = client.post(
         "/token",
-        data={"grant_type": "refresh_token", "refresh_token": first.json["refresh_token"]},
+        data={"grant_type": "refresh_token", "refresh_token": first.get_json()["refresh_token"]},
         headers=auth,
     )
     assert refreshed.status_code == 200
     replay = client.post(
         "/token",
-        data={"grant_type": "refresh_token", "refresh_token": first.json["refresh_token"]},
+        data={"grant_type": "refresh_token", "refresh_token": first.get_json()["refresh_token"]},
         headers=auth,
     )
-    assert replay.json["error"] == "invalid_grant"
-    assert client.get("/whoami", headers=bearer(refreshed.json["access_token"])).status_code == 401
+    assert replay.get_json()["error"] == "invalid_grant"
+    assert (
+        client.get("/whoami", headers=bearer(refreshed.get_json()["access_token"])).status_code
+        == 401
+    )
     assert cli(app, "licenses") == {"in_use": 0, "total": 1}
 
     again = client.post(
@@ -91,15 +97,19 @@ def test_session_lifecycle(
         },
     )
     assert again.status_code == 200
-    assert client.post("/logoff", headers=bearer(again.json["access_token"])).status_code == 204
+    assert (
+        client.post("/logoff", headers=bearer(again.get_json()["access_token"])).status_code == 204
+    )
     assert cli(app, "licenses")["in_use"] == 0
 
     last = client.post("/token", data={"grant_type": "client_credentials"}, headers=auth)
     assert (
-        client.post("/revoke", data={"token": last.json["access_token"]}, headers=auth).status_code
+        client.post(
+            "/revoke", data={"token": last.get_json()["access_token"]}, headers=auth
+        ).status_code
         == 200
     )
-    assert client.get("/whoami", headers=bearer(last.json["access_token"])).status_code == 401
+    assert client.get("/whoami", headers=bearer(last.get_json()["access_token"])).status_code == 401
     assert len(cli(app, "sessions")) == 2  # the view session and the last one
     cli(app, "rotate-secret", creds["client_id"], "--yes")
     assert cli(app, "sessions") == []

@@ -17,17 +17,18 @@ from pathlib import Path
 import jwt
 import pytest
 from flask import Flask
-from helpers import basic
-from helpers import bearer
-from helpers import cli
-from helpers import flask_cli
-from helpers import get_token
-from helpers import register
+
+from tests.helpers import basic
+from tests.helpers import bearer
+from tests.helpers import cli
+from tests.helpers import flask_cli
+from tests.helpers import get_token
+from tests.helpers import register
 
 SAFE = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def run(app: Flask, *args: str, input: str | None = None) -> t.Any:
+def run(app: Flask, *args: str, input: str | None = None) -> t.Any:  # noqa: A002 - as click names it
     """Invoke ``flask tokenguard ARGS`` as typed (no ``--json`` added); return the result."""
     return app.test_cli_runner().invoke(args=["tokenguard", *args], input=input)
 
@@ -527,7 +528,7 @@ def test_licenses_counts_seats(app_factory: t.Callable[..., Flask]) -> None:
 
 
 def _kid(token: str) -> str:
-    return jwt.get_unverified_header(token)["kid"]
+    return str(jwt.get_unverified_header(token)["kid"])
 
 
 def test_rotate_keys_returns_new_kid(app: Flask, client: t.Any) -> None:
@@ -585,3 +586,22 @@ def test_flask_cli_licenses_on_sqlite_file(
     finally:
         app.extensions["tokenguard"].close_store(app)
     assert flask_cli(store_url, "licenses", LICENSES="3") == {"in_use": 1, "total": 3}
+
+
+def test_admin_errors_have_their_own_types_and_become_click_errors(app: Flask) -> None:
+    from flask_tokenguard import AdminInputError
+    from flask_tokenguard import ConfigurationError
+    from flask_tokenguard import NotFoundError
+    from flask_tokenguard.core import clients
+
+    store = app.extensions["tokenguard"].store(app)
+    with pytest.raises(NotFoundError):
+        clients.find_client(store, "tg_nobody")
+    with pytest.raises(AdminInputError) as caught:
+        clients.create_client(store, "x", scopes=["nope"], known_scopes=["view"], now=0)
+    assert not isinstance(caught.value, ConfigurationError)
+    runner = app.test_cli_runner()
+    missing = runner.invoke(args=["tokenguard", "disable-client", "tg_nobody"])
+    assert missing.exit_code == 1 and "no client 'tg_nobody'" in missing.output
+    bad = runner.invoke(args=["tokenguard", "create-client", "x", "--scope", "nope"])
+    assert bad.exit_code == 1 and "unknown scope 'nope'" in bad.output

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from helpers import basic
-from helpers import cli
-from helpers import free_port
-from helpers import RedisServer
-from ops_support import ops_app
 
 from flask_tokenguard.models import SigningKey
 from flask_tokenguard.web.doctor import doctor_command
+from tests.helpers import basic
+from tests.helpers import cli
+from tests.helpers import free_port
+from tests.helpers import RedisServer
+from tests.ops_support import ops_app
 
 
 class Report(t.NamedTuple):
@@ -142,7 +142,8 @@ def test_schema_of_a_newer_release_is_an_error(
     app_factory: t.Callable[..., Flask], tmp_path: Path
 ) -> None:
     import sqlalchemy as sa
-    from backends import isolated_store
+
+    from tests.backends import isolated_store
 
     with isolated_store("postgresql", tmp_path) as (url, options):
         assert doctor(good_app(app_factory, url, STORE_OPTIONS=options)).ok

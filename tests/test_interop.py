@@ -13,9 +13,10 @@ import jwt
 import pytest
 import requests
 from flask import Flask
-from helpers import bearer
-from helpers import cli
-from helpers import register
+
+from tests.helpers import bearer
+from tests.helpers import cli
+from tests.helpers import register
 
 pytestmark = pytest.mark.server
 
@@ -37,7 +38,8 @@ def _plain_http_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
 def _whoami(url: str, access_token: str) -> dict[str, t.Any]:
     response = requests.get(url + "/whoami", headers=bearer(access_token), timeout=10)
     assert response.status_code == 200, response.text
-    return response.json()
+    body: dict[str, t.Any] = response.json()
+    return body
 
 
 def test_requests_oauthlib_backend_client_basic_auth(server: tuple[Flask, str]) -> None:

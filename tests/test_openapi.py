@@ -11,9 +11,10 @@ from importlib import resources
 import pytest
 import requests
 from flask import Flask
-from helpers import cli
 from openapi_spec_validator import validate
-from ops_support import ops_app
+
+from tests.helpers import cli
+from tests.ops_support import ops_app
 
 # Until config.py knows the metrics keys, other readers of the config warn about them.
 

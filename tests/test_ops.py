@@ -9,11 +9,10 @@ import typing as t
 import pytest
 import requests
 from flask import Flask
-from helpers import RedisServer
-from ops_support import ops_app
 
 from flask_tokenguard import TokenGuard
-from flask_tokenguard.web.ops import init_ops
+from tests.helpers import RedisServer
+from tests.ops_support import ops_app
 
 # Until config.py knows the metrics keys, other readers of the config warn about them.
 
@@ -30,7 +29,6 @@ def test_health_without_a_prefix(tmp_path: t.Any) -> None:
     app = Flask("plain")
     app.config.update(TESTING=True, TOKENGUARD_STORE_URL="memory://")
     TokenGuard(app)
-    init_ops(app)
     try:
         response = app.test_client().get("/health")
         assert response.status_code == 200

@@ -12,10 +12,11 @@ import typing as t
 import pytest
 import requests
 from flask import Flask
-from helpers import basic
-from helpers import bearer
-from helpers import cli
-from helpers import RedisServer
+
+from tests.helpers import basic
+from tests.helpers import bearer
+from tests.helpers import cli
+from tests.helpers import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.server]
 
@@ -64,7 +65,13 @@ def test_store_outage_is_503_and_recovers(served: Served, own_redis_server: Redi
     assert int(refused.headers["Retry-After"]) > 0
     guarded = requests.get(served.url + "/whoami", headers=bearer(token), timeout=30)
     assert guarded.status_code == 503 and guarded.json()["error"] == "temporarily_unavailable"
-    assert requests.get(served.url + "/health", timeout=10).status_code == 200
+    # The process is up and says so: the health answer names the store as the problem.
+    health = requests.get(served.url + "/health", timeout=10)
+    assert health.status_code == 503 and health.json() == {
+        "status": "unavailable",
+        "store": "unavailable",
+    }
+    assert int(health.headers["Retry-After"]) > 0
 
     # Back, but empty (this server keeps nothing on disk): the app serves again without a
     # restart. The wiped client is unknown now; a new one gets tokens and a seat.

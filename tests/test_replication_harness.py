@@ -16,15 +16,16 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
-import replication
 from psycopg import sql
-from replication import ClusterTopology
-from replication import postgres_replicated
-from replication import PostgresTopology
-from replication import redis_cluster
-from replication import redis_sentinel
-from replication import SentinelTopology
-from replication import TRANSIENT
+
+from tests import replication
+from tests.replication import ClusterTopology
+from tests.replication import postgres_replicated
+from tests.replication import PostgresTopology
+from tests.replication import redis_cluster
+from tests.replication import redis_sentinel
+from tests.replication import SentinelTopology
+from tests.replication import TRANSIENT
 
 pytestmark = [pytest.mark.replication, pytest.mark.slow]
 
@@ -105,15 +106,6 @@ def test_sentinel_write_survives_primary_kill(sentinel_topology: SentinelTopolog
     assert fresh.get(key) == value.encode()
     assert fresh.get(key + ":after") == b"1"
 
-    # The killed server comes back as a replica of the new primary: two replicas acknowledge.
-    started = time.monotonic()
-    topology.restart_killed()
-    print(f"old primary back as a replica after {time.monotonic() - started:.2f} s")
-    assert _role(topology.server_at(old).client()) == "slave"
-    pipe = fresh.pipeline(transaction=False)
-    pipe.set(key + ":rejoined", "1")
-    pipe.wait(2, 2000)
-    assert pipe.execute() == [True, 2]
     for client in (primary, fresh, *sentinel.sentinels):
         client.close()
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import time
 import typing as t
 from pathlib import Path
 
 import pytest
 import requests
-from helpers import flask_cli
-from helpers import SampleServer
+
+from tests.helpers import flask_cli
+from tests.helpers import SampleServer
+from tests.helpers import unavailable
 
 pytestmark = pytest.mark.server
 
@@ -187,3 +191,26 @@ def test_request_lines_are_logged_without_tokens_or_secrets(
     log = server.output.split("Serving on", 1)[1]  # after the demo client's one-time print
     assert "GET /whoami 200" in log and "POST /token 200" in log
     assert token not in log and secret not in log and "access_token" not in log
+
+
+def test_the_printed_curl_lines_read_the_secret_instead_of_carrying_it(
+    sample_server: t.Callable[..., SampleServer],
+) -> None:
+    server = sample_server()
+    _, secret = _demo_credentials(server)
+    lines = server.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Get a token"))
+    shell = [line.strip() for line in lines[start + 1 : start + 3]]
+    assert all(secret not in line for line in lines if "curl" in line)
+    assert server.output.count(secret) == 1  # shown once, on its own line
+    if shutil.which("curl") is None:
+        unavailable("curl is not installed")
+    result = subprocess.run(
+        ["sh", "-c", "\n".join(shell)],
+        input=secret + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert '"access_token"' in result.stdout, result.stderr

@@ -36,8 +36,10 @@ from urllib.parse import urlencode
 import pytest
 import requests
 from flask import Flask
-from helpers import cli
-from helpers import register
+from werkzeug.datastructures import Headers
+
+from tests.helpers import cli
+from tests.helpers import register
 
 VECTORS: list[dict[str, t.Any]] = json.loads(
     (Path(__file__).parent / "vectors" / "token_endpoint.json").read_text()
@@ -121,7 +123,7 @@ def check_response(
     app: Flask,
     vector: dict[str, t.Any],
     status: int,
-    headers: t.Mapping[str, str],
+    headers: t.Mapping[str, str] | Headers,
     body: bytes,
 ) -> None:
     """Assert what the vector promises; after an error, assert nothing was stored."""

@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
-from ..errors import ConfigurationError
+from ..errors import AdminInputError
 from ..errors import InvalidClientError
+from ..errors import LockedOutError
+from ..errors import NotFoundError
 from ..models import Client
+from . import audit as events
 from .security import hash_secret
 from .security import new_client_id
 from .security import new_secret
@@ -22,6 +25,8 @@ from .security import verify_secret
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ..stores.base import Store
+    from .audit import Audit
+    from .throttle import Throttle
 
 #: Grant types this server implements.
 GRANT_TYPES = ("client_credentials", "password", "refresh_token")
@@ -38,12 +43,42 @@ class ClientCredentials:
     used_basic: bool = False
 
 
-def authenticate_client(store: Store, credentials: ClientCredentials, realm: str) -> Client:
+#: The longest client secret accepted before any hashing.
+MAX_SECRET_LENGTH = 256
+
+
+def authenticate_client(
+    store: Store,
+    credentials: ClientCredentials,
+    throttle: Throttle | None = None,
+    now: float = 0.0,
+    audit: Audit | None = None,
+) -> Client:
     """Return the client the credentials prove, or raise ``InvalidClientError``.
 
-    The secret check runs even for an unknown client, against a dummy hash, so timing
-    does not tell which ids exist.
+    An id or alias outside its alphabet (A-Z a-z 0-9 _ -, at most 128 characters), or a
+    secret longer than 256 characters, is refused before any lookup, on every store. The
+    secret check runs even for an unknown client, against a dummy hash, so timing does
+    not tell which ids exist. With a ``throttle``, an address over the threshold (for this client
+    id, or at all) gets ``LockedOutError`` without a check, and a failure is counted.
+    With an ``audit`` trail, a failure is ``auth.failed`` and a throttled attempt
+    ``auth.throttled``; the presented id is named only when it is a registered client's,
+    since an id that matches nothing may be a secret pasted in the wrong place.
     """
+    if not SAFE_NAME.fullmatch(credentials.client_id) or (
+        len(credentials.client_secret or "") > MAX_SECRET_LENGTH
+    ):
+        if audit is not None:
+            audit.emit(events.AUTH_FAILED, reason="invalid_client")
+        raise InvalidClientError(used_basic=credentials.used_basic)
+    key, had_failures = None, False
+    if throttle is not None:
+        try:
+            key, had_failures = throttle.check("client", credentials.client_id, now)
+        except LockedOutError:
+            if audit is not None:
+                audit.emit(events.AUTH_THROTTLED, reason="slow_down")
+            raise
     client = store.get_client(credentials.client_id)
     secret = credentials.client_secret or ""
     if client is None or client.is_public:
@@ -52,13 +87,20 @@ def authenticate_client(store: Store, credentials: ClientCredentials, realm: str
     else:
         proven = verify_secret(secret, client.secret_hash)
     if client is None or not proven or not client.enabled:
-        raise InvalidClientError(used_basic=credentials.used_basic, realm=realm)
+        if throttle is not None:
+            throttle.failed(now, key)
+        if audit is not None:
+            known = None if client is None else client.client_id
+            audit.emit(events.AUTH_FAILED, client_id=known, reason="invalid_client")
+        raise InvalidClientError(used_basic=credentials.used_basic)
+    if throttle is not None and had_failures:
+        throttle.succeeded(key)
     return client
 
 
 def _check_name(kind: str, value: str) -> str:
     if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
-        raise ConfigurationError(f"{kind} may use only A-Z a-z 0-9 _ - (1 to 128 characters)")
+        raise AdminInputError(f"{kind} may use only A-Z a-z 0-9 _ - (1 to 128 characters)")
     return value
 
 
@@ -75,26 +117,26 @@ def create_client(
 ) -> tuple[Client, str | None]:
     """Register a client; return it and its secret (None for a public client).
 
-    Raises ``ConfigurationError`` for unknown scopes or grants, a public client asking for
+    Raises ``AdminInputError`` for unknown scopes or grants, a public client asking for
     ``client_credentials``, or a malformed alias; ``ConflictError`` if the alias is taken.
     """
     if not name or not name.strip():
-        raise ConfigurationError("a client needs a display name")
+        raise AdminInputError("a client needs a display name")
     if grants is None or not grants:
         grants = (
             ("password", "refresh_token") if public else ("client_credentials", "refresh_token")
         )
     unknown_grants = [g for g in grants if g not in GRANT_TYPES]
     if unknown_grants:
-        raise ConfigurationError(
+        raise AdminInputError(
             f"unknown grant type {unknown_grants[0]!r}; use {', '.join(GRANT_TYPES)}"
         )
     if public and "client_credentials" in grants:
-        raise ConfigurationError("a public client has no secret and cannot use client_credentials")
+        raise AdminInputError("a public client has no secret and cannot use client_credentials")
     scopes = list(dict.fromkeys(scopes or known_scopes))
     unknown_scopes = [s for s in scopes if s not in known_scopes]
     if unknown_scopes:
-        raise ConfigurationError(
+        raise AdminInputError(
             f"unknown scope {unknown_scopes[0]!r}; configured: {', '.join(known_scopes)}"
         )
     if alias is not None:
@@ -115,10 +157,10 @@ def create_client(
 
 
 def find_client(store: Store, id_or_alias: str) -> Client:
-    """Look a client up for an administrator; raise ``LookupError`` if there is none."""
-    client = store.get_client(id_or_alias)
+    """Look a client up for an administrator; raise ``NotFoundError`` if there is none."""
+    client = store.get_client(id_or_alias) if SAFE_NAME.fullmatch(id_or_alias) else None
     if client is None:
-        raise LookupError(f"no client {id_or_alias!r}")
+        raise NotFoundError(f"no client {id_or_alias!r}")
     return client
 
 

@@ -8,25 +8,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing as t
 
 from ..errors import InvalidGrantError
 from ..errors import InvalidRequestError
 from ..errors import InvalidScopeError
+from ..errors import LicenseUnavailableError
 from ..errors import LockedOutError
 from ..errors import UnauthorizedClientError
 from ..errors import UnsupportedGrantTypeError
 from ..models import Client
 from ..models import TokenSession
+from . import audit as events
+from .security import kdf_slot
 from .sessions import refresh_session
 from .sessions import start_session
+from .throttle import Throttle
 from .tokens import issue_access_token
-from .users import check_user_password
+from .users import authenticate_user
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ..config import Settings
     from ..stores.base import Store
+    from .audit import Audit
     from .tokens import KeyRing
 
 #: ``fn(username, password) -> subject or None``, the app's own user check.
@@ -43,6 +49,15 @@ class GrantContext:
     password_verifier: PasswordVerifier | None
     #: ``iss`` of the tokens issued for this request.
     issuer: str
+    #: Failed-attempt throttling for this request's remote address.
+    throttle: Throttle | None = None
+    #: The audit trail, bound to this request's remote address.
+    audit: Audit | None = None
+
+    def emit(self, event: str, **fields: str | None) -> None:
+        """Report an audit event of this request, if it has a trail."""
+        if self.audit is not None:
+            self.audit.emit(event, **fields)
 
 
 def resolve_scope(settings: Settings, client: Client, requested: str | None) -> str:
@@ -51,6 +66,8 @@ def resolve_scope(settings: Settings, client: Client, requested: str | None) -> 
     No scope requested gives ``TOKENGUARD_DEFAULT_SCOPE``, or every scope of the client
     when it may not have the default: a fallback, never an error.
     """
+    if requested is not None and len(requested) > MAX_SCOPE_LENGTH:
+        raise InvalidScopeError()
     if requested is None or not requested.strip():
         default = settings.default_scope.split()
         if all(s in client.scopes for s in default):
@@ -63,31 +80,70 @@ def resolve_scope(settings: Settings, client: Client, requested: str | None) -> 
     return " ".join(wanted)
 
 
+#: The longest ``scope`` parameter accepted, and the most scopes it may name.
+MAX_SCOPE_LENGTH = 1000
+MAX_SCOPES = 20
+#: The longest user name or password accepted.
+MAX_CREDENTIAL_LENGTH = 256
+
+
 def split_scope(scope: str) -> list[str]:
     """Split a ``scope`` parameter on spaces only (RFC 6749 3.3), dropping repeats.
 
-    Tabs and other white space stay inside a token, which then matches no scope.
+    Tabs and other white space stay inside a token, which then matches no scope. A
+    parameter over 1,000 characters or naming more than 20 scopes is ``invalid_scope``.
     """
-    return list(dict.fromkeys(s for s in scope.split(" ") if s))
+    if len(scope) > MAX_SCOPE_LENGTH:
+        raise InvalidScopeError()
+    scopes = list(dict.fromkeys(s for s in scope.split(" ") if s))
+    if len(scopes) > MAX_SCOPES:
+        raise InvalidScopeError()
+    return scopes
 
 
 def _still_valid(context: GrantContext, client: Client, session: TokenSession, now: float) -> None:
     """Undo the session if an administrator changed the client meanwhile.
 
-    Disabling, rotating or deleting a client changes its record, then ends its sessions.
+    Disabling, deleting or re-identifying a client changes its record, then ends its
+    sessions; a new secret alone does not.
     A request that authenticated just before the change may start its session just
     after that sweep; reading the record again after starting closes the gap: either the
     sweep saw this session, or this read sees the change.
     """
-    if context.store.get_client(client.client_id) != client:
-        context.store.end_session(session.session_id, now)
+    current = context.store.get_client(client.client_id)
+    if current is None or _session_terms(current) != _session_terms(client):
+        _end_changed(context, session, now, "client_changed")
         raise InvalidGrantError("The client changed during the request.")
+
+
+def _end_changed(context: GrantContext, session: TokenSession, now: float, reason: str) -> None:
+    if context.store.end_session(session.session_id, now) is not None:
+        context.emit(
+            events.SESSION_ENDED,
+            client_id=session.client_id,
+            subject=session.subject,
+            session_id=session.session_id,
+            reason=reason,
+        )
+
+
+def _session_terms(client: Client) -> tuple[t.Any, ...]:
+    """What ends a client's sessions when it changes: not its secret, which
+    ``rotate-secret --keep-sessions`` replaces while its sessions go on."""
+    return (client.enabled, client.grants, client.scopes)
 
 
 def _require(params: t.Mapping[str, str], name: str) -> str:
     value = params.get(name)
     if not value:
         raise InvalidRequestError(f"The {name} parameter is required.")
+    return value
+
+
+def _require_credential(params: t.Mapping[str, str], name: str) -> str:
+    value = _require(params, name)
+    if len(value) > MAX_CREDENTIAL_LENGTH:
+        raise InvalidRequestError(f"The {name} parameter is longer than 256 characters.")
     return value
 
 
@@ -109,54 +165,113 @@ def _client_credentials(
     if client.is_public:
         raise UnauthorizedClientError()
     scope = resolve_scope(context.settings, client, params.get("scope"))
-    session, refresh_token = start_session(
-        context.store,
-        context.settings,
-        client_id=client.client_id,
-        subject=client.client_id,
-        scope=scope,
-        now=now,
-    )
-    _still_valid(context, client, session, now)
-    return _token_response(context, session, scope, refresh_token, now)
+    return _new_session(context, client, client.client_id, scope, now)
 
 
 def _password(
     context: GrantContext, client: Client, params: t.Mapping[str, str], now: float
 ) -> dict[str, t.Any]:
-    username = _require(params, "username")
-    password = _require(params, "password")
+    username = _require_credential(params, "username")
+    password = _require_credential(params, "password")
     scope = resolve_scope(context.settings, client, params.get("scope"))
     settings, store = context.settings, context.store
-    # Counted per user name, known or not, so a lockout says nothing about who exists;
-    # checked before the KDF, so guessing also stops costing the server CPU.
-    lockout_key = f"user:{username}"
-    failures = 0
-    if settings.lockout_threshold:
-        failures, until = store.failures(lockout_key, now)
-        if failures >= settings.lockout_threshold:
-            raise LockedOutError(retry_after=until - now)
-    if context.password_verifier is not None:
-        subject = context.password_verifier(username, password)
-    else:
-        ok = check_user_password(store, username, password, cost=settings.password_hash_cost)
-        subject = username if ok else None
+    # Counted per user name (known or not, so a refusal says nothing about who exists) and
+    # remote address, reserved before the KDF: parallel guesses cannot slip past the
+    # threshold, and a throttled guess costs the server no hash.
+    reserved = None
+    if context.throttle is not None:
+        try:
+            reserved = context.throttle.reserve("user", username, now)
+        except LockedOutError:
+            context.emit(
+                events.AUTH_THROTTLED,
+                client_id=client.client_id,
+                subject=username,
+                reason="slow_down",
+            )
+            raise
+    password_hash = None
+    with kdf_slot(settings.kdf_concurrency):
+        if context.password_verifier is not None:
+            subject = context.password_verifier(username, password)
+        else:
+            user = authenticate_user(store, username, password, cost=settings.password_hash_cost)
+            subject = None if user is None else user.username
+            password_hash = None if user is None else user.password_hash
     if not subject:
-        if settings.lockout_threshold:
-            store.record_failure(lockout_key, settings.lockout_seconds, now)
+        if context.throttle is not None:
+            context.throttle.failed(now)
+        context.emit(
+            events.AUTH_FAILED, client_id=client.client_id, subject=username, reason="invalid_grant"
+        )
         raise InvalidGrantError("The user name or password is wrong.")
-    if failures:
-        store.clear_failures(lockout_key)
-    session, refresh_token = start_session(
-        context.store,
-        context.settings,
+    if context.throttle is not None:
+        context.throttle.succeeded(reserved)
+
+    def user_unchanged(session: TokenSession) -> None:
+        # A password change or deletion ends the user's sessions; one that lands while
+        # this request starts its session is seen here, as for clients.
+        if password_hash is None:
+            return
+        current = store.get_user(str(subject))
+        if current is None or current.password_hash != password_hash:
+            _end_changed(context, session, now, "user_changed")
+            raise InvalidGrantError("The user changed during the request.")
+
+    return _new_session(context, client, str(subject), scope, now, also_check=user_unchanged)
+
+
+def _new_session(
+    context: GrantContext,
+    client: Client,
+    subject: str,
+    scope: str,
+    now: float,
+    also_check: t.Callable[[TokenSession], None] | None = None,
+) -> dict[str, t.Any]:
+    """Start a session and answer with its tokens; a failure after the start ends it."""
+    # What can fail without the store's session (the signing key's load) is done first,
+    # so that a failure there takes no seat.
+    context.keys.signer(now)
+    try:
+        session, refresh_token = start_session(
+            context.store,
+            context.settings,
+            client_id=client.client_id,
+            subject=subject,
+            scope=scope,
+            now=now,
+        )
+    except LicenseUnavailableError:
+        context.emit(events.LICENSE_REFUSED, client_id=client.client_id, subject=subject)
+        raise
+    with _ending_on_failure(context, session, now):
+        _still_valid(context, client, session, now)
+        if also_check is not None:
+            also_check(session)
+        response = _token_response(context, session, scope, refresh_token, now)
+    context.emit(
+        events.TOKEN_ISSUED,
         client_id=client.client_id,
-        subject=str(subject),
-        scope=scope,
-        now=now,
+        subject=subject,
+        session_id=session.session_id,
     )
-    _still_valid(context, client, session, now)
-    return _token_response(context, session, scope, refresh_token, now)
+    return response
+
+
+@contextlib.contextmanager
+def _ending_on_failure(
+    context: GrantContext, session: TokenSession, now: float
+) -> t.Iterator[None]:
+    """End ``session`` if the request fails before its tokens are sent: its seat frees."""
+    try:
+        yield
+    except BaseException:
+        try:
+            context.store.end_session(session.session_id, now)
+        except Exception:  # noqa: BLE001 - the first failure is the one to report
+            pass
+        raise
 
 
 def _refresh_token(
@@ -164,7 +279,8 @@ def _refresh_token(
 ) -> dict[str, t.Any]:
     token = _require(params, "refresh_token")
     requested = params.get("scope")
-    wanted = split_scope(requested) if requested and requested.strip() else None
+    wanted = split_scope(requested) if requested is not None else None
+    wanted = wanted or None
 
     def check_scope(session: TokenSession) -> None:
         # RFC 6749 section 6: a narrower scope for this access token, never a wider one.
@@ -172,6 +288,7 @@ def _refresh_token(
         if wanted and not set(wanted) <= context.settings.expand_scopes(session.scope.split()):
             raise InvalidScopeError()
 
+    context.keys.signer(now)  # before the rotation, as for a new session
     session, refresh_token = refresh_session(
         context.store,
         context.settings,
@@ -179,10 +296,20 @@ def _refresh_token(
         refresh_token=token,
         now=now,
         check=check_scope,
+        audit=context.audit,
     )
     scope = " ".join(wanted) if wanted else session.scope
-    _still_valid(context, client, session, now)
-    return _token_response(context, session, scope, refresh_token, now)
+    # The client never receives the rotated refresh token if this fails: end the session.
+    with _ending_on_failure(context, session, now):
+        _still_valid(context, client, session, now)
+        response = _token_response(context, session, scope, refresh_token, now)
+    context.emit(
+        events.TOKEN_REFRESHED,
+        client_id=client.client_id,
+        subject=session.subject,
+        session_id=session.session_id,
+    )
+    return response
 
 
 _GRANTS: dict[

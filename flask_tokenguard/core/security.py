@@ -8,10 +8,15 @@ through scrypt. Every comparison is constant-time (``hmac.compare_digest``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import re
 import secrets
+import threading
+import typing as t
+
+from ..errors import KdfBusyError
 
 #: Client ids, aliases and generated secrets use only these characters, so HTTP Basic
 #: credentials read the same whether or not a client form-encodes them (RFC 6749 2.3.1).
@@ -52,7 +57,9 @@ def hash_password(password: str, cost: int = 15) -> str:
     """Hash a user password with salted scrypt; the result names its own parameters."""
     salt = secrets.token_bytes(16)
     digest = _scrypt(password, salt, 2**cost)
-    return f"scrypt${cost}${_SCRYPT_R}${_SCRYPT_P}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+    encoded_salt = base64.b64encode(salt).decode()
+    encoded_digest = base64.b64encode(digest).decode()
+    return f"scrypt${cost}${_SCRYPT_R}${_SCRYPT_P}${encoded_salt}${encoded_digest}"
 
 
 def verify_password(password: str, password_hash: str | None, cost: int = 15) -> bool:
@@ -72,6 +79,41 @@ def verify_password(password: str, password_hash: str | None, cost: int = 15) ->
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)
+
+
+def password_hash_cost(password_hash: str) -> int | None:
+    """The scrypt cost (log2 N) a stored hash was made with; None if it is not ours."""
+    parts = password_hash.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt" or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
+#: How long a password check waits for a free KDF slot before the request gets 503.
+KDF_WAIT_SECONDS = 5.0
+_kdf_slots: dict[int, threading.BoundedSemaphore] = {}
+_kdf_slots_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def kdf_slot(concurrency: int, wait: float | None = None) -> t.Iterator[None]:
+    """Hold one of ``concurrency`` password-check slots of this process while the KDF runs.
+
+    Bounds the CPU that unauthenticated password attempts can take: a check that finds
+    every slot busy for ``wait`` seconds raises ``KdfBusyError`` (503 with ``Retry-After``)
+    instead of queueing without end. ``wait`` defaults to ``KDF_WAIT_SECONDS``.
+    """
+    wait = KDF_WAIT_SECONDS if wait is None else wait
+    with _kdf_slots_lock:
+        slots = _kdf_slots.get(concurrency)
+        if slots is None:
+            slots = _kdf_slots[concurrency] = threading.BoundedSemaphore(concurrency)
+    if not slots.acquire(timeout=wait):
+        raise KdfBusyError(retry_after=max(1, int(wait)))
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 def _scrypt(password: str, salt: bytes, n: int) -> bytes:

@@ -2,9 +2,11 @@
 
 A session starts with a ``client_credentials`` or ``password`` token request and goes on
 with each ``refresh_token`` request, which rotates its refresh token and extends its
-idle lifetime (``TOKENGUARD_SESSION_TTL``). A session whose scope includes a licensed
-scope holds one of ``TOKENGUARD_LICENSES`` seats until it ends or expires. Reusing a
-refresh token ends the session (OAuth 2.0 Security BCP, refresh token rotation).
+idle lifetime (``TOKENGUARD_SESSION_TTL``), never past ``TOKENGUARD_SESSION_MAX_TTL``
+after it started. A session whose scope includes a licensed scope holds one of
+``TOKENGUARD_LICENSES`` seats until it ends or expires. Reusing a refresh token ends the
+session (OAuth 2.0 Security BCP, refresh token rotation). Seats are reclaimed only once
+expired by every host's clock (``TOKENGUARD_CLOCK_SKEW``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import typing as t
 from ..errors import InvalidGrantError
 from ..errors import LicenseUnavailableError
 from ..models import TokenSession
+from . import audit as events
 from .security import hash_secret
 from .security import new_id
 from .security import new_secret
@@ -22,6 +25,7 @@ from .security import new_secret
 if t.TYPE_CHECKING:  # pragma: no cover
     from ..config import Settings
     from ..stores.base import Store
+    from .audit import Audit
 
 
 def needs_seat(settings: Settings, scope: str) -> bool:
@@ -48,11 +52,20 @@ def start_session(
         holds_seat=needs_seat(settings, scope),
         refresh_hash=hash_secret(refresh_token),
         created_at=now,
-        expires_at=now + settings.session_ttl,
+        expires_at=session_expiry(settings, created_at=now, now=now),
     )
-    if not store.start_session(session, settings.licenses, now):
+    if not store.start_session(session, settings.licenses, now, skew=settings.clock_skew):
         raise LicenseUnavailableError(retry_after=seconds_until_seat(store, settings, now))
     return session, refresh_token
+
+
+def session_expiry(settings: Settings, *, created_at: float, now: float) -> float:
+    """When a session used at ``now`` expires: ``SESSION_TTL`` idle, at most ``SESSION_MAX_TTL``
+    after ``created_at``."""
+    expires_at = now + settings.session_ttl
+    if settings.session_max_ttl is not None:
+        expires_at = min(expires_at, created_at + settings.session_max_ttl)
+    return expires_at
 
 
 def seconds_until_seat(store: Store, settings: Settings, now: float) -> int:
@@ -72,12 +85,14 @@ def refresh_session(
     refresh_token: str,
     now: float,
     check: t.Callable[[TokenSession], None] | None = None,
+    audit: Audit | None = None,
 ) -> tuple[TokenSession, str]:
     """Continue the session of ``refresh_token``; return it and the new refresh token.
 
     A used refresh token, or one presented by another client, ends the session: either
     means the token leaked (RFC 6749 section 10.4, Security BCP 4.14). ``check`` may
-    refuse the request (raising) before anything changes.
+    refuse the request (raising) before anything changes. With ``audit``, a session ended
+    this way is reported as ``session.ended`` with reason ``replay``.
     """
     old_hash = hash_secret(refresh_token)
     found = store.find_refresh(old_hash, now)
@@ -85,19 +100,36 @@ def refresh_session(
         raise InvalidGrantError()
     session, is_current = found
     if not is_current or session.client_id != client_id:
-        store.end_session(session.session_id, now)
+        _end_replayed(store, session, now, audit)
         raise InvalidGrantError()
     if check is not None:
         check(session)
+    expires_at = session_expiry(settings, created_at=session.created_at, now=now)
+    if expires_at <= now:
+        # Past its absolute lifetime: the session is over, however recently it was used.
+        store.end_session(session.session_id, now)
+        raise InvalidGrantError()
     new_token = new_secret()
     updated = store.rotate_refresh(
-        session.session_id, old_hash, hash_secret(new_token), now + settings.session_ttl, now
+        session.session_id, old_hash, hash_secret(new_token), expires_at, now
     )
     if updated is None:
         # Another request used this token first: a replay, by the rule above.
-        store.end_session(session.session_id, now)
+        _end_replayed(store, session, now, audit)
         raise InvalidGrantError()
     return updated, new_token
+
+
+def _end_replayed(store: Store, session: TokenSession, now: float, audit: Audit | None) -> None:
+    ended = store.end_session(session.session_id, now)
+    if ended is not None and audit is not None:
+        audit.emit(
+            events.SESSION_ENDED,
+            client_id=ended.client_id,
+            subject=ended.subject,
+            session_id=ended.session_id,
+            reason="replay",
+        )
 
 
 def end_session_by_refresh_token(

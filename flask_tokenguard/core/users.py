@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
-from ..errors import ConfigurationError
+from ..errors import AdminInputError
+from ..errors import NotFoundError
 from ..models import User
 from .security import hash_password
+from .security import password_hash_cost
 from .security import verify_password
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -20,13 +22,13 @@ if t.TYPE_CHECKING:  # pragma: no cover
 
 def _check_username(username: str) -> str:
     if not username or not username.strip() or not username.isprintable() or len(username) > 256:
-        raise ConfigurationError("a user name must be 1 to 256 printable characters")
+        raise AdminInputError("a user name must be 1 to 256 printable characters")
     return username
 
 
 def _check_password(password: str) -> str:
     if not password:
-        raise ConfigurationError("the password must not be empty")
+        raise AdminInputError("the password must not be empty")
     return password
 
 
@@ -42,10 +44,10 @@ def create_user(store: Store, username: str, password: str, *, cost: int, now: f
 
 
 def set_password(store: Store, username: str, password: str, *, cost: int) -> User:
-    """Replace a user's password; raise ``LookupError`` for an unknown user."""
+    """Replace a user's password; raise ``NotFoundError`` for an unknown user."""
     user = store.get_user(username)
     if user is None:
-        raise LookupError(f"no user {username!r}")
+        raise NotFoundError(f"no user {username!r}")
     updated = dataclasses.replace(
         user, password_hash=hash_password(_check_password(password), cost)
     )
@@ -53,7 +55,30 @@ def set_password(store: Store, username: str, password: str, *, cost: int) -> Us
     return updated
 
 
-def check_user_password(store: Store, username: str, password: str, *, cost: int) -> bool:
-    """True if the password is right; unknown users cost the same KDF work."""
+def authenticate_user(store: Store, username: str, password: str, *, cost: int) -> User | None:
+    """The user the password proves, or None; unknown users cost the same KDF work.
+
+    An unknown user's check runs at the configured ``cost``; a user whose hash was made at
+    another cost is rehashed at this one on a successful sign-in, so that response time
+    tells neither who exists nor whose password is old.
+    """
     user = store.get_user(username)
-    return verify_password(password, None if user is None else user.password_hash, cost)
+    if not verify_password(password, None if user is None else user.password_hash, cost):
+        return None
+    assert user is not None
+    if password_hash_cost(user.password_hash) != cost:
+        rehashed = dataclasses.replace(user, password_hash=hash_password(password, cost))
+        if store.update_user(rehashed):
+            user = rehashed
+    return user
+
+
+def end_user_sessions(store: Store, username: str, now: float) -> list[str]:
+    """End every live session whose subject is ``username``; return their ids."""
+    ended = []
+    for session in store.list_sessions(None, now):
+        if session.subject != username or session.subject == session.client_id:
+            continue  # a client_credentials session is the client's own
+        if store.end_session(session.session_id, now):
+            ended.append(session.session_id)
+    return ended

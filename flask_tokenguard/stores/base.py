@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import functools
+import secrets
 import typing as t
 
 from ..errors import StoreError
@@ -57,6 +58,16 @@ def schemes_of(module: str) -> tuple[str, ...]:
 def session_revoked_until(expires_at: float, now: float) -> float:
     """Until when the id of a session ended at ``now`` stays revoked."""
     return max(expires_at, now + REVOKE_MARGIN)
+
+
+def new_epoch() -> int:
+    """A fresh revocation epoch: random, positive, and fits a signed 64-bit column."""
+    return secrets.randbits(62) + 1
+
+
+def epoch_text(epoch: int) -> str:
+    """The form ``revocation_epoch()`` returns an epoch in (16 hex digits)."""
+    return f"{epoch:016x}"
 
 
 #: Registry filled by ``Store.__init_subclass__``: URL scheme -> store class.
@@ -200,12 +211,24 @@ class Store(abc.ABC):
     # -- sessions and seats ------------------------------------------------------------
 
     @abc.abstractmethod
-    def start_session(self, session: TokenSession, seat_limit: int | None, now: float) -> bool:
+    def start_session(
+        self,
+        session: TokenSession,
+        seat_limit: int | None,
+        now: float,
+        *,
+        skew: float = 0.0,
+    ) -> bool:
         """Insert ``session``; if it holds a seat, only while fewer than ``seat_limit`` live.
 
         Atomic: expired sessions are swept, live seat holders counted and the session
         inserted in one critical section, so no number of threads, processes or hosts
         can over-allocate. ``seat_limit=None`` means unlimited. False means no seat free.
+
+        ``skew`` is how far the hosts' clocks may disagree (seconds, ``>= 0``): a seat is
+        reclaimed (swept, and no longer counted) only once its session expired at or
+        before ``now - skew``, so that a host whose clock runs ahead never takes a seat
+        that the other hosts still count as held.
         """
 
     @abc.abstractmethod
@@ -266,10 +289,29 @@ class Store(abc.ABC):
         """A number that grows with every revocation (session ends included)."""
 
     @abc.abstractmethod
+    def revocation_epoch(self) -> str:
+        """The id of the current run of ``revocation_seq``: it changes when the count restarts.
+
+        A random string, created together with the revocation counter (atomically, when
+        either is missing) and replaced whenever the counter is created again: by
+        ``reset()``, or on Redis after the keys were lost (a restart without
+        persistence, a failover to a replica that lagged, a restore, a FLUSH). Stable
+        otherwise, across calls, processes and hosts.
+
+        Sequence numbers compare only within one epoch. A process that caches
+        revocations reads the epoch *before* each ``revocations_since`` (or on each poll
+        of ``revocation_seq``); when it differs from the one its cache was built in,
+        it discards its position and calls ``revocations_since(0, now)`` to read every
+        live entry again. Comparing sequence numbers alone would miss the revocations
+        numbered 1 to N of a counter that restarted below the N it had seen.
+        """
+
+    @abc.abstractmethod
     def revocations_since(self, seq: int, now: float) -> tuple[dict[str, float], int]:
         """Revoked ids (``sid`` or ``jti``) with ``seq`` greater than ``seq``, still unexpired.
 
         Returns ``({id: expires_at}, current_seq)``. Passing 0 returns every live entry.
+        ``seq`` is meaningful only within the ``revocation_epoch()`` it was read in.
         """
 
     # -- lockout counters --------------------------------------------------------------

@@ -14,6 +14,8 @@ from ..models import Client
 from ..models import SigningKey
 from ..models import TokenSession
 from ..models import User
+from .base import epoch_text
+from .base import new_epoch
 from .base import schemes_of
 from .base import session_revoked_until
 from .base import Store
@@ -49,6 +51,7 @@ class MemoryStore(Store):
         self._used_refresh: dict[str, str] = {}
         self._revoked: dict[str, tuple[float, int]] = {}
         self._seq = 0
+        self._epoch = epoch_text(new_epoch())
         #: lockout key -> (count, until).
         self._failures: dict[str, tuple[int, float]] = {}
         #: Size of ``_failures`` at which ``record_failure`` next purges expired counts.
@@ -152,16 +155,25 @@ class MemoryStore(Store):
 
     # -- sessions
 
-    def _sweep(self, now: float) -> None:
-        for sid in [s.session_id for s in self._sessions.values() if not s.is_live(now)]:
+    def _sweep(self, now: float, skew: float = 0.0) -> None:
+        before = now - max(skew, 0.0)
+        for sid in [s.session_id for s in self._sessions.values() if not s.is_live(before)]:
             del self._sessions[sid]
         live = set(self._sessions)
         self._used_refresh = {h: s for h, s in self._used_refresh.items() if s in live}
         self._revoked = {k: v for k, v in self._revoked.items() if v[0] > now}
 
-    def start_session(self, session: TokenSession, seat_limit: int | None, now: float) -> bool:
+    def start_session(
+        self,
+        session: TokenSession,
+        seat_limit: int | None,
+        now: float,
+        *,
+        skew: float = 0.0,
+    ) -> bool:
         with self._lock:
-            self._sweep(now)
+            # After a sweep up to ``now - skew``, every session left counts.
+            self._sweep(now, skew)
             if session.holds_seat and seat_limit is not None:
                 held = sum(1 for s in self._sessions.values() if s.holds_seat)
                 if held >= seat_limit:
@@ -244,6 +256,9 @@ class MemoryStore(Store):
 
     def revocation_seq(self) -> int:
         return self._seq
+
+    def revocation_epoch(self) -> str:
+        return self._epoch
 
     def revocations_since(self, seq: int, now: float) -> tuple[dict[str, float], int]:
         with self._lock:

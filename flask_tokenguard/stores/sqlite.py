@@ -3,7 +3,7 @@
 The default store (``sqlite:///<instance_path>/tokenguard.sqlite3``): the default
 install needs no server and no extra dependency.
 
-Concurrency (see notes/deploy-and-stores.md, section 3 (a)):
+Concurrency:
 
 - WAL journal: readers never block the single writer, nor the writer the readers.
 - Every write runs in ``BEGIN IMMEDIATE``, which takes the database's write lock
@@ -25,14 +25,10 @@ shares.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-import random
 import sqlite3
 import threading
-import time
 import typing as t
-import weakref
 from urllib.parse import parse_qsl
 
 from ..errors import ConfigurationError
@@ -42,11 +38,16 @@ from ..models import Client
 from ..models import SigningKey
 from ..models import TokenSession
 from ..models import User
+from . import records
+from .base import epoch_text
 from .base import impossible_key
+from .base import new_epoch
 from .base import schemes_of
 from .base import session_revoked_until
 from .base import Store
 from .files import prepare_private_file
+from .forks import forget_after_fork
+from .retry import retry
 
 #: Version of the tables below, kept in ``tg_schema_version``; older files are migrated
 #: in place by the steps of ``_MIGRATIONS``.
@@ -74,7 +75,7 @@ _FAILURES_SCHEMA = (
 #: DDL run in one ``BEGIN IMMEDIATE`` transaction, so that processes opening a new file
 #: at the same moment create it exactly once: the first takes the write lock, and the
 #: others wait for it, then find every ``IF NOT EXISTS`` satisfied.
-#: Table and column names are those of the SQL server store (``stores/sql.py``).
+#: Table and column names are those of the SQL server store (``stores/sql/schema.py``).
 _SCHEMA = (
     # Kept only so that a release that knows version 1 alone refuses a newer file
     # instead of taking it for a new one; this release reads ``tg_schema_version``.
@@ -193,17 +194,23 @@ _GET_V1_SCHEMA_VERSION = "SELECT value FROM tg_meta WHERE name = 'schema_version
 _GET_SEQ = "SELECT value FROM tg_counters WHERE name = 'revocation_seq'"
 _ADD_TO_SEQ = "UPDATE tg_counters SET value = value + ? WHERE name = 'revocation_seq'"
 _ZERO_SEQ = "UPDATE tg_counters SET value = 0 WHERE name = 'revocation_seq'"
+#: The revocation epoch is a random number in the counters table, beside the counter.
+_GET_EPOCH = "SELECT value FROM tg_counters WHERE name = 'revocation_epoch'"
+_CREATE_EPOCH = "INSERT OR IGNORE INTO tg_counters (name, value) VALUES ('revocation_epoch', ?)"
+_RENEW_EPOCH = "INSERT OR REPLACE INTO tg_counters (name, value) VALUES ('revocation_epoch', ?)"
 
 _CLAIM = "INSERT OR IGNORE INTO tg_claims (name) VALUES (?)"
 
-_KEY_COLUMNS = "kid, alg, private_pem, created_at, retire_at"
+_KEY_COLUMNS = ", ".join(records.KEY_COLUMNS)
+_KEY_VALUES = ", ".join(f":{c}" for c in records.KEY_COLUMNS)
 _ANY_KEY = "SELECT 1 FROM tg_signing_keys LIMIT 1"
 _LIST_KEYS = f"SELECT {_KEY_COLUMNS} FROM tg_signing_keys ORDER BY created_at, rowid"
-_INSERT_KEY = f"INSERT INTO tg_signing_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+_INSERT_KEY = f"INSERT INTO tg_signing_keys ({_KEY_COLUMNS}) VALUES ({_KEY_VALUES})"
 _RETIRE_KEYS = "UPDATE tg_signing_keys SET retire_at = ? WHERE retire_at IS NULL"
 _DROP_RETIRED_KEYS = "DELETE FROM tg_signing_keys WHERE retire_at IS NOT NULL AND retire_at <= ?"
 
-_CLIENT_COLUMNS = "client_id, alias, name, secret_hash, grants, scopes, enabled, created_at"
+_CLIENT_COLUMNS = ", ".join(records.CLIENT_COLUMNS)
+_CLIENT_VALUES = ", ".join(f":{c}" for c in records.CLIENT_COLUMNS)
 #: Ids and aliases share one namespace: a new client's id and alias (or its id twice).
 _NAME_TAKEN = (
     "SELECT 1 FROM tg_clients WHERE client_id IN (:id, :alias) OR alias IN (:id, :alias) LIMIT 1"
@@ -212,7 +219,7 @@ _ALIAS_TAKEN_BY_OTHER = (
     "SELECT 1 FROM tg_clients WHERE client_id != :id AND (client_id = :alias OR alias = :alias)"
 )
 _CLIENT_EXISTS = "SELECT 1 FROM tg_clients WHERE client_id = ?"
-_INSERT_CLIENT = f"INSERT INTO tg_clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_CLIENT = f"INSERT INTO tg_clients ({_CLIENT_COLUMNS}) VALUES ({_CLIENT_VALUES})"
 #: Ids and aliases are disjoint, so one row at most matches; the ORDER BY only makes
 #: "id first" explicit.
 _GET_CLIENT = (
@@ -220,22 +227,26 @@ _GET_CLIENT = (
     " ORDER BY client_id = :name DESC LIMIT 1"
 )
 _UPDATE_CLIENT = (
-    "UPDATE tg_clients SET alias = ?, name = ?, secret_hash = ?, grants = ?,"
-    " scopes = ?, enabled = ?, created_at = ? WHERE client_id = ?"
+    "UPDATE tg_clients SET alias = :alias, name = :name, secret_hash = :secret_hash,"
+    " grants = :grants, scopes = :scopes, enabled = :enabled, created_at = :created_at"
+    " WHERE client_id = :client_id"
 )
 _DELETE_CLIENT = "DELETE FROM tg_clients WHERE client_id = ?"
 _LIST_CLIENTS = f"SELECT {_CLIENT_COLUMNS} FROM tg_clients ORDER BY created_at, client_id"
 
-_USER_COLUMNS = "username, password_hash, created_at"
-_INSERT_USER = f"INSERT OR IGNORE INTO tg_users ({_USER_COLUMNS}) VALUES (?, ?, ?)"
+_USER_COLUMNS = ", ".join(records.USER_COLUMNS)
+_USER_VALUES = ", ".join(f":{c}" for c in records.USER_COLUMNS)
+_INSERT_USER = f"INSERT OR IGNORE INTO tg_users ({_USER_COLUMNS}) VALUES ({_USER_VALUES})"
 _GET_USER = f"SELECT {_USER_COLUMNS} FROM tg_users WHERE username = ?"
-_UPDATE_USER = "UPDATE tg_users SET password_hash = ?, created_at = ? WHERE username = ?"
+_UPDATE_USER = (
+    "UPDATE tg_users SET password_hash = :password_hash, created_at = :created_at"
+    " WHERE username = :username"
+)
 _DELETE_USER = "DELETE FROM tg_users WHERE username = ?"
 _LIST_USERS = f"SELECT {_USER_COLUMNS} FROM tg_users ORDER BY username"
 
-_SESSION_COLUMNS = (
-    "session_id, client_id, subject, scope, holds_seat, refresh_hash, created_at, expires_at"
-)
+_SESSION_COLUMNS = ", ".join(records.SESSION_COLUMNS)
+_SESSION_VALUES = ", ".join(f":{c}" for c in records.SESSION_COLUMNS)
 _S_SESSION_COLUMNS = ", ".join(f"s.{c.strip()}" for c in _SESSION_COLUMNS.split(","))
 #: Deleting a session cascades to its used refresh hashes.
 _SWEEP_SESSIONS = "DELETE FROM tg_sessions WHERE expires_at <= ?"
@@ -243,13 +254,13 @@ _COUNT_SEATS = "SELECT count(*) FROM tg_sessions WHERE holds_seat = 1 AND expire
 _EARLIEST_SEAT_EXPIRY = (
     "SELECT min(expires_at) FROM tg_sessions WHERE holds_seat = 1 AND expires_at > ?"
 )
-_INSERT_SESSION = f"INSERT INTO tg_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_SESSION = f"INSERT INTO tg_sessions ({_SESSION_COLUMNS}) VALUES ({_SESSION_VALUES})"
 _GET_SESSION = f"SELECT {_SESSION_COLUMNS} FROM tg_sessions WHERE session_id = ?"
 _GET_LIVE_SESSION = _GET_SESSION + " AND expires_at > ?"
 #: Current hash first, else a used one; one statement, so one snapshot: a concurrent
 #: rotation moves a hash from current to used atomically, and we see exactly one side.
 _FIND_REFRESH = (
-    f"SELECT {_SESSION_COLUMNS}, 1 FROM tg_sessions"
+    f"SELECT {_SESSION_COLUMNS}, 1 AS is_current FROM tg_sessions"
     " WHERE refresh_hash = :hash AND expires_at > :now"
     f" UNION ALL SELECT {_S_SESSION_COLUMNS}, 0"
     " FROM tg_used_refresh AS u JOIN tg_sessions AS s ON s.session_id = u.session_id"
@@ -287,6 +298,9 @@ _CLEAR_FAILURES = "DELETE FROM tg_failures WHERE key = ?"
 #: closing, a connection in a child process: they stay referenced and are never closed.
 _FORK_ORPHANS: list[sqlite3.Connection] = []
 
+#: ``_enable_wal``'s sleeps between attempts: the first, and the cap.
+_WAL_DELAYS = (0.002, 0.05)
+
 
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
     """Split ``sqlite:///path?opt=value`` into the file path and its options.
@@ -306,12 +320,6 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
             f"TOKENGUARD_STORE_URL {url!r} must name a file; use memory:// for a throwaway store"
         )
     return path, dict(parse_qsl(query, keep_blank_values=True))
-
-
-def _forget_after_fork(ref: weakref.ref[SQLiteStore]) -> None:
-    store = ref()
-    if store is not None:
-        store._forget_connections()
 
 
 class SQLiteStore(Store):
@@ -354,10 +362,7 @@ class SQLiteStore(Store):
         self._connections: dict[threading.Thread, sqlite3.Connection] = {}
         #: Bumped by ``close()``: a thread whose connection is older reconnects.
         self._generation = 0
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(
-                after_in_child=functools.partial(_forget_after_fork, weakref.ref(self))
-            )
+        forget_after_fork(self)
         prepare_private_file(self.path)
         with self.wrap_errors():
             self._create_schema()
@@ -406,6 +411,8 @@ class SQLiteStore(Store):
             conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Rows read by column name, for ``records``; by index where that is clearer.
+            conn.row_factory = sqlite3.Row
         except BaseException:
             conn.close()
             raise
@@ -448,20 +455,20 @@ class SQLiteStore(Store):
         once with "database is locked": the busy handler is not used. So retry, with
         short jittered sleeps, for up to the store's timeout.
         """
-        deadline = time.monotonic() + self._timeout
-        delay = 0.002
-        while True:
-            try:
-                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-                if mode.lower() != "wal":
-                    conn.execute("PRAGMA journal_mode = WAL").fetchone()
-                return
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() >= deadline:
-                    raise
-            # Jitter, so that processes that collided do not collide again in step.
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.05)
+
+        def switch() -> None:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode.lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL").fetchone()
+
+        first, cap = _WAL_DELAYS
+        retry(
+            switch,
+            retry_if=lambda exc: isinstance(exc, sqlite3.OperationalError) and _is_busy(exc),
+            patience=self._timeout,
+            delay=first,
+            max_delay=cap,
+        )
 
     def _create_schema(self) -> None:
         conn = self._connection()
@@ -482,6 +489,7 @@ class SQLiteStore(Store):
             if version is None:
                 for statement in _SCHEMA:
                     conn.execute(statement)
+                conn.execute(_CREATE_EPOCH, (new_epoch(),))
                 return
             while version < SCHEMA_VERSION:
                 for statement in _MIGRATIONS[version]:
@@ -507,7 +515,9 @@ class SQLiteStore(Store):
         with self._write() as conn:
             for table in _DATA_TABLES:
                 conn.execute(f"DELETE FROM {table}")  # noqa: S608 - constant names
+            # A counter that restarts starts a new epoch, in the same transaction.
             conn.execute(_ZERO_SEQ)
+            conn.execute(_RENEW_EPOCH, (new_epoch(),))
 
     def claim_once(self, name: str) -> bool:
         with self._write() as conn:
@@ -519,22 +529,22 @@ class SQLiteStore(Store):
         with self._write() as conn:
             # Under the write lock: of processes starting at once, exactly one inserts.
             if conn.execute(_ANY_KEY).fetchone() is None:
-                conn.execute(_INSERT_KEY, _key_row(candidate))
-            return [_key(row) for row in conn.execute(_LIST_KEYS)]
+                conn.execute(_INSERT_KEY, records.key_record(candidate))
+            return [records.key_from(row) for row in conn.execute(_LIST_KEYS)]
 
     def add_signing_key(self, key: SigningKey, retire_others_at: float) -> None:
         with self._write() as conn:
             conn.execute(_RETIRE_KEYS, (retire_others_at,))
-            conn.execute(_INSERT_KEY, _key_row(key))
+            conn.execute(_INSERT_KEY, records.key_record(key))
 
     def signing_keys(self, now: float) -> list[SigningKey]:
         # Read first: every process calls this every few seconds, and only rarely
         # is there a key to drop, the one case that needs the write lock.
-        keys = [_key(row) for row in self._connection().execute(_LIST_KEYS)]
+        keys = [records.key_from(row) for row in self._connection().execute(_LIST_KEYS)]
         if any(k.retire_at is not None and k.retire_at <= now for k in keys):
             with self._write() as conn:
                 conn.execute(_DROP_RETIRED_KEYS, (now,))
-                keys = [_key(row) for row in conn.execute(_LIST_KEYS)]
+                keys = [records.key_from(row) for row in conn.execute(_LIST_KEYS)]
         return keys
 
     # -- clients -----------------------------------------------------------------------
@@ -546,14 +556,14 @@ class SQLiteStore(Store):
             names = {"id": client.client_id, "alias": client.alias or client.client_id}
             if conn.execute(_NAME_TAKEN, names).fetchone() is not None:
                 raise ConflictError("client id or alias is taken")
-            conn.execute(_INSERT_CLIENT, _client_row(client))
+            conn.execute(_INSERT_CLIENT, records.client_record(client))
 
     def get_client(self, id_or_alias: str) -> Client | None:
         if impossible_key(id_or_alias):
             return None
         name = {"name": id_or_alias}
         row = self._connection().execute(_GET_CLIENT, name).fetchone()
-        return None if row is None else _client(row)
+        return None if row is None else records.client_from(row)
 
     def update_client(self, client: Client) -> bool:
         with self._write() as conn:
@@ -563,8 +573,7 @@ class SQLiteStore(Store):
                 names = {"id": client.client_id, "alias": client.alias}
                 if conn.execute(_ALIAS_TAKEN_BY_OTHER, names).fetchone() is not None:
                     raise ConflictError("alias is taken")
-            row = _client_row(client)
-            conn.execute(_UPDATE_CLIENT, row[1:] + row[:1])
+            conn.execute(_UPDATE_CLIENT, records.client_record(client))
             return True
 
     def delete_client(self, client_id: str) -> bool:
@@ -574,25 +583,24 @@ class SQLiteStore(Store):
             return conn.execute(_DELETE_CLIENT, (client_id,)).rowcount == 1
 
     def list_clients(self) -> list[Client]:
-        return [_client(row) for row in self._connection().execute(_LIST_CLIENTS)]
+        return [records.client_from(row) for row in self._connection().execute(_LIST_CLIENTS)]
 
     # -- users -------------------------------------------------------------------------
 
     def create_user(self, user: User) -> None:
         with self._write() as conn:
-            if conn.execute(_INSERT_USER, _user_row(user)).rowcount != 1:
+            if conn.execute(_INSERT_USER, records.user_record(user)).rowcount != 1:
                 raise ConflictError("user exists")
 
     def get_user(self, username: str) -> User | None:
         if impossible_key(username):
             return None
         row = self._connection().execute(_GET_USER, (username,)).fetchone()
-        return None if row is None else User(*row)
+        return None if row is None else records.user_from(row)
 
     def update_user(self, user: User) -> bool:
         with self._write() as conn:
-            row = (user.password_hash, user.created_at, user.username)
-            return conn.execute(_UPDATE_USER, row).rowcount == 1
+            return conn.execute(_UPDATE_USER, records.user_record(user)).rowcount == 1
 
     def delete_user(self, username: str) -> bool:
         if impossible_key(username):
@@ -601,21 +609,30 @@ class SQLiteStore(Store):
             return conn.execute(_DELETE_USER, (username,)).rowcount == 1
 
     def list_users(self) -> list[User]:
-        return [User(*row) for row in self._connection().execute(_LIST_USERS)]
+        return [records.user_from(row) for row in self._connection().execute(_LIST_USERS)]
 
     # -- sessions and seats ------------------------------------------------------------
 
-    def start_session(self, session: TokenSession, seat_limit: int | None, now: float) -> bool:
+    def start_session(
+        self,
+        session: TokenSession,
+        seat_limit: int | None,
+        now: float,
+        *,
+        skew: float = 0.0,
+    ) -> bool:
+        # Seats are reclaimed only once expired on every host's clock (see ``Store``).
+        before = now - max(skew, 0.0)
         with self._write() as conn:
             # Sweep, count and insert under one write lock: no other thread or process
             # can insert between our count and our insert.
-            conn.execute(_SWEEP_SESSIONS, (now,))
+            conn.execute(_SWEEP_SESSIONS, (before,))
             conn.execute(_PURGE_REVOKED, (now,))
             if session.holds_seat and seat_limit is not None:
-                (held,) = conn.execute(_COUNT_SEATS, (now,)).fetchone()
+                (held,) = conn.execute(_COUNT_SEATS, (before,)).fetchone()
                 if held >= seat_limit:
                     return False
-            conn.execute(_INSERT_SESSION, _session_row(session))
+            conn.execute(_INSERT_SESSION, records.session_record(session))
             return True
 
     def earliest_seat_expiry(self, now: float) -> float | None:
@@ -630,7 +647,7 @@ class SQLiteStore(Store):
         if impossible_key(session_id):
             return None
         row = self._connection().execute(_GET_LIVE_SESSION, (session_id, now)).fetchone()
-        return None if row is None else _session(row)
+        return None if row is None else records.session_from(row)
 
     def find_refresh(self, refresh_hash: str, now: float) -> tuple[TokenSession, bool] | None:
         if impossible_key(refresh_hash):
@@ -638,7 +655,7 @@ class SQLiteStore(Store):
         row = (
             self._connection().execute(_FIND_REFRESH, {"hash": refresh_hash, "now": now}).fetchone()
         )
-        return None if row is None else (_session(row[:-1]), bool(row[-1]))
+        return None if row is None else (records.session_from(row), bool(row["is_current"]))
 
     def rotate_refresh(
         self,
@@ -655,7 +672,7 @@ class SQLiteStore(Store):
             if conn.execute(_SWAP_REFRESH, swap).rowcount != 1:
                 return None
             conn.execute(_MARK_USED, (old_hash, session_id))
-            return _session(conn.execute(_GET_SESSION, (session_id,)).fetchone())
+            return records.session_from(conn.execute(_GET_SESSION, (session_id,)).fetchone())
 
     def end_session(self, session_id: str, now: float) -> TokenSession | None:
         if impossible_key(session_id):
@@ -665,7 +682,7 @@ class SQLiteStore(Store):
             row = conn.execute(_GET_SESSION, (session_id,)).fetchone()
             if row is None:
                 return None
-            session = _session(row)
+            session = records.session_from(row)
             _end(conn, [session], now)
             return session if session.is_live(now) else None
 
@@ -676,14 +693,14 @@ class SQLiteStore(Store):
                 rows = conn.execute(_ALL_SESSIONS).fetchall()
             else:
                 rows = conn.execute(_CLIENT_SESSIONS, (client_id,)).fetchall()
-            sessions = [_session(row) for row in rows]
+            sessions = [records.session_from(row) for row in rows]
             _end(conn, sessions, now)
             return sum(1 for s in sessions if s.is_live(now))
 
     def list_sessions(self, client_id: str | None, now: float) -> list[TokenSession]:
         query = {"now": now, "client_id": client_id}
         rows = self._connection().execute(_LIST_SESSIONS, query)
-        return [_session(row) for row in rows]
+        return [records.session_from(row) for row in rows]
 
     # -- revocation --------------------------------------------------------------------
 
@@ -697,6 +714,15 @@ class SQLiteStore(Store):
         # Polled by every process several times a second: one primary-key read.
         (seq,) = self._connection().execute(_GET_SEQ).fetchone()
         return int(seq)
+
+    def revocation_epoch(self) -> str:
+        row = self._connection().execute(_GET_EPOCH).fetchone()
+        if row is None:
+            # A file created before epochs: create it once, under the write lock.
+            with self._write() as conn:
+                conn.execute(_CREATE_EPOCH, (new_epoch(),))
+                row = conn.execute(_GET_EPOCH).fetchone()
+        return epoch_text(int(row[0]))
 
     def revocations_since(self, seq: int, now: float) -> tuple[dict[str, float], int]:
         with self._read() as conn:
@@ -784,73 +810,4 @@ def _end(conn: sqlite3.Connection, sessions: list[TokenSession], now: float) -> 
             (s.session_id, session_revoked_until(s.expires_at, now), seq)
             for seq, s in enumerate(sessions, start=first)
         ],
-    )
-
-
-def _key_row(key: SigningKey) -> tuple[t.Any, ...]:
-    return (key.kid, key.alg, key.private_pem, key.created_at, key.retire_at)
-
-
-def _key(row: t.Sequence[t.Any]) -> SigningKey:
-    kid, alg, private_pem, created_at, retire_at = row
-    return SigningKey(kid, alg, private_pem, created_at, retire_at)
-
-
-def _client_row(client: Client) -> tuple[t.Any, ...]:
-    # Grants and scopes are tokens without spaces (RFC 6749 3.3), so a space joins them.
-    return (
-        client.client_id,
-        client.alias,
-        client.name,
-        client.secret_hash,
-        " ".join(client.grants),
-        " ".join(client.scopes),
-        int(client.enabled),
-        client.created_at,
-    )
-
-
-def _client(row: t.Sequence[t.Any]) -> Client:
-    client_id, alias, name, secret_hash, grants, scopes, enabled, created_at = row
-    return Client(
-        client_id=client_id,
-        name=name,
-        secret_hash=secret_hash,
-        alias=alias,
-        grants=tuple(grants.split()),
-        scopes=tuple(scopes.split()),
-        enabled=bool(enabled),
-        created_at=created_at,
-    )
-
-
-def _user_row(user: User) -> tuple[t.Any, ...]:
-    return (user.username, user.password_hash, user.created_at)
-
-
-def _session_row(session: TokenSession) -> tuple[t.Any, ...]:
-    return (
-        session.session_id,
-        session.client_id,
-        session.subject,
-        session.scope,
-        int(session.holds_seat),
-        session.refresh_hash,
-        session.created_at,
-        session.expires_at,
-    )
-
-
-def _session(row: t.Sequence[t.Any]) -> TokenSession:
-    session_id, client_id, subject, scope, holds_seat, refresh_hash = row[:6]
-    created_at, expires_at = row[6:]
-    return TokenSession(
-        session_id=session_id,
-        client_id=client_id,
-        subject=subject,
-        scope=scope,
-        holds_seat=bool(holds_seat),
-        refresh_hash=refresh_hash,
-        created_at=created_at,
-        expires_at=expires_at,
     )

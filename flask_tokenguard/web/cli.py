@@ -2,11 +2,14 @@
 
 Every command takes ``--json`` for scripts. A secret is printed only by
 ``create-client`` and ``rotate-secret``: the only times it exists outside its hash.
-Failures raise ``click.ClickException`` (exit 1, message on stderr).
+Failures raise ``click.ClickException`` (exit 1, message on stderr). Every change is
+reported to the audit trail, with the operating-system user who ran it as ``admin``.
 """
 
 from __future__ import annotations
 
+import functools
+import getpass
 import json
 import sys
 import time
@@ -16,15 +19,18 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from ..core import audit as events
 from ..core import clients
 from ..core import sessions as session_rules
 from ..core import users
+from ..core.audit import Audit
+from ..errors import AdminInputError
 from ..errors import ConfigurationError
 from ..errors import ConflictError
+from ..errors import NotFoundError
 from ..errors import StoreError
-
-if t.TYPE_CHECKING:  # pragma: no cover
-    from .extension import AppState
+from .doctor import doctor_command
+from .state import current_state as _state
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
@@ -34,9 +40,31 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 yes_option = click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 
 
-def _state() -> AppState:
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    return app.extensions["tokenguard"].state(app)
+@functools.cache
+def _os_user() -> str | None:
+    """Who runs the command, for the audit trail's ``admin`` field (None if unknown)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no name in the environment or the user database
+        return None
+
+
+def _audit() -> Audit:
+    return _state().audit.bind(admin=_os_user())
+
+
+def _audit_ended(session_ids: t.Iterable[str], client_id: str | None, reason: str) -> None:
+    audit = _audit()
+    for session_id in session_ids:
+        audit.emit(events.SESSION_ENDED, client_id=client_id, session_id=session_id, reason=reason)
+
+
+def _audit_user_ended(session_ids: t.Iterable[str], username: str) -> None:
+    audit = _audit()
+    for session_id in session_ids:
+        audit.emit(
+            events.SESSION_ENDED, subject=username, session_id=session_id, reason="user_changed"
+        )
 
 
 def _emit(as_json: bool, data: t.Any, text: str) -> None:
@@ -52,7 +80,7 @@ def _handled(fn: F) -> F:
             # A command that ended sessions must be felt at once by this process too.
             _state().sync_revocations()
             return result
-        except (ConfigurationError, ConflictError, LookupError) as exc:
+        except (AdminInputError, ConfigurationError, ConflictError, NotFoundError) as exc:
             message = exc.args[0] if exc.args else str(exc)
             raise click.ClickException(str(message)) from None
         except StoreError as exc:
@@ -104,6 +132,7 @@ def create_client(
         alias=alias,
         now=time.time(),
     )
+    _audit().emit(events.CLIENT_CREATED, client_id=client.client_id)
     data = {**clients.describe(client), "client_secret": secret}
     lines = [f"Client id:     {client.client_id}"]
     if secret is not None:
@@ -133,12 +162,17 @@ def rotate_secret(client_id: str, yes: bool, keep_sessions: bool, as_json: bool)
     updated, secret, ended = clients.rotate_secret(
         state.store, client.client_id, keep_sessions=keep_sessions, now=time.time()
     )
+    _audit().emit(events.CLIENT_ROTATED, client_id=updated.client_id)
+    _audit_ended(ended, client.client_id, "client_changed")
     data = {"client_id": updated.client_id, "client_secret": secret, "sessions_ended": len(ended)}
     if client.is_public:
         data["previous_client_id"] = client.client_id
         text = f"New client id: {updated.client_id} (the old id no longer works)"
     else:
-        text = f"Client id:     {updated.client_id}\nClient secret: {secret}\nStore the secret now: it is shown only once."
+        text = (
+            f"Client id:     {updated.client_id}\nClient secret: {secret}\n"
+            "Store the secret now: it is shown only once."
+        )
     _emit(as_json, data, text)
 
 
@@ -160,6 +194,9 @@ def list_clients(as_json: bool) -> None:
 
 def _set_enabled(client_id: str, enabled: bool, as_json: bool) -> None:
     client, ended = clients.set_enabled(_state().store, client_id, enabled, now=time.time())
+    event = events.CLIENT_ENABLED if enabled else events.CLIENT_DISABLED
+    _audit().emit(event, client_id=client.client_id)
+    _audit_ended(ended, client.client_id, "client_changed")
     data = {**clients.describe(client), "sessions_ended": len(ended)}
     _emit(as_json, data, f"{client.client_id} {'enabled' if enabled else 'disabled'}")
 
@@ -194,6 +231,8 @@ def delete_client(client_id: str, yes: bool, as_json: bool) -> None:
     if not yes:
         click.confirm(f"Delete client {client.name!r} ({client.client_id})?", abort=True, err=True)
     deleted, ended = clients.delete_client(state.store, client.client_id, now=time.time())
+    _audit().emit(events.CLIENT_DELETED, client_id=deleted.client_id)
+    _audit_ended(ended, deleted.client_id, "client_changed")
     data = {"client_id": deleted.client_id, "deleted": True, "sessions_ended": len(ended)}
     _emit(as_json, data, f"{deleted.client_id} deleted")
 
@@ -216,6 +255,7 @@ def create_user(username: str, password_stdin: bool, as_json: bool) -> None:
         cost=state.settings.password_hash_cost,
         now=time.time(),
     )
+    _audit().emit(events.USER_CREATED, subject=user.username)
     _emit(as_json, {"username": user.username, "created": True}, f"user {user.username} created")
 
 
@@ -228,17 +268,20 @@ def set_password(username: str, password_stdin: bool, as_json: bool) -> None:
     """Change a user's password."""
     state = _state()
     if state.store.get_user(username) is None:
-        raise LookupError(f"no user {username!r}")
+        raise NotFoundError(f"no user {username!r}")
     user = users.set_password(
         state.store,
         username,
         _read_password(password_stdin),
         cost=state.settings.password_hash_cost,
     )
+    ended = users.end_user_sessions(state.store, user.username, time.time())
+    _audit().emit(events.USER_UPDATED, subject=user.username)
+    _audit_user_ended(ended, user.username)
     _emit(
         as_json,
-        {"username": user.username, "updated": True},
-        f"password of {user.username} changed",
+        {"username": user.username, "updated": True, "sessions_ended": len(ended)},
+        f"password of {user.username} changed; {len(ended)} session(s) ended",
     )
 
 
@@ -247,10 +290,18 @@ def set_password(username: str, password_stdin: bool, as_json: bool) -> None:
 @json_option
 @_handled
 def delete_user(username: str, as_json: bool) -> None:
-    """Remove a user from the built-in table."""
-    if not _state().store.delete_user(username):
-        raise LookupError(f"no user {username!r}")
-    _emit(as_json, {"username": username, "deleted": True}, f"user {username} deleted")
+    """Remove a user from the built-in table and end their sessions."""
+    store = _state().store
+    if not store.delete_user(username):
+        raise NotFoundError(f"no user {username!r}")
+    ended = users.end_user_sessions(store, username, time.time())
+    _audit().emit(events.USER_DELETED, subject=username)
+    _audit_user_ended(ended, username)
+    _emit(
+        as_json,
+        {"username": username, "deleted": True, "sessions_ended": len(ended)},
+        f"user {username} deleted; {len(ended)} session(s) ended",
+    )
 
 
 @tokenguard.command("list-users")
@@ -258,11 +309,9 @@ def delete_user(username: str, as_json: bool) -> None:
 @_handled
 def list_users(as_json: bool) -> None:
     """List the built-in users (never their password hashes)."""
-    listed = [
-        {"username": u.username, "created_at": int(u.created_at)}
-        for u in _state().store.list_users()
-    ]
-    _emit(as_json, listed, "\n".join(u["username"] for u in listed) or "No users.")
+    users_ = _state().store.list_users()
+    listed = [{"username": u.username, "created_at": int(u.created_at)} for u in users_]
+    _emit(as_json, listed, "\n".join(u.username for u in users_) or "No users.")
 
 
 # -- sessions and licences ---------------------------------------------------------------
@@ -270,14 +319,18 @@ def list_users(as_json: bool) -> None:
 
 @tokenguard.command("sessions")
 @click.option("--client", "client_id", help="Only this client's sessions.")
+@click.option("--user", "username", help="Only the sessions of this user (their subject).")
 @json_option
 @_handled
-def list_sessions(client_id: str | None, as_json: bool) -> None:
+def list_sessions(client_id: str | None, username: str | None, as_json: bool) -> None:
     """List live sessions: id, client, subject, scopes, seat, expiry."""
     store = _state().store
     if client_id is not None:
         client_id = clients.find_client(store, client_id).client_id
-    listed = [session_rules.describe(s) for s in store.list_sessions(client_id, time.time())]
+    live = store.list_sessions(client_id, time.time())
+    if username is not None:
+        live = [s for s in live if s.subject == username and s.subject != s.client_id]
+    listed = [session_rules.describe(s) for s in live]
     text = "\n".join(
         f"{s['session_id']}  client={s['client_id']}  subject={s['subject']}  "
         f"scopes={' '.join(s['scopes'])}  seat={'yes' if s['holds_seat'] else 'no'}  "
@@ -290,23 +343,55 @@ def list_sessions(client_id: str | None, as_json: bool) -> None:
 @tokenguard.command("logoff")
 @click.argument("session_id", metavar="SESSION", required=False)
 @click.option("--client", "client_id", help="End every session of this client.")
+@click.option("--user", "username", help="End every session of this user (their subject).")
 @click.option("--all", "everything", is_flag=True, help="End every session.")
 @json_option
 @_handled
-def logoff(session_id: str | None, client_id: str | None, everything: bool, as_json: bool) -> None:
+def logoff(
+    session_id: str | None,
+    client_id: str | None,
+    username: str | None,
+    everything: bool,
+    as_json: bool,
+) -> None:
     """End sessions at once and free their seats."""
-    if sum(bool(x) for x in (session_id, client_id, everything)) != 1:
-        raise click.UsageError("give exactly one of SESSION, --client C or --all")
+    if sum(bool(x) for x in (session_id, client_id, username, everything)) != 1:
+        raise click.UsageError("give exactly one of SESSION, --client C, --user NAME or --all")
     store = _state().store
+    audit = _audit()
     now = time.time()
     if session_id:
-        if store.end_session(session_id, now) is None:
-            raise LookupError(f"no live session {session_id!r}")
+        session = store.end_session(session_id, now)
+        if session is None:
+            raise NotFoundError(f"no live session {session_id!r}")
+        audit.emit(
+            events.SESSION_ENDED,
+            client_id=session.client_id,
+            subject=session.subject,
+            session_id=session.session_id,
+            reason="admin",
+        )
         ended = 1
+    elif username:
+        ids = users.end_user_sessions(store, username, now)
+        for sid in ids:
+            audit.emit(events.SESSION_ENDED, subject=username, session_id=sid, reason="admin")
+        ended = len(ids)
     else:
         if client_id:
             client_id = clients.find_client(store, client_id).client_id
+        # Listed first so each ended session is named in the audit trail; one that starts
+        # meanwhile is ended too, and counted, but not named.
+        live = store.list_sessions(client_id, now)
         ended = store.end_sessions(client_id, now)
+        for s in live:
+            audit.emit(
+                events.SESSION_ENDED,
+                client_id=s.client_id,
+                subject=s.subject,
+                session_id=s.session_id,
+                reason="admin",
+            )
     _emit(as_json, {"ended": ended}, f"{ended} session(s) ended")
 
 
@@ -329,13 +414,23 @@ def licenses(as_json: bool) -> None:
 
 
 @tokenguard.command("rotate-keys")
+@click.option(
+    "--retire-now",
+    is_flag=True,
+    help="After a leak: drop the older keys at once; their tokens are refused everywhere "
+    "within TOKENGUARD_REVOCATION_LAG.",
+)
 @json_option
 @_handled
-def rotate_keys(as_json: bool) -> None:
+def rotate_keys(retire_now: bool, as_json: bool) -> None:
     """Sign with a new key from now on; older keys verify until their tokens expire."""
     state = _state()
-    key = state.keys.rotate(time.time())
-    _emit(as_json, {"kid": key.kid, "alg": key.alg}, f"new signing key {key.kid} ({key.alg})")
+    key = state.keys.rotate(time.time(), retire_now=retire_now)
+    _audit().emit(events.KEY_ROTATED)
+    text = f"new signing key {key.kid} ({key.alg})"
+    if retire_now:
+        text += "; older keys dropped"
+    _emit(as_json, {"kid": key.kid, "alg": key.alg}, text)
 
 
 @tokenguard.command("serve")
@@ -352,3 +447,6 @@ def serve_command(host: str, port: int, threads: int | None) -> None:
     code = serve(app, host=host, port=port, threads=threads)
     if code:
         sys.exit(code)
+
+
+tokenguard.add_command(doctor_command)

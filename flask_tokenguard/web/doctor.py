@@ -238,7 +238,7 @@ def check_https(ctx: Context) -> list[Finding]:
 
 
 def _redis_client(store: t.Any) -> t.Any:
-    if not type(store).__module__.endswith("stores.redis"):
+    if not type(store).__module__.startswith("flask_tokenguard.stores.redis"):
         return None
     return getattr(store, "_client", None)
 

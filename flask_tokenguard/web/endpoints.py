@@ -1,7 +1,7 @@
-"""The ``tokenguard`` blueprint: HTTP parsing and responses only; the rules live elsewhere.
+"""The ``tokenguard`` blueprint: HTTP parsing and responses only; the rules live in ``core``.
 
 - ``POST /token``: RFC 6749 sections 2.3.1 (client authentication), 4.3, 4.4, 5, 6
-- ``POST /logoff``: ends a session (the seeds' logoff endpoint)
+- ``POST /logoff``: ends a session
 - ``POST /revoke``: RFC 7009
 - ``POST /introspect``: RFC 7662
 - ``GET /.well-known/oauth-authorization-server``: RFC 8414
@@ -27,40 +27,36 @@ from flask import Response
 from flask import url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ..core import audit as events
+from ..core.audit import Audit
 from ..core.clients import authenticate_client
 from ..core.clients import ClientCredentials
 from ..core.clients import GRANT_TYPES
 from ..core.grants import grant_token
 from ..core.grants import GrantContext
-from ..core.security import hash_secret
+from ..core.issuer import request_issuer
 from ..core.sessions import end_session_by_refresh_token
+from ..core.throttle import Throttle
+from ..core.token_status import introspect_token
+from ..core.token_status import revoke_token
+from ..errors import BodyTooLargeError
 from ..errors import InvalidClientError
+from ..errors import InvalidGrantError
 from ..errors import InvalidRequestError
 from ..errors import InvalidTokenError
+from ..errors import MethodNotAllowedError
+from ..errors import MissingTokenError
 from ..errors import StoreError
 from ..errors import TemporarilyUnavailableError
 from ..models import Client
 from .guard import authorize
 from .guard import check_https
-from .guard import parse_bearer
-
-if t.TYPE_CHECKING:  # pragma: no cover
-    from .extension import AppState
+from .state import current_state as _state
 
 bp = Blueprint("tokenguard", __name__)
 log = logging.getLogger(__name__)
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-class _BodyTooLargeError(InvalidRequestError):
-    code = 413
-    description = "The request body is too large."
-
-
-def _state() -> AppState:
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    return app.extensions["tokenguard"].state(app)
 
 
 @bp.before_request
@@ -70,22 +66,22 @@ def _check_transport() -> None:
     check_https(state.settings, request.environ)
 
 
-@bp.after_request
-def _see_own_revocations(response: Response) -> Response:
-    # A token request may have ended a session (refresh replay), as logoff and revoke do:
-    # this process must refuse its tokens at once, not after the revocation lag.
-    if request.method == "POST":
-        try:
-            _state().sync_revocations()
-        except StoreError:
-            pass  # the next poll catches up, within the lag
-    return response
+def _see_own_revocations() -> None:
+    # This request ended a session somewhere in the grant logic (a refresh replay, a
+    # client or user changed under it) or revoked a token: this process must refuse the
+    # tokens at once, not after the revocation lag. Requests that ended nothing, junk
+    # included, never wait for the store here.
+    try:
+        _state().sync_revocations()
+    except StoreError:
+        pass  # the next poll catches up, within the lag
 
 
 @bp.errorhandler(StoreError)
-def _store_failed(error: StoreError) -> Response:
+def _store_failed(error: StoreError) -> t.Any:
     log.warning("store unavailable: %s", error)
-    return TemporarilyUnavailableError().get_response()
+    # Through the app's OAuthError handler: the built-in renderer or the app's own.
+    return current_app.handle_user_exception(TemporarilyUnavailableError())
 
 
 def _reject_duplicates(pairs: list[tuple[str, t.Any]]) -> dict[str, t.Any]:
@@ -134,7 +130,7 @@ def read_params() -> dict[str, str]:
                 "The body must be application/x-www-form-urlencoded or application/json."
             )
     except RequestEntityTooLarge:
-        raise _BodyTooLargeError() from None
+        raise BodyTooLargeError() from None
     for key, value in params.items():
         if not isinstance(value, str):
             raise InvalidRequestError("Every parameter must be a string.")
@@ -147,7 +143,7 @@ def read_params() -> dict[str, str]:
     return params
 
 
-def read_client_credentials(params: dict[str, str], realm: str) -> ClientCredentials | None:
+def read_client_credentials(params: dict[str, str]) -> ClientCredentials | None:
     """Client authentication by HTTP Basic or body parameters, one method only.
 
     Basic credentials are form-urlencoded before base64 (RFC 6749 section 2.3.1). A
@@ -163,14 +159,12 @@ def read_client_credentials(params: dict[str, str], realm: str) -> ClientCredent
             decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
         except (binascii.Error, ValueError):
             raise InvalidClientError(
-                "The Basic credentials are malformed.", used_basic=True, realm=realm
+                "The Basic credentials are malformed.", used_basic=True
             ) from None
         raw_id, colon, raw_secret = decoded.partition(":")
         client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
         if not colon or not client_id:
-            raise InvalidClientError(
-                "The Basic credentials are malformed.", used_basic=True, realm=realm
-            )
+            raise InvalidClientError("The Basic credentials are malformed.", used_basic=True)
         if body_secret is not None or (body_id is not None and body_id != client_id):
             raise InvalidRequestError("Use one client authentication method only.")
         return ClientCredentials(client_id, secret, used_basic=True)
@@ -181,21 +175,39 @@ def read_client_credentials(params: dict[str, str], realm: str) -> ClientCredent
     return None
 
 
-def _authenticated_client(params: dict[str, str]) -> Client:
+def _throttle() -> Throttle:
     state = _state()
-    credentials = read_client_credentials(params, state.settings.realm)
+    # REMOTE_ADDR as the server gives it: waitress has already applied the trusted proxy.
+    return Throttle(state.store, state.settings, request.remote_addr or "")
+
+
+def _audit() -> Audit:
+    # The address as for the throttle: waitress's, after the trusted proxy.
+    return _state().audit.bind(remote_addr=request.remote_addr)
+
+
+def _authenticated_client(
+    params: dict[str, str], throttle: Throttle | None = None, audit: Audit | None = None
+) -> Client:
+    state = _state()
+    credentials = read_client_credentials(params)
     if credentials is None:
         raise InvalidClientError("Client authentication is required.")
-    return authenticate_client(state.store, credentials, state.settings.realm)
+    return authenticate_client(
+        state.store, credentials, throttle or _throttle(), now=time.time(), audit=audit or _audit()
+    )
 
 
 def _issuer() -> str:
-    return _state().settings.issuer or request.host_url.rstrip("/")
-
-
-class _MethodNotAllowedError(InvalidRequestError):
-    code = 405
-    description = "This endpoint accepts POST only."
+    """``TOKENGUARD_ISSUER``, or the request's host URL when that is loopback or
+    ``SERVER_NAME``; any other host may not name the issuer (400)."""
+    settings = _state().settings
+    if settings.issuer:
+        return settings.issuer
+    issuer = request_issuer(request.host_url, settings.server_name)
+    if issuer is None:
+        raise InvalidRequestError("TOKENGUARD_ISSUER is not configured")
+    return issuer
 
 
 @bp.route("/token", methods=["GET", "PUT", "PATCH", "DELETE"])
@@ -204,7 +216,7 @@ class _MethodNotAllowedError(InvalidRequestError):
 @bp.route("/introspect", methods=["GET", "PUT", "PATCH", "DELETE"])
 def _post_only() -> Response:
     # Routed here, rather than left to werkzeug's HTML 405, so the error is JSON.
-    raise _MethodNotAllowedError(headers={"Allow": "POST, OPTIONS"})
+    raise MethodNotAllowedError()
 
 
 @bp.post("/token")
@@ -214,15 +226,25 @@ def token() -> Response:
     params = read_params()
     if "grant_type" not in params:
         raise InvalidRequestError("The grant_type parameter is required.")
-    client = _authenticated_client(params)
+    issuer = _issuer()
+    throttle = _throttle()
+    audit = _audit()
+    client = _authenticated_client(params, throttle, audit)
     context = GrantContext(
         settings=state.settings,
         store=state.store,
         keys=state.keys,
         password_verifier=state.password_verifier,
-        issuer=_issuer(),
+        issuer=issuer,
+        throttle=throttle,
+        audit=audit,
     )
-    body = grant_token(context, client, params, time.time())
+    try:
+        body = grant_token(context, client, params, time.time())
+    except InvalidGrantError:
+        # Every grant failure that ends a session is an invalid_grant.
+        _see_own_revocations()
+        raise
     log.info("token issued: client=%s grant=%s", client.client_id, params.get("grant_type"))
     response = jsonify(body)
     response.headers.update(_NO_STORE)
@@ -234,10 +256,9 @@ def logoff() -> Response:
     """End a session at once: its seat frees, its refresh and access tokens stop working."""
     state = _state()
     now = time.time()
-    realm = state.settings.realm
     if request.headers.get("Authorization", "").lower().startswith("bearer"):
         access = authorize(state, request.environ, ())
-        state.store.end_session(access.session_id, now)
+        ended = state.store.end_session(access.session_id, now)
         session_id = access.session_id
     else:
         try:
@@ -245,11 +266,20 @@ def logoff() -> Response:
         except InvalidRequestError:
             refresh_token = None  # an unreadable body carries no token: 401 below
         if not refresh_token:
-            parse_bearer(None, realm)  # raises the bare 401 challenge
+            raise MissingTokenError()  # the bare 401 challenge
         ended = end_session_by_refresh_token(state.store, refresh_token, now)
         if ended is None:
-            raise InvalidTokenError(realm=realm)
+            raise InvalidTokenError()
         session_id = ended.session_id
+    state.note_ended_session(session_id)
+    if ended is not None:  # None: the bearer's session had ended already
+        _audit().emit(
+            events.SESSION_ENDED,
+            client_id=ended.client_id,
+            subject=ended.subject,
+            session_id=ended.session_id,
+            reason="logoff",
+        )
     log.info("session ended by logoff: session=%s", session_id)
     return Response(status=204, headers=_NO_STORE)
 
@@ -263,24 +293,22 @@ def revoke() -> Response:
     """
     state = _state()
     params = read_params()
-    client = _authenticated_client(params)
+    audit = _audit()
+    client = _authenticated_client(params, audit=audit)
     token = params.get("token") or params.get("refresh_token") or params.get("access_token")
     if not token:
         raise InvalidRequestError("The token parameter is required.")
-    now = time.time()
-    found = state.store.find_refresh(hash_secret(token), now)
-    if found is not None:
-        session = found[0]
-        if session.client_id == client.client_id:
-            state.store.end_session(session.session_id, now)
-    else:
-        try:
-            access = state.verifier.decode(token, now)
-        except InvalidTokenError:
-            access = None
-        if access is not None and access.client_id == client.client_id:
-            # Kept while the guard still accepts the token: until exp + clock skew.
-            state.store.revoke(access.token_id, access.expires_at + state.settings.clock_skew, now)
+    revoked = revoke_token(
+        state.store,
+        state.verifier,
+        client,
+        token,
+        clock_skew=state.settings.clock_skew,
+        now=time.time(),
+        audit=audit,
+    )
+    if revoked is not None:
+        _see_own_revocations()
     return Response(status=200, headers=_NO_STORE)
 
 
@@ -293,44 +321,7 @@ def introspect() -> Response:
     token = params.get("token")
     if not token:
         raise InvalidRequestError("The token parameter is required.")
-    now = time.time()
-    body: dict[str, t.Any] = {"active": False}
-    found = state.store.find_refresh(hash_secret(token), now)
-    if found is not None:
-        session, is_current = found
-        if is_current and session.client_id == client.client_id:
-            body = {
-                "active": True,
-                "token_type": "refresh_token",
-                "scope": session.scope,
-                "client_id": session.client_id,
-                "sub": session.subject,
-                "username": session.subject,
-                "exp": int(session.expires_at),
-                "iat": int(session.created_at),
-                "sid": session.session_id,
-            }
-    else:
-        try:
-            access = state.verifier.verify(token, now)
-        except InvalidTokenError:
-            access = None
-        if access is not None and access.client_id == client.client_id:
-            claims = access.claims
-            body = {
-                "active": True,
-                "token_type": "Bearer",
-                "scope": claims.get("scope", ""),
-                "client_id": access.client_id,
-                "sub": access.subject,
-                "username": access.subject,
-                "exp": claims["exp"],
-                "iat": claims["iat"],
-                "iss": claims.get("iss"),
-                "aud": claims.get("aud"),
-                "jti": access.token_id,
-                "sid": access.session_id,
-            }
+    body = introspect_token(state.store, state.verifier, client, token, now=time.time())
     response = jsonify(body)
     response.headers.update(_NO_STORE)
     return response

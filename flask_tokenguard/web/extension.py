@@ -1,72 +1,48 @@
 """``TokenGuard``: the Flask extension object (``__init__(app=None)`` + ``init_app``).
 
 State is kept per app, never on ``self``, so one guard may serve several apps; views and
-commands reach it through ``current_app.extensions["tokenguard"]``.
+commands reach it through ``current_state()`` (``current_app.extensions["tokenguard"]``).
 """
 
 from __future__ import annotations
 
-import functools
-import time
-import typing as t
+import logging
 import warnings
 from weakref import WeakKeyDictionary
 
 from flask import Flask
+from flask import Response
 
 from ..config import DEFAULTS
 from ..config import Settings
 from ..core.grants import PasswordVerifier
-from ..core.tokens import KeyRing
-from ..core.tokens import RevocationCache
-from ..core.tokens import TokenVerifier
+from ..errors import OAuthError
 from ..stores import store_from_url
 from ..stores.base import Store
 from . import endpoints
+from . import ops
 from .cli import tokenguard as cli_group
+from .rendering import flask_response
+from .state import AppState
+from .state import current_state
+
+log = logging.getLogger("flask_tokenguard")
+
+__all__ = ["AppState", "TokenGuard"]
 
 
-class AppState:
-    """Everything one app's guard needs, built once by ``init_app``."""
+def handle_oauth_error(error: OAuthError) -> Response:
+    """The app's error handler for every ``OAuthError`` (JSON body, challenge, no-store)."""
+    return flask_response(error, current_state().settings.realm)
 
-    def __init__(self, guard: TokenGuard, settings: Settings, store: Store) -> None:
-        self._guard = guard
-        #: The validated ``TOKENGUARD_*`` settings.
-        self.settings = settings
-        #: The store chosen by ``TOKENGUARD_STORE_URL``.
-        self.store = store
-        #: Signing keys (newest signs; older ones verify until their tokens expire).
-        self.keys = KeyRing(
-            store, settings.signing_alg, settings.access_token_ttl, settings.key_rotation
-        )
-        #: Bearer token validation with the per-process cache and revocation set.
-        self.verifier = TokenVerifier(
-            self.keys,
-            RevocationCache(store, settings.revocation_lag, settings.clock_skew),
-            settings,
-        )
 
-    @property
-    def password_verifier(self) -> PasswordVerifier | None:
-        """The app's own user check, if one was registered."""
-        return self._guard._password_verifier
-
-    def sync_revocations(self) -> None:
-        """Pull revocations now: after this process ended a session it must refuse its
-        tokens at once, not after ``TOKENGUARD_REVOCATION_LAG``."""
-        self.verifier.revocations.poll(time.time(), wait=True)
-
-    def has_scopes(self, granted: frozenset[str], required: t.Iterable[str]) -> bool:
-        """True if ``granted`` (with what it implies) covers every ``required`` scope."""
-        return all(s in self._expanded(granted) for s in required)
-
-    @functools.lru_cache(maxsize=256)  # noqa: B019 - one state per app, lives as long
-    def _expanded(self, granted: frozenset[str]) -> frozenset[str]:
-        return self.settings.expand_scopes(granted)
+def _has_own_handler(app: Flask) -> bool:
+    handlers = app.error_handler_spec.get(None, {})
+    return any(OAuthError in by_class for by_class in handlers.values())
 
 
 class TokenGuard:
-    """OAuth 2.0 token endpoints, a Bearer route guard and licence-counted sessions.
+    """OAuth 2.0 token endpoints, a Bearer route guard and license-counted sessions.
 
     ``TokenGuard(app)`` or ``guard = TokenGuard(); guard.init_app(app)``.
     """
@@ -78,7 +54,11 @@ class TokenGuard:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Read the config, open the store, register the endpoints and the CLI group."""
+        """Read the config, open the store, register the endpoints, errors and CLI group.
+
+        An ``app.errorhandler(OAuthError)`` the app registered itself, before or after
+        this call, is kept and wins over the built-in one.
+        """
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         settings = Settings.from_app(app)
@@ -88,10 +68,19 @@ class TokenGuard:
                 "process and are not shared between processes",
                 stacklevel=2,
             )
+        if settings.issuer is None:
+            log.warning(
+                "TOKENGUARD_ISSUER is not configured: only requests to a loopback host%s get "
+                "tokens and metadata; others get 400. Set it in production.",
+                f" or {settings.server_name}" if settings.server_name else "",
+            )
         store = store_from_url(settings.store_url, **settings.store_options)
-        self._states[app] = AppState(self, settings, store)
+        self._states[app] = AppState(settings, store, lambda: self._password_verifier)
         app.extensions["tokenguard"] = self
         app.register_blueprint(endpoints.bp, url_prefix=settings.url_prefix or None)
+        ops.init_ops(app, hooks=False)
+        if not _has_own_handler(app):
+            app.register_error_handler(OAuthError, handle_oauth_error)
         app.cli.add_command(cli_group)
 
     def state(self, app: Flask) -> AppState:
@@ -106,8 +95,14 @@ class TokenGuard:
         return self.state(app).store
 
     def close_store(self, app: Flask) -> None:
-        """Close the app's store connections (the runner calls this on shutdown)."""
-        self.state(app).store.close()
+        """Close the app's store connections and audit file (the runner calls this on
+        shutdown)."""
+        probe = app.extensions.get("tokenguard_ops")
+        if probe is not None:
+            probe.close()
+        state = self.state(app)
+        state.audit.close()
+        state.store.close()
 
     def password_verifier(self, fn: PasswordVerifier) -> PasswordVerifier:
         """Register ``fn(username, password) -> subject or None`` for the password grant.

@@ -20,6 +20,7 @@ from flask import g
 from flask import request
 from werkzeug.local import LocalProxy
 
+from ..errors import BearerError
 from ..errors import HTTPSRequiredError
 from ..errors import InsufficientScopeError
 from ..errors import InvalidTokenError
@@ -27,16 +28,19 @@ from ..errors import MissingTokenError
 from ..errors import StoreError
 from ..errors import TemporarilyUnavailableError
 from ..models import AccessToken
+from .metrics import count_bearer_check
+from .metrics import count_store_error
+from .state import AppState
+from .state import current_state
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ..config import Settings
-    from .extension import AppState
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
 
 def _get_current_token() -> AccessToken:
-    token = g.get("_tokenguard_token")
+    token: AccessToken | None = g.get("_tokenguard_token")
     if token is None:
         raise RuntimeError(
             "current_token is only set inside a view protected by @require_token "
@@ -87,16 +91,16 @@ def check_https(settings: Settings, environ: t.Mapping[str, t.Any]) -> None:
     raise HTTPSRequiredError()
 
 
-def parse_bearer(header: str | None, realm: str) -> str:
+def parse_bearer(header: str | None) -> str:
     """Return the token of an ``Authorization: Bearer`` header (RFC 6750 section 2.1)."""
     if not header:
-        raise MissingTokenError(realm=realm)
+        raise MissingTokenError()
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer":
-        raise MissingTokenError(realm=realm)
+        raise MissingTokenError()
     token = token.strip()
     if not token or " " in token:
-        raise InvalidTokenError(realm=realm)
+        raise InvalidTokenError()
     return token
 
 
@@ -109,15 +113,23 @@ def authorize(
     """
     settings = state.settings
     check_https(settings, environ)
-    token = parse_bearer(environ.get("HTTP_AUTHORIZATION"), settings.realm)
     try:
-        access = state.verifier.verify(token, time.time())
-    except InvalidTokenError:
-        raise InvalidTokenError(realm=settings.realm) from None
-    except StoreError:
-        raise TemporarilyUnavailableError() from None
-    if scopes and not state.has_scopes(access.scopes, scopes):
-        raise InsufficientScopeError(scopes, realm=settings.realm)
+        token = parse_bearer(environ.get("HTTP_AUTHORIZATION"))
+        try:
+            access = state.verifier.verify(token, time.time())
+        except StoreError:
+            if state.metrics is not None:
+                count_store_error(state)
+            raise TemporarilyUnavailableError() from None
+        if scopes and not state.has_scopes(access.scopes, scopes):
+            raise InsufficientScopeError(scopes)
+    except BearerError as error:
+        if state.metrics is not None:
+            outcome = "missing_token" if isinstance(error, MissingTokenError) else error.error
+            count_bearer_check(state, outcome)
+        raise
+    if state.metrics is not None:
+        count_bearer_check(state, "ok")
     return access
 
 
@@ -149,9 +161,7 @@ class require_token:  # noqa: N801 - used as a decorator, named like one
 
     def check(self) -> AccessToken:
         """Validate the current request and publish the token as ``current_token``."""
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        state = app.extensions["tokenguard"].state(app)
-        access = authorize(state, request.environ, self.scopes)
+        access = authorize(current_state(), request.environ, self.scopes)
         g._tokenguard_token = access
         return access
 

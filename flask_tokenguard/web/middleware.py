@@ -10,25 +10,34 @@ Rules map path prefixes, optionally with methods, to the scopes they need::
     app = TokenGuardMiddleware(legacy_wsgi_app, rules, config={"TOKENGUARD_STORE_URL": ...})
 
 The longest matching prefix wins, and a rule naming the method wins over one that does
-not (a ``GET`` rule also covers ``HEAD``). Paths are matched after merging repeated
-slashes and resolving dot segments, and without regard to case, so ``//Admin/./x``
-cannot slip past a ``/admin`` rule. Paths no rule matches pass through untouched. The validated token is put in the
-WSGI environ as ``environ["tokenguard.token"]`` (an ``AccessToken``). Responses to
-refused requests are the RFC 6750 ones the Flask guard gives.
+not (a ``GET`` rule also covers ``HEAD``). A prefix matches whole path segments only, so
+``/api/health`` does not open ``/api/health-internal``. The rule is decided on the very
+path the wrapped app receives: a path with a ``.`` or ``..`` segment (also sent as
+``%2e`` or behind an encoded slash) is refused with 400, never resolved for the check and
+passed on raw. Repeated slashes are merged and case is ignored for matching only, so
+``//Admin/x`` cannot slip past a ``/admin`` rule. Rules may name non-ASCII paths; they
+match the UTF-8 paths a WSGI server hands over (decoded as latin-1, PEP 3333). Paths no
+rule matches pass through untouched. The validated token is put in the WSGI environ as
+``environ["tokenguard.token"]`` (an ``AccessToken``). Refused requests get the responses
+the Flask guard gives, from the same renderer.
 """
 
 from __future__ import annotations
 
-import posixpath
 import re
 import typing as t
+import warnings
 
 from flask import Flask
 
+from ..config import Settings
+from ..errors import InvalidRequestError
 from ..errors import OAuthError
-from .extension import AppState
+from ..stores import store_from_url
 from .extension import TokenGuard
 from .guard import authorize
+from .rendering import wsgi_response
+from .state import AppState
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from _typeshed.wsgi import StartResponse
@@ -41,6 +50,14 @@ Rules = t.Mapping[str | tuple[str, str], str | t.Sequence[str] | None]
 #: The key under which the validated token is put in the WSGI environ.
 ENVIRON_KEY = "tokenguard.token"
 
+_SLASHES = re.compile(r"/{2,}")
+
+
+class DotSegmentError(InvalidRequestError):
+    """A request path with a ``.`` or ``..`` segment, which the guard does not resolve."""
+
+    description = "The request path holds a dot segment."
+
 
 def _compile(rules: Rules) -> list[tuple[str, str | None, tuple[str, ...] | None]]:
     compiled = []
@@ -51,22 +68,34 @@ def _compile(rules: Rules) -> list[tuple[str, str | None, tuple[str, ...] | None
         needed = (
             None if scopes is None else ((scopes,) if isinstance(scopes, str) else tuple(scopes))
         )
-        compiled.append((prefix.lower(), method.upper() if method else None, needed))
+        compiled.append(
+            (_SLASHES.sub("/", prefix.lower()), method.upper() if method else None, needed)
+        )
     # Longest prefix first; for one prefix, the method-specific rule first.
     compiled.sort(key=lambda rule: (len(rule[0]), rule[1] is not None), reverse=True)
     return compiled
 
 
-def _normalize(path: str) -> str:
-    """Lower-case ``path``, merge repeated slashes, resolve ``.`` and ``..`` segments."""
+def _matches(path: str, prefix: str) -> bool:
+    """True if ``prefix`` covers ``path`` in whole segments."""
+    if prefix.endswith("/"):
+        return path.startswith(prefix) or path == prefix[:-1]
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def _has_dot_segment(path: str) -> bool:
+    return "." in path and any(segment in (".", "..") for segment in path.split("/"))
+
+
+def _match_form(path: str) -> str:
+    """The form rules are matched against: real text, lower case, slashes merged."""
+    if not path.isascii():
+        # PEP 3333: PATH_INFO holds the raw bytes decoded as latin-1.
+        path = path.encode("latin-1", "replace").decode("utf-8", "surrogateescape")
     path = path.lower()
-    if "//" not in path and "/." not in path:
-        return path  # the common case, on every request: nothing to resolve
-    merged = re.sub(r"/+", "/", path)
-    normal = posixpath.normpath(merged)
-    if merged.endswith("/") and normal != "/":
-        normal += "/"
-    return normal
+    if "//" in path:
+        path = _SLASHES.sub("/", path)
+    return path
 
 
 class TokenGuardMiddleware:
@@ -74,10 +103,11 @@ class TokenGuardMiddleware:
 
     :param app: a Flask app on which ``TokenGuard`` was initialised; the middleware
         shares its store, keys and revocations.
-    :param config: ``TOKENGUARD_*`` settings, when there is no such Flask app; a small
-        internal one is built from them.
+    :param config: ``TOKENGUARD_*`` settings, when there is no such Flask app; the
+        middleware opens the store and keys itself.
     :param serve_endpoints: also answer the token server's endpoints (``/token``,
-        ``/logoff``, ...) under ``TOKENGUARD_URL_PREFIX`` from the internal app.
+        ``/logoff``, ...) under ``TOKENGUARD_URL_PREFIX``, from a Flask app built on
+        ``config`` for them.
     """
 
     def __init__(
@@ -89,18 +119,22 @@ class TokenGuardMiddleware:
         config: t.Mapping[str, t.Any] | None = None,
         serve_endpoints: bool = False,
     ) -> None:
+        if app is not None and config:
+            raise ValueError("pass either app or config, not both")
         self.rules = _compile(rules)
-        if app is None:
+        self.wsgi_app = wsgi_app
+        if app is None and serve_endpoints:
             app = Flask("flask_tokenguard.middleware")
             app.config.update(config or {})
             TokenGuard(app)
-        elif config:
-            raise ValueError("pass either app or config, not both")
-        self.wsgi_app = wsgi_app
         self._app = app
-        self._state: AppState = app.extensions["tokenguard"].state(app)
+        self._state: AppState
+        if app is not None:
+            self._state = app.extensions["tokenguard"].state(app)
+        else:
+            self._state = _state_from_config(config or {})
         self._endpoint_paths: frozenset[str] = frozenset()
-        if serve_endpoints:
+        if serve_endpoints and app is not None:
             prefix = self._state.settings.url_prefix
             self._endpoint_paths = frozenset(
                 rule.rule
@@ -109,11 +143,12 @@ class TokenGuardMiddleware:
             ) | {prefix + "/token"}
 
     def scopes_for(self, path: str, method: str) -> tuple[str, ...] | None:
-        """The scopes a request needs, or None when no rule guards it."""
-        path = _normalize(path)
+        """The scopes a request for ``path`` (a WSGI ``PATH_INFO``) needs, or None when no
+        rule guards it. Dot segments are the caller's to refuse."""
+        path = _match_form(path)
         method = "GET" if method == "HEAD" else method
         for prefix, rule_method, scopes in self.rules:
-            if path.startswith(prefix) and rule_method in (None, method):
+            if rule_method in (None, method) and _matches(path, prefix):
                 return scopes
         return None
 
@@ -121,13 +156,26 @@ class TokenGuardMiddleware:
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> t.Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
-        if path in self._endpoint_paths:
-            return self._app.wsgi_app(environ, start_response)
-        scopes = self.scopes_for(path, environ.get("REQUEST_METHOD", "GET").upper())
-        if scopes is None:
-            return self.wsgi_app(environ, start_response)
         try:
+            if _has_dot_segment(path):
+                raise DotSegmentError()
+            if self._app is not None and path in self._endpoint_paths:
+                return self._app.wsgi_app(environ, start_response)
+            scopes = self.scopes_for(path, environ.get("REQUEST_METHOD", "GET").upper())
+            if scopes is None:
+                return self.wsgi_app(environ, start_response)
             environ[ENVIRON_KEY] = authorize(self._state, environ, scopes)
         except OAuthError as error:
-            return error(environ, start_response)
+            return wsgi_response(error, self._state.settings.realm, start_response)
         return self.wsgi_app(environ, start_response)
+
+
+def _state_from_config(config: t.Mapping[str, t.Any]) -> AppState:
+    settings = Settings.from_mapping(config)
+    if settings.store_url.startswith("memory:") and not config.get("TESTING"):
+        warnings.warn(
+            "TOKENGUARD_STORE_URL is memory://: tokens and clients vanish with the "
+            "process and are not shared between processes",
+            stacklevel=3,
+        )
+    return AppState(settings, store_from_url(settings.store_url, **settings.store_options))

@@ -32,10 +32,11 @@ from flask import jsonify
 from flask import request
 from flask import Response
 from flask.globals import _cv_app
-from werkzeug.exceptions import HTTPException
 
+from ..errors import OAuthError
 from ..errors import StoreError
 from . import metrics as metrics_mod
+from .state import current_state
 
 #: Seconds ``/health`` waits for the store's answer.
 HEALTH_TIMEOUT = 2.0
@@ -51,8 +52,7 @@ _OWN_ENDPOINTS = frozenset({_TOKEN_ENDPOINT, "tokenguard_ops.health", "tokenguar
 
 
 def _state() -> t.Any:
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    return app.extensions["tokenguard"].state(app)
+    return current_state()
 
 
 class HealthProbe:
@@ -237,16 +237,16 @@ def _timed_token_view(view: t.Callable[..., t.Any], state: t.Any) -> t.Callable[
             )
             metrics_mod.count_store_error(state)
             raise
-        except HTTPException as exc:
+        except OAuthError as exc:
             seconds = time.perf_counter() - started
-            error = str(getattr(exc, "error", None) or "invalid_request")
+            error = exc.error
             metrics_mod.observe_token_request(state, None, error, seconds)
             if error == "temporarily_unavailable":
                 if str(exc.description or "").startswith(_STORE_DESCRIPTION):
                     metrics_mod.count_store_error(state)
                 else:
                     metrics_mod.count_throttled(state)
-            elif error == "invalid_grant" and "Retry-After" in getattr(exc, "extra_headers", {}):
+            elif error == "slow_down":
                 metrics_mod.count_throttled(state)
             raise
         except Exception:
@@ -289,14 +289,15 @@ def init_ops(app: Flask, *, hooks: bool = True) -> None:
     """Register ``/health``, ``/metrics`` and ``/openapi.json`` under the URL prefix, and
     the metrics when ``TOKENGUARD_METRICS_ENABLED`` is on. Call after ``init_app``.
 
-    With ``hooks`` the token view is wrapped and an ``after_request`` hook counts bearer
-    checks; pass ``hooks=False`` when the guard and the endpoints call the ``metrics``
-    functions themselves."""
+    With metrics on, the token view is wrapped to time and count every token request. With
+    ``hooks`` an ``after_request`` hook also counts bearer checks from the responses; the
+    extension passes ``hooks=False``, since its guard counts them where they happen."""
     state = app.extensions["tokenguard"].state(app)
     app.extensions["tokenguard_ops"] = HealthProbe()
     app.register_blueprint(ops_bp, url_prefix=state.settings.url_prefix or None)
-    if metrics_mod.init_metrics(app, state) is not None and hooks:
+    if metrics_mod.init_metrics(app, state) is not None:
         view = app.view_functions.get(_TOKEN_ENDPOINT)
         if view is not None:
             app.view_functions[_TOKEN_ENDPOINT] = _timed_token_view(view, state)
-        app.after_request(_counting_hook(state))
+        if hooks:
+            app.after_request(_counting_hook(state))

@@ -56,7 +56,7 @@ def race_seats(
             results.put((worker, "ok", granted))
         finally:
             store.close()
-    except BaseException as exc:  # report every failure to the parent, which asserts
+    except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent, which asserts
         barrier.abort()
         results.put((worker, "error", f"{type(exc).__name__}: {exc}"))
 
@@ -88,7 +88,7 @@ def open_and_ensure_key(
             results.put((worker, "ok", [k.kid for k in keys]))
         finally:
             store.close()
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which asserts
         barrier.abort()
         results.put((worker, "error", f"{type(exc).__name__}: {exc}"))
 
@@ -126,9 +126,28 @@ def open_fresh_stores(
                 name = type(exc).__name__
                 raise RuntimeError(f"round {round_}: {name}: {exc}{cause}") from exc
         results.put((worker, "ok", kids))
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which asserts
         barrier.abort()
         results.put((worker, "error", f"{type(exc).__name__}: {exc}"))
+
+
+def read_epoch(
+    url: str,
+    options: dict[str, t.Any],
+    worker: int,
+    barrier: Barrier,
+    results: Queue[tuple[int, str, t.Any]],
+) -> None:
+    """Open the store at the same moment as the other workers; report its epoch."""
+    try:
+        barrier.wait(BARRIER_TIMEOUT)
+        store = store_from_url(url, **options)
+        try:
+            results.put((worker, "ok", store.revocation_epoch()))
+        finally:
+            store.close()
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the test
+        results.put((worker, "error", repr(exc)))
 
 
 def spawn(

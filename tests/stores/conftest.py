@@ -7,23 +7,16 @@ share. Isolation, server URLs and CI behaviour are described in ``tests/backends
 
 from __future__ import annotations
 
-import sys
 import typing as t
 from pathlib import Path
 
 import pytest
-from backends import backend_url_and_options
-from backends import BACKENDS as STORES
-from backends import CROSS_PROCESS_BACKENDS as CROSS_PROCESS_STORES
-from backends import open_store
 
 from flask_tokenguard.stores.base import Store
-
-# Spawned worker processes import ``_workers`` by name: this folder must be on sys.path
-# (it is inherited by ``multiprocessing`` spawn children) whatever pytest's import mode.
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+from tests.backends import backend_url_and_options
+from tests.backends import BACKENDS as STORES
+from tests.backends import CROSS_PROCESS_BACKENDS as CROSS_PROCESS_STORES
+from tests.backends import open_store
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -12,19 +12,19 @@ import threading
 import typing as t
 from pathlib import Path
 
-import _workers
 import pytest
-from records import make_client
-from records import make_key
-from records import make_session
-from records import NOW
-from records import TTL
 
 from flask_tokenguard.errors import ConflictError
 from flask_tokenguard.models import Client
 from flask_tokenguard.models import TokenSession
 from flask_tokenguard.models import User
 from flask_tokenguard.stores.base import Store
+from tests.stores import _workers
+from tests.stores.records import make_client
+from tests.stores.records import make_key
+from tests.stores.records import make_session
+from tests.stores.records import NOW
+from tests.stores.records import TTL
 
 # -- lifecycle -------------------------------------------------------------------------
 
@@ -751,7 +751,7 @@ def _run_threads(count: int, target: t.Callable[[int], t.Any]) -> list[t.Any]:
         try:
             barrier.wait(30)
             results[i] = target(i)
-        except BaseException as exc:  # re-raised below, in the test's thread
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the test's thread
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]

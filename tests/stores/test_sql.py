@@ -28,6 +28,8 @@ from flask_tokenguard.models import Client
 from flask_tokenguard.models import SigningKey
 from flask_tokenguard.models import TokenSession
 from flask_tokenguard.stores import store_from_url
+from tests.helpers import unavailable
+from tests.stores import records
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from sqlalchemy.pool import QueuePool
@@ -36,10 +38,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
 
 sa = pytest.importorskip("sqlalchemy")
 
-import records
-from helpers import unavailable  # noqa: E402
-
-from flask_tokenguard.stores import sql as sql_module  # noqa: E402 - needs the skip above
+from flask_tokenguard.stores.sql import store as sql_module  # noqa: E402 - needs the skip above
 
 POSTGRESQL_URL = (
     os.environ.get("TOKENGUARD_TEST_POSTGRESQL_URL") or "postgresql://postgres@127.0.0.1:5432/test"
@@ -348,8 +347,10 @@ def test_reset_keeps_the_schema_and_reseeds(
 
     assert store.get_client("app") is None
     assert store.revocation_seq() == 0
-    for table in ("tg_pool", "tg_counters", "tg_schema_version"):
+    for table in ("tg_pool", "tg_schema_version"):
         assert count_rows(store, table) == 1
+    # The counter, and the epoch that reset() renewed with it.
+    assert count_rows(store, "tg_counters") == 2
     assert count_rows(store, "tg_clients") == 0
     assert store.start_session(make_session("s1"), 1, now=1000.0)
 
@@ -395,7 +396,7 @@ def _open_concurrently(url: str, options: dict[str, t.Any], workers: int) -> lis
             barrier.wait(30)
             candidate = SigningKey(f"key-{worker}", "ES256", f"pem-{worker}", created_at=1000.0)
             results[worker] = [k.kid for k in store.ensure_signing_key(candidate)]
-        except BaseException as exc:  # reported to the test thread below
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread below
             results[worker] = exc
         finally:
             store.close()
@@ -414,8 +415,10 @@ def _open_concurrently(url: str, options: dict[str, t.Any], workers: int) -> lis
 def _assert_created_once(store: SQLAlchemyStore, keys: list[list[str]]) -> None:
     assert len({tuple(k) for k in keys}) == 1, f"workers disagree on the first key: {keys}"
     assert len(keys[0]) == 1
-    for table in ("tg_pool", "tg_counters", "tg_schema_version", "tg_signing_keys"):
+    for table in ("tg_pool", "tg_schema_version", "tg_signing_keys"):
         assert count_rows(store, table) == 1, table
+    # The revocation counter and one epoch, whichever opener created it.
+    assert count_rows(store, "tg_counters") == 2
 
 
 def test_stores_opened_concurrently_on_a_fresh_schema_threads(
@@ -430,7 +433,7 @@ def test_stores_opened_concurrently_on_a_fresh_schema_threads(
 def test_stores_opened_concurrently_on_a_fresh_schema_processes(
     server_url: str, make_store: t.Callable[..., SQLAlchemyStore]
 ) -> None:
-    import _workers  # put on sys.path by tests/stores/conftest.py
+    from tests.stores import _workers
 
     schema = new_schema()
     workers = 4
@@ -532,7 +535,7 @@ def test_ending_sessions_during_a_rotation_revokes_the_rotated_expiry(
             else:
                 client_id = "app" if kind == "client" else None
                 ended.append(store.end_sessions(client_id, now=1500.0))
-        except BaseException as exc:  # reported in the test's thread below
+        except BaseException as exc:  # noqa: BLE001 - reported in the test's thread below
             ended.append(exc)
 
     with store._engine.connect() as rotation:
@@ -597,3 +600,20 @@ def test_store_works_again_after_close(
     store.close()
     store.check()
     assert store.claim_once("after-close")
+
+
+def test_record_failure_reruns_a_transaction_rolled_back_by_a_deadlock() -> None:
+    """InnoDB may answer racing first failures of one key with a deadlock (1213)."""
+    from flask_tokenguard.errors import StoreError
+
+    pymysql = pytest.importorskip("pymysql")
+
+    def wrapped(code: int) -> StoreError:
+        driver = pymysql.err.OperationalError(code, "message")
+        return StoreError("failed", sa.exc.OperationalError("INSERT", {}, driver))
+
+    lost_race = sql_module.SQLAlchemyStore._lost_race
+    assert lost_race(wrapped(1213))
+    # A lock wait timeout already waited for long: not retried.
+    assert not lost_race(wrapped(1205))
+    assert not lost_race(StoreError("failed", ConnectionError()))

@@ -19,15 +19,15 @@ import uuid
 from pathlib import Path
 
 import pytest
-from backends import server_url
 from cryptography.hazmat.primitives import serialization
-from helpers import unavailable
 
 from flask_tokenguard.core.security import verify_password
 from flask_tokenguard.core.security import verify_secret
 from flask_tokenguard.models import TokenSession
 from flask_tokenguard.stores import store_from_url
 from flask_tokenguard.stores.base import Store
+from tests.backends import server_url
+from tests.helpers import unavailable
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: The fixtures' clock: records were written at 1_700_000_000 and live until 4e9.

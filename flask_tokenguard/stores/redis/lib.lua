@@ -7,12 +7,16 @@
 --   P..'sessions'               zset   sid -> expires_at, every session (the sweep's index)
 --   P..'seats'                  zset   sid -> expires_at, seat-holding sessions only
 --   P..'client_sessions:'..cid  set    sids of one client
+--   P..'session_client'         hash   sid -> cid, so that a session whose hash expired
+--                                      by TTL still leaves its client's set when swept
 --   P..'refresh:'..hash         string sid whose *current* refresh hash this is
 --   P..'used:'..hash            string sid that already used this refresh hash (replays)
 --   P..'used_by:'..sid          set    used hashes of one session, to clean them up
 --   P..'revoked'                zset   id -> expires_at of the revocation
 --   P..'revoked_seq'            zset   id -> revocation seq
 --   P..'revocation_seq'         string counter
+--   P..'revocation_epoch'       string random id of the counter's current run, created
+--                                      with the counter (see ensure_epoch)
 --   P..'failures:'..key         hash   lockout counter: count, until (caller's time)
 --
 -- Numbers: times travel as the strings Python wrote (repr of a float) and are only ever
@@ -33,14 +37,19 @@ end
 local function drop_session(prefix, sid)
   local key = prefix .. 'session:' .. sid
   local flat = redis.call('HGETALL', key)
+  local client_id = redis.call('HGET', prefix .. 'session_client', sid)
   if #flat > 0 then
     local s = to_table(flat)
     local refresh_key = prefix .. 'refresh:' .. s['refresh_hash']
     if redis.call('GET', refresh_key) == sid then
       redis.call('DEL', refresh_key)
     end
-    redis.call('SREM', prefix .. 'client_sessions:' .. s['client_id'], sid)
+    client_id = s['client_id']
   end
+  if client_id then
+    redis.call('SREM', prefix .. 'client_sessions:' .. client_id, sid)
+  end
+  redis.call('HDEL', prefix .. 'session_client', sid)
   local used_by = prefix .. 'used_by:' .. sid
   for _, h in ipairs(redis.call('SMEMBERS', used_by)) do
     local used_key = prefix .. 'used:' .. h
@@ -54,9 +63,26 @@ local function drop_session(prefix, sid)
   return flat
 end
 
+-- The revocation epoch, created with the counter: when either key is missing (a new store,
+-- a reset, or keys lost to a restart without persistence, a failover or a FLUSH), the
+-- candidate (random, drawn by the caller) becomes the epoch, so that processes holding a
+-- seq of the lost counter know to read every revocation again. A counter that survived
+-- alone (a store from before epochs) keeps its value.
+local function ensure_epoch(prefix, candidate)
+  local epoch_key = prefix .. 'revocation_epoch'
+  local epoch = redis.call('GET', epoch_key)
+  if epoch and redis.call('EXISTS', prefix .. 'revocation_seq') == 1 then
+    return epoch
+  end
+  redis.call('SET', prefix .. 'revocation_seq', 0, 'NX')
+  redis.call('SET', epoch_key, candidate)
+  return candidate
+end
+
 -- Append one revocation: bump the counter and index the id by expiry and by seq.
--- exp is a string (see above).
-local function add_revocation(prefix, id, exp)
+-- exp is a string (see above); candidate as for ensure_epoch.
+local function add_revocation(prefix, id, exp, candidate)
+  ensure_epoch(prefix, candidate)
   local seq = redis.call('INCR', prefix .. 'revocation_seq')
   redis.call('ZADD', prefix .. 'revoked', exp, id)
   redis.call('ZADD', prefix .. 'revoked_seq', seq, id)
@@ -65,7 +91,7 @@ end
 
 -- End one session: drop it and record its id as revoked until max(expires_at, now + 1),
 -- as MemoryStore does. Returns the HGETALL of what ended (empty if nothing did).
-local function end_one(prefix, sid, now, now_plus_1)
+local function end_one(prefix, sid, now, now_plus_1, candidate)
   local flat = drop_session(prefix, sid)
   if #flat == 0 then
     return flat
@@ -75,7 +101,7 @@ local function end_one(prefix, sid, now, now_plus_1)
   if tonumber(expires_at) > tonumber(now_plus_1) then
     exp = expires_at
   end
-  add_revocation(prefix, sid, exp)
+  add_revocation(prefix, sid, exp, candidate)
   return flat
 end
 
@@ -90,6 +116,8 @@ local function sweep_revoked(prefix, now, limit)
 end
 
 -- Drop sessions that expired at or before now (bounded, as above) and every expired seat.
+-- start_session passes now - skew, so that seats are reclaimed only once expired on every
+-- host's clock.
 local function sweep_sessions(prefix, now, limit)
   local ids = redis.call('ZRANGEBYSCORE', prefix .. 'sessions', '-inf', now, 'LIMIT', 0, limit)
   for _, sid in ipairs(ids) do
@@ -98,7 +126,7 @@ local function sweep_sessions(prefix, now, limit)
   redis.call('ZREMRANGEBYSCORE', prefix .. 'seats', '-inf', now)
 end
 
--- Give a live session's keys a fresh safety-net TTL (milliseconds, relative; see redis.py).
+-- Give a live session's keys a fresh safety-net TTL (milliseconds, relative; see store.py).
 local function expire_session(prefix, sid, refresh_hash, ttl_ms)
   redis.call('PEXPIRE', prefix .. 'session:' .. sid, ttl_ms)
   redis.call('PEXPIRE', prefix .. 'refresh:' .. refresh_hash, ttl_ms)

@@ -17,6 +17,8 @@ if t.TYPE_CHECKING:  # pragma: no cover
 SCHEMA_VERSION = 2
 #: Name of the counter row that numbers revocations.
 SEQ = "revocation_seq"
+#: Name of the counter row that holds the revocation epoch (a random number).
+EPOCH = "revocation_epoch"
 #: Characters of a lockout key kept, for people reading the table; the hash is the key.
 FAILURE_KEY_CHARS = 512
 
@@ -244,6 +246,8 @@ class SQL:
         )
         self.bump_seq_returning = self.bump_seq.returning(counters.c.value)
         self.get_seq = sa.select(counters.c.value).where(counters.c.name == SEQ)
+        self.get_epoch = sa.select(counters.c.value).where(counters.c.name == EPOCH)
+        self.insert_epoch = counters.insert().values(name=EPOCH, value=bp("b_epoch"))
 
         # -- claims
         self.insert_claim = claims.insert()

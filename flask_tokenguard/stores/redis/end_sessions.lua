@@ -1,7 +1,7 @@
 -- end_sessions: end every session of a client (or all) in one script, so no session that
 -- starts meanwhile is half caught.
 -- KEYS[1] sessions zset, KEYS[2] the client's session set (or the zset again)
--- ARGV: prefix, client_id ('' = all), now, now_plus_1, sweep_limit
+-- ARGV: prefix, client_id ('' = all), now, now_plus_1, sweep_limit, epoch candidate
 -- Returns how many live sessions ended.
 local prefix, client_id, now, now_plus_1 = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ids
@@ -12,7 +12,7 @@ else
 end
 local ended = 0
 for _, sid in ipairs(ids) do
-  local flat = end_one(prefix, sid, now, now_plus_1)
+  local flat = end_one(prefix, sid, now, now_plus_1, ARGV[6])
   if #flat > 0 and tonumber(to_table(flat)['expires_at']) > tonumber(now) then
     ended = ended + 1
   end

@@ -10,7 +10,10 @@ One class serves every server engine, so the seat-locking design is written once
   snapshot and sees what the previous lock holder committed (InnoDB defaults to
   REPEATABLE READ, under which the count would read a stale snapshot);
 - revocations write the ``revocation_seq`` counter row first, which both serializes
-  revokers and hands out the sequence number stored with the revoked ids.
+  revokers and hands out the sequence number stored with the revoked ids. Beside it,
+  the ``revocation_epoch`` row holds a random number that ``reset()`` renews in the
+  transaction that restarts the counter (and that the first reader creates on a schema
+  older than epochs).
 
 Lock order, to rule out deadlocks: pool row, then session rows, then counter row, then
 revoked rows; failure rows come after the pool row (the opportunistic purge). A writer
@@ -35,34 +38,34 @@ import os
 import random
 import re
 import threading
-import time
 import typing as t
-import weakref
 
-from ..errors import ConfigurationError
-from ..errors import ConflictError
-from ..errors import StoreError
-from ..models import Client
-from ..models import SigningKey
-from ..models import TokenSession
-from ..models import User
-from .base import impossible_key
-from .base import schemes_of
-from .base import session_revoked_until
-from .base import Store
-from .files import prepare_private_file
-from .sql_schema import FAILURE_KEY_CHARS
-from .sql_schema import SCHEMA_VERSION
-from .sql_schema import SQL
+from ...errors import ConfigurationError
+from ...errors import ConflictError
+from ...errors import StoreError
+from ...models import Client
+from ...models import SigningKey
+from ...models import TokenSession
+from ...models import User
+from .. import records
+from ..base import epoch_text
+from ..base import impossible_key
+from ..base import new_epoch
+from ..base import schemes_of
+from ..base import session_revoked_until
+from ..base import Store
+from ..files import prepare_private_file
+from ..forks import forget_after_fork
+from ..retry import retry
+from . import migrations
+from .schema import FAILURE_KEY_CHARS
+from .schema import SCHEMA_VERSION
+from .schema import SQL
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from sqlalchemy.engine import Connection
     from sqlalchemy.engine import Engine
-    from sqlalchemy.engine import Row
 
-#: NO PAD binary collations, best first: with them "alice" differs from "alice  ".
-#: MariaDB has the first; MySQL 8 the second.
-_NO_PAD_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin")
 #: A schema (PostgreSQL, SQL Server) or database (MySQL) name we are willing to quote.
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}")
 #: Seconds for which schema creation is retried; concurrent creators lose races.
@@ -70,25 +73,13 @@ _SETUP_PATIENCE = 15.0
 #: Attempts of ``record_failure`` before giving up; one retry follows each lost race to
 #: insert a key's first row, and each deletion of the row between two statements.
 _FAILURE_ATTEMPTS = 10
+#: A transaction rolled back to break a deadlock: the SQLSTATEs (PostgreSQL's deadlock,
+#: and the serialization failure that SQL Server drivers report), and MySQL/MariaDB's
+#: error number.
+_DEADLOCK_SQLSTATES = frozenset({"40P01", "40001"})
+_DEADLOCK_CODES = frozenset({1213, *_DEADLOCK_SQLSTATES})
 #: One ``record_failure`` in this many that starts a window also purges expired rows.
 _FAILURE_PURGE_EVERY = 16
-
-#: Stores alive in this process, so that a forked child drops the parent's connections.
-_STORES: weakref.WeakSet[SQLAlchemyStore] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    """Forget pooled connections inherited from the parent without closing them.
-
-    A socket shared by two processes corrupts both sessions; SQLAlchemy's recipe is
-    ``dispose(close=False)`` in the child.
-    """
-    for store in list(_STORES):
-        store._forget_connections()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _SQL_LOCK = threading.Lock()
@@ -105,73 +96,6 @@ def _sql() -> SQL:
             if _SQL_SHARED is None:
                 _SQL_SHARED = SQL()
     return _SQL_SHARED
-
-
-def _session(row: Row[t.Any]) -> TokenSession:
-    return TokenSession(
-        session_id=row.session_id,
-        client_id=row.client_id,
-        subject=row.subject,
-        scope=row.scope,
-        holds_seat=bool(row.holds_seat),
-        refresh_hash=row.refresh_hash,
-        created_at=float(row.created_at),
-        expires_at=float(row.expires_at),
-    )
-
-
-def _client(row: Row[t.Any]) -> Client:
-    return Client(
-        client_id=row.client_id,
-        name=row.name,
-        secret_hash=row.secret_hash,
-        alias=row.alias,
-        grants=tuple(row.grants.split()),
-        scopes=tuple(row.scopes.split()),
-        enabled=bool(row.enabled),
-        created_at=float(row.created_at),
-    )
-
-
-def _client_params(client: Client) -> dict[str, t.Any]:
-    return {
-        "client_id": client.client_id,
-        "alias": client.alias,
-        "name": client.name,
-        "secret_hash": client.secret_hash,
-        "grants": " ".join(client.grants),
-        "scopes": " ".join(client.scopes),
-        "enabled": client.enabled,
-        "created_at": client.created_at,
-    }
-
-
-def _user(row: Row[t.Any]) -> User:
-    return User(
-        username=row.username,
-        password_hash=row.password_hash,
-        created_at=float(row.created_at),
-    )
-
-
-def _key(row: Row[t.Any]) -> SigningKey:
-    return SigningKey(
-        kid=row.kid,
-        alg=row.alg,
-        private_pem=row.private_pem,
-        created_at=float(row.created_at),
-        retire_at=None if row.retire_at is None else float(row.retire_at),
-    )
-
-
-def _key_params(key: SigningKey) -> dict[str, t.Any]:
-    return {
-        "kid": key.kid,
-        "alg": key.alg,
-        "private_pem": key.private_pem,
-        "created_at": key.created_at,
-        "retire_at": key.retire_at,
-    }
 
 
 class SQLAlchemyStore(Store):
@@ -241,7 +165,7 @@ class SQLAlchemyStore(Store):
         self._setup_lock = threading.Lock()
         #: Whether UPDATE ... RETURNING saves a round trip; known once connected.
         self._returning = False
-        _STORES.add(self)
+        forget_after_fork(self)
 
     @property
     def base_exceptions(self) -> tuple[type[BaseException], ...]:
@@ -276,6 +200,7 @@ class SQLAlchemyStore(Store):
         event.listen(engine, "begin", on_begin)
 
     def _forget_connections(self) -> None:
+        """After ``fork()``, in the child: SQLAlchemy's recipe, ``dispose(close=False)``."""
         self._base_engine.dispose(close=False)
 
     # -- plumbing ----------------------------------------------------------------------
@@ -328,24 +253,26 @@ class SQLAlchemyStore(Store):
                 # An unreachable server fails here at once instead of being retried.
                 with self._base_engine.connect():
                     pass
-                deadline = time.monotonic() + _SETUP_PATIENCE
-                delay = 0.02
-                while True:
-                    try:
-                        self._create()
-                        break
-                    except (
-                        exc_.ProgrammingError,
-                        exc_.OperationalError,
-                        exc_.IntegrityError,
-                    ):
-                        if time.monotonic() > deadline:
-                            raise
-                        # Jitter, so that the losers do not collide again in step.
-                        time.sleep(delay * (0.5 + random.random()))
-                        delay = min(delay * 2, 0.5)
+                lost_race = (exc_.ProgrammingError, exc_.OperationalError, exc_.IntegrityError)
+                retry(
+                    self._prepare,
+                    retry_if=lambda exc: isinstance(exc, lost_race),
+                    patience=_SETUP_PATIENCE,
+                    delay=0.02,
+                    max_delay=0.5,
+                )
             self._returning = bool(self._engine.dialect.update_returning)
             self._ready = True
+
+    def _prepare(self) -> None:
+        """Create or upgrade the schema, then make sure the revocation epoch exists."""
+        self._create()
+        # Here rather than on first read: processes that open a new store at once would
+        # otherwise all insert it from request threads, and InnoDB may answer racing
+        # inserts of one key with a deadlock; here a lost race is retried.
+        with self._engine.begin() as conn:
+            if conn.execute(self._q.get_epoch).first() is None:
+                conn.execute(self._q.insert_epoch, {"b_epoch": new_epoch()})
 
     def _create(self) -> None:
         q = self._q
@@ -361,16 +288,16 @@ class SQLAlchemyStore(Store):
             # Every step is idempotent, so concurrent openers may run one together; a
             # loser's error is retried by ``_setup``.
             while version < SCHEMA_VERSION:
-                self._MIGRATIONS[version](self)
+                migrations.MIGRATIONS[version](self)
                 with self._engine.begin() as conn:
                     conn.execute(q.set_version, {"b_from": version, "b_to": version + 1})
                 version += 1
             return
         if self._schema is not None:
-            self._create_schema()
+            migrations.create_schema(self)
         with self._engine.begin() as conn:
             q.metadata.create_all(conn, checkfirst=True)
-        self._use_no_pad_collation()
+        migrations.use_no_pad_collation(self)
         for probe, seed in q.seeds:
             try:
                 with self._engine.begin() as conn:
@@ -378,99 +305,6 @@ class SQLAlchemyStore(Store):
                         conn.execute(seed)
             except self._exc.IntegrityError:
                 pass  # another process seeded it between our probe and insert
-
-    def _migrate_1_to_2(self) -> None:
-        """Version 1 to 2: ``tg_failures`` (missing from the first releases of version 1),
-        and on MySQL/MariaDB a NO PAD collation, under which ``"alice "`` is not ``"alice"``.
-        """
-        with self._engine.begin() as conn:
-            self._q.failures.create(conn, checkfirst=True)
-        self._use_no_pad_collation()
-
-    #: Upgrade steps: the version a schema has -> the method that brings it to the next.
-    _MIGRATIONS: t.ClassVar[dict[int, t.Callable[[SQLAlchemyStore], None]]] = {
-        1: _migrate_1_to_2,
-    }
-
-    def _use_no_pad_collation(self) -> None:
-        """On MySQL/MariaDB, convert every table (and the database) to a NO PAD collation.
-
-        The ``utf8mb4_bin`` of version 1 is PAD SPACE: trailing spaces are ignored in
-        comparisons, so a padded user name or client id found the unpadded record.
-        """
-        if self._backend not in ("mysql", "mariadb"):
-            return
-        with self._base_engine.connect() as conn:
-            collation = self._no_pad_collation(conn)
-            if self._schema is not None:
-                conn.exec_driver_sql(
-                    f"ALTER DATABASE {self._quoted_schema()}"
-                    f" CHARACTER SET utf8mb4 COLLATE {collation}"
-                )
-            database = self._schema or conn.exec_driver_sql("SELECT DATABASE()").scalar()
-            ours = ", ".join(f"'{table.name}'" for table in self._q.metadata.sorted_tables)
-            stale = [
-                row[0]
-                for row in conn.exec_driver_sql(
-                    "SELECT table_name FROM information_schema.tables"  # noqa: S608 - ours
-                    f" WHERE table_schema = %s AND table_name IN ({ours})"
-                    " AND table_collation != %s",
-                    (database, collation),
-                )
-            ]
-            if not stale:
-                return
-            prefix = f"{self._quoted_schema()}." if self._schema is not None else ""
-            # A column that a foreign key references cannot change collation while the
-            # key exists (whatever foreign_key_checks says): drop the keys, convert the
-            # tables, and add the keys back.
-            keys = list(
-                conn.exec_driver_sql(
-                    "SELECT table_name, constraint_name FROM information_schema.table_constraints"
-                    " WHERE table_schema = %s AND constraint_type = 'FOREIGN KEY'",
-                    (database,),
-                )
-            )
-            for table_name, constraint in keys:
-                if table_name in self._q.metadata.tables:
-                    conn.exec_driver_sql(
-                        f"ALTER TABLE {prefix}{table_name} DROP FOREIGN KEY {constraint}"
-                    )
-            for name in stale:
-                conn.exec_driver_sql(
-                    f"ALTER TABLE {prefix}{name}"
-                    f" CONVERT TO CHARACTER SET utf8mb4 COLLATE {collation}"
-                )
-            for table in self._q.metadata.sorted_tables:
-                for fk in table.foreign_key_constraints:
-                    columns = ", ".join(c.name for c in fk.columns)
-                    target = fk.referred_table.name
-                    referred = ", ".join(e.column.name for e in fk.elements)
-                    on_delete = f" ON DELETE {fk.ondelete}" if fk.ondelete else ""
-                    conn.exec_driver_sql(
-                        f"ALTER TABLE {prefix}{table.name} ADD FOREIGN KEY ({columns})"
-                        f" REFERENCES {prefix}{target} ({referred}){on_delete}"
-                    )
-            conn.commit()
-
-    @staticmethod
-    def _no_pad_collation(conn: Connection) -> str:
-        """The best NO PAD binary collation the MySQL/MariaDB server has."""
-        names = ", ".join(f"'{name}'" for name in _NO_PAD_COLLATIONS)
-        found = {
-            row[0]
-            for row in conn.exec_driver_sql(
-                "SELECT collation_name FROM information_schema.collations"  # noqa: S608
-                f" WHERE collation_name IN ({names})"
-            )
-        }
-        for collation in _NO_PAD_COLLATIONS:
-            if collation in found:
-                return collation
-        raise ConfigurationError(
-            "The SQL store needs MariaDB 10.2+ or MySQL 8.0+"
-            f" (a NO PAD collation: {' or '.join(_NO_PAD_COLLATIONS)})"
-        )
 
     def _stored_version(self) -> int | None:
         """The schema version, or None when the tables do not exist (yet)."""
@@ -484,22 +318,6 @@ class SQLAlchemyStore(Store):
     def _quoted_schema(self) -> str:
         assert self._schema is not None
         return self._base_engine.dialect.identifier_preparer.quote_schema(self._schema)
-
-    def _create_schema(self) -> None:
-        name = self._quoted_schema()
-        if self._backend in ("mysql", "mariadb"):
-            with self._base_engine.connect() as conn:
-                collation = self._no_pad_collation(conn)
-            statement = (
-                f"CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4 COLLATE {collation}"
-            )
-        elif self._backend == "mssql":
-            statement = f"IF SCHEMA_ID(N'{self._schema}') IS NULL EXEC('CREATE SCHEMA {name}')"
-        else:
-            # Concurrent IF NOT EXISTS can still fail on PostgreSQL; _setup retries.
-            statement = f"CREATE SCHEMA IF NOT EXISTS {name}"
-        with self._base_engine.begin() as conn:
-            conn.exec_driver_sql(statement)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -541,6 +359,8 @@ class SQLAlchemyStore(Store):
                 conn.execute(wipe)
             for _probe, seed in q.seeds:
                 conn.execute(seed)
+            # The counter restarts: a new epoch, in the same transaction.
+            conn.execute(q.insert_epoch, {"b_epoch": new_epoch()})
 
     def claim_once(self, name: str) -> bool:
         try:
@@ -557,9 +377,9 @@ class SQLAlchemyStore(Store):
         with self._tx() as conn:
             # Serializes first-key creation across processes: one candidate wins.
             self._lock_pool(conn)
-            keys = [_key(row) for row in conn.execute(q.list_keys)]
+            keys = [records.key_from(row._mapping) for row in conn.execute(q.list_keys)]
             if not keys:
-                conn.execute(q.insert_key, _key_params(candidate))
+                conn.execute(q.insert_key, records.key_record(candidate))
                 keys = [candidate]
         return keys
 
@@ -568,11 +388,11 @@ class SQLAlchemyStore(Store):
         with self._tx() as conn:
             self._lock_pool(conn)
             conn.execute(q.retire_keys, {"b_retire_at": retire_others_at})
-            conn.execute(q.insert_key, _key_params(key))
+            conn.execute(q.insert_key, records.key_record(key))
 
     def signing_keys(self, now: float) -> list[SigningKey]:
         with self._tx() as conn:
-            keys = [_key(row) for row in conn.execute(self._q.list_keys)]
+            keys = [records.key_from(row._mapping) for row in conn.execute(self._q.list_keys)]
         live = [k for k in keys if k.retire_at is None or k.retire_at > now]
         if len(live) != len(keys):
             # Rare, so read-only calls stay one statement; a separate write transaction
@@ -591,7 +411,7 @@ class SQLAlchemyStore(Store):
             names = {"n1": client.client_id, "n2": client.alias or client.client_id}
             if conn.execute(q.names_taken, names).scalar_one():
                 raise ConflictError("client id or alias is taken")
-            conn.execute(q.insert_client, _client_params(client))
+            conn.execute(q.insert_client, records.client_record(client))
 
     def get_client(self, id_or_alias: str) -> Client | None:
         if impossible_key(id_or_alias):
@@ -600,7 +420,7 @@ class SQLAlchemyStore(Store):
             rows = list(conn.execute(self._q.get_client, {"key": id_or_alias}))
         # An id never equals another client's alias, but prefer the id if it ever did.
         rows.sort(key=lambda row: row.client_id != id_or_alias)
-        return _client(rows[0]) if rows else None
+        return records.client_from(rows[0]._mapping) if rows else None
 
     def update_client(self, client: Client) -> bool:
         q = self._q
@@ -616,7 +436,7 @@ class SQLAlchemyStore(Store):
                 ).scalar_one()
             ):
                 raise ConflictError("alias is taken")
-            params = _client_params(client)
+            params = records.client_record(client)
             del params["client_id"]
             conn.execute(q.update_client, {**params, "b_client_id": client.client_id})
         return True
@@ -629,7 +449,9 @@ class SQLAlchemyStore(Store):
 
     def list_clients(self) -> list[Client]:
         with self._tx() as conn:
-            clients = [_client(row) for row in conn.execute(self._q.list_clients)]
+            clients = [
+                records.client_from(row._mapping) for row in conn.execute(self._q.list_clients)
+            ]
         # Sorted here: database collations order strings differently from Python.
         return sorted(clients, key=lambda c: (c.created_at, c.client_id))
 
@@ -637,21 +459,14 @@ class SQLAlchemyStore(Store):
 
     def create_user(self, user: User) -> None:
         with self._tx() as conn:
-            conn.execute(
-                self._q.insert_user,
-                {
-                    "username": user.username,
-                    "password_hash": user.password_hash,
-                    "created_at": user.created_at,
-                },
-            )
+            conn.execute(self._q.insert_user, records.user_record(user))
 
     def get_user(self, username: str) -> User | None:
         if impossible_key(username):
             return None
         with self._tx() as conn:
             row = conn.execute(self._q.get_user, {"b_username": username}).first()
-        return None if row is None else _user(row)
+        return None if row is None else records.user_from(row._mapping)
 
     def update_user(self, user: User) -> bool:
         with self._tx() as conn:
@@ -673,36 +488,33 @@ class SQLAlchemyStore(Store):
 
     def list_users(self) -> list[User]:
         with self._tx() as conn:
-            users = [_user(row) for row in conn.execute(self._q.list_users)]
+            users = [records.user_from(row._mapping) for row in conn.execute(self._q.list_users)]
         return sorted(users, key=lambda u: u.username)
 
     # -- sessions and seats ------------------------------------------------------------
 
-    def start_session(self, session: TokenSession, seat_limit: int | None, now: float) -> bool:
+    def start_session(
+        self,
+        session: TokenSession,
+        seat_limit: int | None,
+        now: float,
+        *,
+        skew: float = 0.0,
+    ) -> bool:
         q = self._q
+        # Seats are reclaimed only once expired on every host's clock (see ``Store``).
+        before = {"now": now - max(skew, 0.0)}
         with self._tx() as conn:
             # 1. Lock: concurrent acquirers queue here, across processes and hosts.
             self._lock_pool(conn)
             # 2. Sweep: expired seats are free (used hashes go by cascade).
-            conn.execute(q.sweep_sessions, {"now": now})
+            conn.execute(q.sweep_sessions, before)
             # 3. Count: READ COMMITTED, so this sees the previous holder's commit.
             if session.holds_seat and seat_limit is not None:
-                if conn.execute(q.count_seats, {"now": now}).scalar_one() >= seat_limit:
+                if conn.execute(q.count_seats, before).scalar_one() >= seat_limit:
                     return False
             # 4. Take the seat; the commit releases the lock.
-            conn.execute(
-                q.insert_session,
-                {
-                    "session_id": session.session_id,
-                    "client_id": session.client_id,
-                    "subject": session.subject,
-                    "scope": session.scope,
-                    "holds_seat": session.holds_seat,
-                    "refresh_hash": session.refresh_hash,
-                    "created_at": session.created_at,
-                    "expires_at": session.expires_at,
-                },
-            )
+            conn.execute(q.insert_session, records.session_record(session))
         return True
 
     def earliest_seat_expiry(self, now: float) -> float | None:
@@ -721,7 +533,7 @@ class SQLAlchemyStore(Store):
             row = conn.execute(
                 self._q.get_session, {"b_session_id": session_id, "now": now}
             ).first()
-        return None if row is None else _session(row)
+        return None if row is None else records.session_from(row._mapping)
 
     def find_refresh(self, refresh_hash: str, now: float) -> tuple[TokenSession, bool] | None:
         if impossible_key(refresh_hash):
@@ -731,9 +543,9 @@ class SQLAlchemyStore(Store):
         with self._tx() as conn:
             row = conn.execute(q.find_current, params).first()
             if row is not None:
-                return _session(row), True
+                return records.session_from(row._mapping), True
             row = conn.execute(q.find_used, params).first()
-        return None if row is None else (_session(row), False)
+        return None if row is None else (records.session_from(row._mapping), False)
 
     def rotate_refresh(
         self,
@@ -763,7 +575,7 @@ class SQLAlchemyStore(Store):
                     return None
                 row = conn.execute(q.get_session_any, {"b_session_id": session_id}).one()
             conn.execute(q.insert_used, {"refresh_hash": old_hash, "session_id": session_id})
-        return _session(row)
+        return records.session_from(row._mapping)
 
     def _end(self, kind: str, key: str | None, now: float) -> list[TokenSession]:
         """End the sessions ``kind`` picks, record them as revoked; return live ones."""
@@ -778,7 +590,7 @@ class SQLAlchemyStore(Store):
             # read would revoke the session only until the expiry before the rotation,
             # and tokens issued by that rotation would be accepted again afterwards.
             conn.execute(lock, params)
-            ended = [_session(row) for row in conn.execute(pick, params)]
+            ended = [records.session_from(row._mapping) for row in conn.execute(pick, params)]
             if not ended:
                 return []
             seq = self._bump_seq(conn)
@@ -815,7 +627,7 @@ class SQLAlchemyStore(Store):
                 rows = conn.execute(q.list_sessions, {"now": now})
             else:
                 rows = conn.execute(q.list_client_sessions, {"b_client_id": client_id, "now": now})
-            sessions = [_session(row) for row in rows]
+            sessions = [records.session_from(row._mapping) for row in rows]
         return sorted(sessions, key=lambda s: (s.created_at, s.session_id))
 
     # -- revocation --------------------------------------------------------------------
@@ -835,6 +647,30 @@ class SQLAlchemyStore(Store):
         with self._tx() as conn:
             return int(conn.execute(self._q.get_seq).scalar_one())
 
+    def revocation_epoch(self) -> str:
+        q = self._q
+        with self._tx() as conn:
+            value = conn.execute(q.get_epoch).scalar()
+        if value is None:
+            # Set-up creates it; only a row deleted by hand since then is missing.
+            value = retry(
+                self._create_epoch,
+                retry_if=self._lost_race,
+                attempts=5,
+                delay=0.01,
+            )
+        return epoch_text(int(value))
+
+    def _create_epoch(self) -> int:
+        """Insert the revocation epoch if missing; return it (a race's loser retries)."""
+        q = self._q
+        with self._tx() as conn:
+            value = conn.execute(q.get_epoch).scalar()
+            if value is None:
+                value = new_epoch()
+                conn.execute(q.insert_epoch, {"b_epoch": value})
+        return int(value)
+
     def revocations_since(self, seq: int, now: float) -> tuple[dict[str, float], int]:
         q = self._q
         with self._tx() as conn:
@@ -852,39 +688,65 @@ class SQLAlchemyStore(Store):
         key_hash = _failure_key_hash(key)
         until = now + window
         params = {"b_key_hash": key_hash, "b_until": until, "now": now}
-        for _attempt in range(_FAILURE_ATTEMPTS):
-            try:
-                with self._tx() as conn:
-                    # The UPDATE locks the key's row (no other lock): count or restart.
-                    if self._returning:
-                        row = conn.execute(q.count_failure_returning, params).first()
-                    elif conn.execute(q.count_failure, params).rowcount == 1:
-                        # Our own row lock holds: this reads what we just wrote.
-                        row = conn.execute(q.get_failures, params).first()
-                    else:
-                        row = None
-                    if row is None:
-                        # The key's first failure (or first since clear/purge). A racing
-                        # first insert makes one of us fail and retry with the UPDATE.
-                        conn.execute(
-                            q.insert_failure,
-                            {
-                                "key_hash": key_hash,
-                                # For people reading the table; NUL is not text.
-                                "key": key[:FAILURE_KEY_CHARS].replace("\x00", "\ufffd"),
-                                "count": 1,
-                                "until": until,
-                            },
-                        )
-                        result = (1, until)
-                    else:
-                        result = (int(row[0]), float(row[1]))
-            except ConflictError:
-                continue
-            if result[0] == 1 and random.randrange(_FAILURE_PURGE_EVERY) == 0:
-                self._purge_failures(now)
-            return result
-        raise StoreError(f"record_failure lost {_FAILURE_ATTEMPTS} races for one key in a row")
+
+        def attempt() -> tuple[int, float]:
+            with self._tx() as conn:
+                # The UPDATE locks the key's row (no other lock): count or restart.
+                if self._returning:
+                    row = conn.execute(q.count_failure_returning, params).first()
+                elif conn.execute(q.count_failure, params).rowcount == 1:
+                    # Our own row lock holds: this reads what we just wrote.
+                    row = conn.execute(q.get_failures, params).first()
+                else:
+                    row = None
+                if row is not None:
+                    return int(row[0]), float(row[1])
+                # The key's first failure (or first since clear/purge). A racing first
+                # insert makes one of us fail and retry with the UPDATE.
+                conn.execute(
+                    q.insert_failure,
+                    {
+                        "key_hash": key_hash,
+                        # For people reading the table; NUL is not text.
+                        "key": key[:FAILURE_KEY_CHARS].replace("\x00", "\ufffd"),
+                        "count": 1,
+                        "until": until,
+                    },
+                )
+                return 1, until
+
+        try:
+            result = retry(
+                attempt,
+                retry_if=self._lost_race,
+                attempts=_FAILURE_ATTEMPTS,
+                delay=0.002,
+            )
+        except ConflictError as exc:
+            raise StoreError(
+                f"record_failure lost {_FAILURE_ATTEMPTS} races for one key in a row", exc
+            ) from exc
+        if result[0] == 1 and random.randrange(_FAILURE_PURGE_EVERY) == 0:
+            self._purge_failures(now)
+        return result
+
+    @staticmethod
+    def _lost_race(exc: BaseException) -> bool:
+        """Whether ``exc`` means a racing transaction won and ours, rolled back, may rerun.
+
+        A racing insert of the same key (``ConflictError``), or a deadlock: InnoDB
+        check, by rolling one back (error 1213), PostgreSQL with SQLSTATE 40P01, SQL
+        Server with SQLSTATE 40001.
+        """
+        if isinstance(exc, ConflictError):
+            return True
+        if not isinstance(exc, StoreError):
+            return False
+        original = getattr(exc.original, "orig", exc.original)
+        if getattr(original, "sqlstate", None) in _DEADLOCK_SQLSTATES:
+            return True
+        args: tuple[t.Any, ...] = tuple(getattr(original, "args", ()))
+        return bool(args) and args[0] in _DEADLOCK_CODES
 
     def _purge_failures(self, now: float) -> None:
         """Delete expired lockout rows; under the pool lock, so purgers never deadlock."""

@@ -1,6 +1,6 @@
 """``redis://``, ``rediss://``, ``redis+unix://``: one store shared by many hosts.
 
-Every primitive that must be atomic is one Lua script (package data ``redis_*.lua``, run by
+Every primitive that must be atomic is one Lua script (this package's ``*.lua``, run by
 EVALSHA with a fallback to loading it): a script runs with nothing interleaved, and it
 costs one round trip. All keys of a store start with ``key_prefix``, whose hash tag
 (``{...}``) puts them in one Cluster slot, so the scripts are Cluster-safe. The scripts
@@ -26,7 +26,6 @@ TTL and are swept explicitly by ``now``.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.resources
 import json
 import logging
@@ -34,15 +33,18 @@ import math
 import secrets
 import typing as t
 
-from ..errors import ConfigurationError
-from ..errors import ConflictError
-from ..models import Client
-from ..models import SigningKey
-from ..models import TokenSession
-from ..models import User
-from .base import REVOKE_MARGIN
-from .base import schemes_of
-from .base import Store
+from ...errors import ConfigurationError
+from ...errors import ConflictError
+from ...models import Client
+from ...models import SigningKey
+from ...models import TokenSession
+from ...models import User
+from .. import records
+from ..base import epoch_text
+from ..base import new_epoch
+from ..base import REVOKE_MARGIN
+from ..base import schemes_of
+from ..base import Store
 
 if t.TYPE_CHECKING:  # pragma: no cover
     import redis as redis_py
@@ -61,7 +63,7 @@ TTL_MAX_MS = 10 * 365 * 86400 * 1000
 #: so a bounded sweep keeps each script short without changing any result.
 SWEEP_LIMIT = 256
 
-#: Scripts, each in ``redis_<name>.lua`` with ``redis_lib.lua`` prepended.
+#: Scripts, each in ``<name>.lua`` of this package with ``lib.lua`` prepended.
 _SCRIPTS = (
     "start_session",
     "rotate_refresh",
@@ -70,6 +72,7 @@ _SCRIPTS = (
     "end_sessions",
     "revoke",
     "revocations_since",
+    "revocation_epoch",
     "create_client",
     "update_client",
     "delete_client",
@@ -95,10 +98,10 @@ def _ttl_ms(expires_at: float, now: float) -> str:
 
 
 def _read_script(name: str) -> str:
-    """Load ``redis_<name>.lua`` from the package, with the shared helpers in front."""
-    files = importlib.resources.files(__package__ or "flask_tokenguard.stores")
-    lib = files.joinpath("redis_lib.lua").read_text(encoding="utf-8")
-    body = files.joinpath(f"redis_{name}.lua").read_text(encoding="utf-8")
+    """Load ``<name>.lua`` from this package, with the shared helpers in front."""
+    files = importlib.resources.files(__package__ or "flask_tokenguard.stores.redis")
+    lib = files.joinpath("lib.lua").read_text(encoding="utf-8")
+    body = files.joinpath(f"{name}.lua").read_text(encoding="utf-8")
     return f"{lib}\n{body}"
 
 
@@ -121,16 +124,7 @@ def _check_hash_tag(prefix: str) -> None:
 
 
 def _session_from(fields: t.Mapping[str, str], session_id: str) -> TokenSession:
-    return TokenSession(
-        session_id=session_id,
-        client_id=fields["client_id"],
-        subject=fields["subject"],
-        scope=fields["scope"],
-        holds_seat=fields["holds_seat"] == "1",
-        refresh_hash=fields["refresh_hash"],
-        created_at=float(fields["created_at"]),
-        expires_at=float(fields["expires_at"]),
-    )
+    return records.session_from({**fields, "session_id": session_id})
 
 
 def _pairs(flat: t.Sequence[str]) -> dict[str, str]:
@@ -138,30 +132,31 @@ def _pairs(flat: t.Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+def _to_json(record: t.Mapping[str, t.Any]) -> str:
+    return json.dumps(record, separators=(",", ":"))
+
+
 def _client_to_json(client: Client) -> str:
-    return json.dumps(dataclasses.asdict(client), separators=(",", ":"))
+    return _to_json(records.client_record(client))
 
 
 def _client_from_json(data: str) -> Client:
-    fields = json.loads(data)
-    fields["grants"] = tuple(fields["grants"])
-    fields["scopes"] = tuple(fields["scopes"])
-    return Client(**fields)
+    return records.client_from(json.loads(data))
 
 
 def _user_to_json(user: User) -> str:
-    return json.dumps(dataclasses.asdict(user), separators=(",", ":"))
+    return _to_json(records.user_record(user))
 
 
 def _user_from_json(data: str) -> User:
-    return User(**json.loads(data))
+    return records.user_from(json.loads(data))
 
 
 def _key_to_json(key: SigningKey) -> str:
     """The key without ``retire_at``, which lives in its own hash so Lua can set it."""
-    fields = dataclasses.asdict(key)
+    fields = records.key_record(key)
     del fields["retire_at"]
-    return json.dumps(fields, separators=(",", ":"))
+    return _to_json(fields)
 
 
 def _keys_from_reply(flat: t.Sequence[str | None]) -> list[SigningKey]:
@@ -170,10 +165,14 @@ def _keys_from_reply(flat: t.Sequence[str | None]) -> list[SigningKey]:
         data, retire_at = flat[i + 1], flat[i + 2]
         if data is None:  # pragma: no cover - the scripts keep order and keys in step
             continue
-        fields = json.loads(data)
-        keys.append(SigningKey(**fields, retire_at=None if retire_at is None else float(retire_at)))
+        keys.append(records.key_from({**json.loads(data), "retire_at": retire_at}))
     # Oldest first; sorted() is stable, so equal times keep insertion order.
     return sorted(keys, key=lambda k: k.created_at)
+
+
+def _epoch_candidate() -> str:
+    """A fresh epoch that a script stores if the revocation counter has none."""
+    return epoch_text(new_epoch())
 
 
 class RedisStore(Store):
@@ -370,7 +369,14 @@ class RedisStore(Store):
 
     # -- sessions and seats ------------------------------------------------------------
 
-    def start_session(self, session: TokenSession, seat_limit: int | None, now: float) -> bool:
+    def start_session(
+        self,
+        session: TokenSession,
+        seat_limit: int | None,
+        now: float,
+        *,
+        skew: float = 0.0,
+    ) -> bool:
         sid = session.session_id
         keys = [
             self._key("seats"),
@@ -393,6 +399,8 @@ class RedisStore(Store):
             session.refresh_hash,
             _num(session.created_at),
             str(SWEEP_LIMIT),
+            # Seats are reclaimed only once expired on every host's clock (see ``Store``).
+            _num(now - max(skew, 0.0)),
         ]
         return bool(self._run("start_session", keys, args) == 1)
 
@@ -438,7 +446,14 @@ class RedisStore(Store):
         return None if flat is None else _session_from(_pairs(flat), session_id)
 
     def end_session(self, session_id: str, now: float) -> TokenSession | None:
-        args = [self.key_prefix, session_id, _num(now), _num(now + REVOKE_MARGIN), str(SWEEP_LIMIT)]
+        args = [
+            self.key_prefix,
+            session_id,
+            _num(now),
+            _num(now + REVOKE_MARGIN),
+            str(SWEEP_LIMIT),
+            _epoch_candidate(),
+        ]
         flat = self._run("end_session", [self._key("session", session_id)], args)
         if not flat:
             return None
@@ -456,6 +471,7 @@ class RedisStore(Store):
             _num(now),
             _num(now + REVOKE_MARGIN),
             str(SWEEP_LIMIT),
+            _epoch_candidate(),
         ]
         return int(self._run("end_sessions", keys, args))
 
@@ -480,12 +496,23 @@ class RedisStore(Store):
     # -- revocation --------------------------------------------------------------------
 
     def revoke(self, token_id: str, expires_at: float, now: float) -> None:
-        args = [self.key_prefix, token_id, _num(expires_at), _num(now), str(SWEEP_LIMIT)]
+        args = [
+            self.key_prefix,
+            token_id,
+            _num(expires_at),
+            _num(now),
+            str(SWEEP_LIMIT),
+            _epoch_candidate(),
+        ]
         self._run("revoke", [self._key("revoked")], args)
 
     def revocation_seq(self) -> int:
         value = self._client.get(self._key("revocation_seq"))
         return int(value or 0)
+
+    def revocation_epoch(self) -> str:
+        keys = [self._key("revocation_epoch")]
+        return str(self._run("revocation_epoch", keys, [self.key_prefix, _epoch_candidate()]))
 
     def revocations_since(self, seq: int, now: float) -> tuple[dict[str, float], int]:
         args = [self.key_prefix, str(int(seq)), _num(now)]

@@ -2,7 +2,7 @@
 -- concurrent failures of one key each get their own count.
 -- KEYS[1] the key's failures hash (fields count, until, recent)
 -- ARGV: now, until of a new window (now + window), ttl_ms, attempt id (new per call)
--- Returns {count, until}; until is the string Python wrote (see redis_lib.lua).
+-- Returns {count, until}; until is the string Python wrote (see lib.lua).
 --
 -- A retry of a call that ran but whose reply was lost (redis-py resends a command when
 -- the connection drops) must not count twice: recent keeps the last few attempts of the

@@ -1,0 +1,11 @@
+"""``redis://``, ``rediss://``, ``redis+unix://``: one store shared by many hosts.
+
+``store`` holds ``RedisStore``; the Lua scripts it runs are the ``*.lua`` files of this
+package (``lib.lua`` is prepended to each).
+"""
+
+from __future__ import annotations
+
+from .store import RedisStore
+
+__all__ = ["RedisStore"]
