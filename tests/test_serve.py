@@ -751,3 +751,38 @@ def test_text_stays_the_default_format(monkeypatch: pytest.MonkeyPatch) -> None:
     [handler] = root.handlers
     assert not isinstance(handler.formatter, JsonFormatter)
     assert handler.formatter is not None and handler.formatter._fmt == serve_module.LOG_FORMAT
+
+
+def test_start_up_asks_the_store_and_warns_when_it_does_not_answer(
+    app_factory: t.Callable[..., Flask],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from flask_tokenguard.errors import StoreError
+
+    app = app_factory()
+    store = app.extensions["tokenguard"].store(app)
+    asked = threading.Event()
+
+    def down() -> None:
+        asked.set()
+        raise StoreError("connection refused")
+
+    monkeypatch.setattr(store, "check", down)
+    caplog.set_level(logging.WARNING, logger="flask_tokenguard.serve")
+    runner = Runner(app, host="127.0.0.1", port=0, threads=2, drain_timeout=1)
+    runner.start()
+    try:
+        assert asked.wait(5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(
+            "store does not answer" in r.getMessage() for r in caplog.records
+        ):
+            time.sleep(0.05)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("store does not answer (connection refused)" in w for w in warnings)
+        # The server serves all the same: the health answer says what is wrong.
+        health = requests.get(runner.url + "/health", timeout=5)
+        assert health.status_code == 503
+    finally:
+        runner.stop()

@@ -51,6 +51,7 @@ from waitress.task import ThreadedTaskDispatcher
 
 from ..config import Settings
 from ..errors import ConfigurationError
+from ..errors import StoreError
 from .logs import AccessLog
 from .logs import configure_logging
 from .logs import detach_flask_handler
@@ -213,6 +214,9 @@ class Runner:
         self._thread = threading.Thread(target=self._run, name="tokenguard-serve", daemon=True)
         self._thread.start()
         logger.info("Serving on %s", ", ".join(self.urls))
+        threading.Thread(
+            target=self._check_store, name="tokenguard-store-check", daemon=True
+        ).start()
 
     def _run(self) -> None:
         try:
@@ -385,6 +389,19 @@ class Runner:
             if time.monotonic() >= deadline or self._abort.wait(0.05):
                 return False
         return True
+
+    def _check_store(self) -> None:
+        # Ask the store once at start-up, in the background so that a hung store delays
+        # nothing: an unreachable store, or one that would lose data (a Redis that evicts
+        # keys), is a warning in the log now rather than a surprise at the first request.
+        ext = self.app.extensions.get("tokenguard")
+        store_of = getattr(ext, "store", None)
+        if not callable(store_of):
+            return
+        try:
+            store_of(self.app).check()
+        except StoreError as exc:
+            logger.warning("the store does not answer (%s); requests get 503 until it does", exc)
 
     def _close_store(self) -> None:
         ext = self.app.extensions.get("tokenguard")
