@@ -1,8 +1,7 @@
 """The cost of ``TOKENGUARD_METRICS_ENABLED`` on a guarded route: metrics on vs off.
 
     .venv/bin/python bench/bench_metrics.py metrics     # WSGI loop, then wrk if installed
-    .venv/bin/python bench/bench_metrics.py inprocess   # only the WSGI loop (request hooks)
-    .venv/bin/python bench/bench_metrics.py wired       # WSGI loop, counted by the guard
+    .venv/bin/python bench/bench_metrics.py inprocess   # only the WSGI loop
     .venv/bin/python bench/bench_metrics.py wrk         # only wrk against two waitress servers
 
 Both apps run side by side in one run, in interleaved rounds, so that machine noise hits
@@ -27,28 +26,20 @@ from flask import Flask
 
 from flask_tokenguard import require_token
 from flask_tokenguard import TokenGuard
-from flask_tokenguard.web.ops import init_ops
 
 
-def make_app(store_url: str, metrics: bool, wired: bool = False) -> Flask:
-    """A guarded route on ``store_url``, with or without metrics.
-
-    ``wired``: no request hook; the bearer check calls ``count_bearer_check`` itself (as
-    the guard does when the metrics are wired into it), simulated here by wrapping
-    ``authorize``.
-    """
+def make_app(store_url: str, metrics: bool) -> Flask:
+    """A guarded route on ``store_url``, with or without metrics (the guard counts its
+    checks itself; the token view is timed only when metrics are on)."""
     app = Flask("bench_metrics")
     app.config.update(
         TESTING=True,
         TOKENGUARD_STORE_URL=store_url,
         TOKENGUARD_LICENSES=1_000_000,
         TOKENGUARD_PASSWORD_HASH_COST=10,
+        TOKENGUARD_METRICS_ENABLED=metrics,
     )
     TokenGuard(app)
-    app.config["TOKENGUARD_METRICS_ENABLED"] = metrics
-    init_ops(app, hooks=not wired)
-    if wired:
-        _wire_authorize()
 
     @app.get("/guarded")
     @require_token("view")
@@ -56,23 +47,6 @@ def make_app(store_url: str, metrics: bool, wired: bool = False) -> Flask:
         return {"ok": True}
 
     return app
-
-
-def _wire_authorize() -> None:
-    from flask_tokenguard.web import guard
-    from flask_tokenguard.web.metrics import count_bearer_check
-
-    if getattr(guard.authorize, "_bench_wired", False):
-        return
-    authorize = guard.authorize
-
-    def counted(state: t.Any, environ: t.Any, scopes: t.Any) -> t.Any:
-        access = authorize(state, environ, scopes)
-        count_bearer_check(state, "ok")
-        return access
-
-    counted._bench_wired = True  # type: ignore[attr-defined]
-    guard.authorize = counted
 
 
 def new_client(app: Flask) -> tuple[str, str]:
@@ -128,29 +102,10 @@ def bench_inprocess(n: int = 2000, rounds: int = 21) -> None:
         # Alternate which goes first, so neither always runs on a warmer machine.
         for name in list(apps) if i % 2 == 0 else list(apps)[::-1]:
             results[name].append(_block(apps[name], headers, n))
-    print("  request hooks (init_ops default):")
     _report(results)
     on = apps["on"]
     counted = on.extensions["tokenguard"].state(on).metrics.bearer_children["ok"]._value.get()
     print(f"  bearer checks counted with metrics on: {counted:.0f}")
-
-
-def bench_wired(n: int = 2000, rounds: int = 21) -> None:
-    print(f"== in-process, counted by the guard itself, {rounds} rounds of {n} requests")
-    store_url = f"sqlite:///{tempfile.mkdtemp()}/metrics-wired.sqlite3"
-    off = make_app(store_url, metrics=False)
-    client_id, secret = new_client(off)
-    token = get_token(off, client_id, secret)
-    headers = {"Authorization": f"Bearer {token}"}
-    on = make_app(store_url, metrics=True, wired=True)  # wraps authorize for both apps
-    apps = {"off": off, "on": on}
-    for app in apps.values():
-        _block(app, headers, 200)
-    results: dict[str, list[float]] = {name: [] for name in apps}
-    for i in range(rounds):
-        for name in list(apps) if i % 2 == 0 else list(apps)[::-1]:
-            results[name].append(_block(apps[name], headers, n))
-    _report(results)
 
 
 def _report(results: dict[str, list[float]]) -> float:
@@ -255,11 +210,9 @@ def main(argv: list[str]) -> None:
     mode = argv[1] if len(argv) > 1 else "metrics"
     if mode in ("metrics", "inprocess"):
         bench_inprocess()
-    if mode in ("metrics", "wired"):
-        bench_wired()
     if mode in ("metrics", "wrk"):
         bench_wrk()
-    if mode not in ("metrics", "inprocess", "wired", "wrk"):
+    if mode not in ("metrics", "inprocess", "wrk"):
         raise SystemExit(__doc__)
 
 
