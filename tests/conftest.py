@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import typing as t
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from flask import Flask
 
 import sample_app
+from tests.helpers import Clock
 from tests.helpers import free_port
 from tests.helpers import RedisServer
 from tests.helpers import SampleServer
@@ -133,3 +135,16 @@ def own_redis_server(tmp_path: Path) -> t.Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """``clock(seconds)`` moves ``time.time`` forward, for expiry without sleeping."""
+    offset = [0.0]
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
+
+    def advance(seconds: float) -> None:
+        offset[0] += seconds
+
+    return advance

@@ -19,6 +19,10 @@ from flask import Flask
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: ``clock(seconds)``: the ``clock`` fixture, which moves ``time.time`` forward.
+Clock = t.Callable[[float], None]
+
+
 def cli(app: Flask, *args: str, input: str | None = None) -> t.Any:  # noqa: A002 - click's name
     """Run ``flask tokenguard ARGS`` on ``app``; return the JSON output (``--json`` is added)."""
     result = app.test_cli_runner().invoke(args=["tokenguard", *args, "--json"], input=input)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import typing as t
 from pathlib import Path
 
@@ -12,23 +11,9 @@ from flask import Flask
 from tests.helpers import basic
 from tests.helpers import bearer
 from tests.helpers import cli
+from tests.helpers import Clock
 from tests.helpers import get_token
 from tests.helpers import register
-
-Clock = t.Callable[[float], None]
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    """``clock(seconds)`` moves ``time.time`` forward, for expiry without sleeping."""
-    offset = [0.0]
-    real_time = time.time
-    monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
-
-    def advance(seconds: float) -> None:
-        offset[0] += seconds
-
-    return advance
 
 
 @pytest.fixture
