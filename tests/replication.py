@@ -564,6 +564,13 @@ class ClusterTopology:
             slot = int(_command(client, "CLUSTER KEYSLOT", key))
         finally:
             client.close()
+        # A node's view of who replicates whom settles a moment after the cluster says ok.
+        _wait(
+            lambda: bool(self._slot_owner(slot, via)[1]),
+            10,
+            f"the master of {key!r} to show its replica",
+            0.1,
+        )
         master, replicas = self._slot_owner(slot, via)
         if not replicas:
             raise TopologyError(f"the master of {key!r} has no replica")
