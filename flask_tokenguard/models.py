@@ -30,6 +30,9 @@ class Client:
     #: Disabled clients cannot authenticate.
     enabled: bool = True
     created_at: float = 0.0
+    #: This client's own cap on the seats it may hold at once; None = the configured
+    #: default (``TOKENGUARD_MAX_SEATS_PER_CLIENT``).
+    max_seats: int | None = None
 
     @property
     def is_public(self) -> bool:
@@ -45,6 +48,8 @@ class User:
     #: Self-describing scrypt hash (see ``security.hash_password``).
     password_hash: str = dataclasses.field(repr=False)
     created_at: float = 0.0
+    #: An administrator of the admin console (``create-user --admin``).
+    admin: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +73,36 @@ class TokenSession:
     def is_live(self, now: float) -> bool:
         """True while the session has not expired."""
         return self.expires_at > now
+
+
+@dataclasses.dataclass(frozen=True)
+class SeatOutcome:
+    """What ``Store.start_session`` did: started the session or not, and what it replaced.
+
+    True in a boolean context when the session started.
+    """
+
+    started: bool
+    #: Why no seat was given: ``"pool"`` (every seat of ``TOKENGUARD_LICENSES`` taken) or
+    #: ``"client"`` (the client holds as many as its cap allows); None when started.
+    refused: t.Literal["pool", "client"] | None = None
+    #: The client's oldest seat-holding sessions that ended to make room (``replace_oldest``).
+    replaced: tuple[TokenSession, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.started
+
+
+@dataclasses.dataclass(frozen=True)
+class AdminSession:
+    """A signed-in administrator of the admin console, kept server-side in the store."""
+
+    #: SHA-256 hex of the session id the browser holds in its cookie.
+    session_hash: str = dataclasses.field(repr=False)
+    username: str = ""
+    created_at: float = 0.0
+    #: End of its idle lifetime; extended by each request (``TOKENGUARD_ADMIN_SESSION_TTL``).
+    expires_at: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ import jwt
 import pytest
 from flask import Flask
 
+from flask_tokenguard.errors import AdminInputError
 from tests.helpers import basic
 from tests.helpers import bearer
 from tests.helpers import cli
@@ -242,6 +243,37 @@ def test_list_clients(app: Flask) -> None:
     assert listed[first["client_id"]]["alias"] == "one"
 
 
+def test_list_clients_json_fields(app: Flask) -> None:
+    created = register(app, "capped", "--alias", "cap-1", "--max-seats", "3", "--scope", "view")
+    (entry,) = cli(app, "list-clients")
+    assert entry == {
+        "client_id": created["client_id"],
+        "name": "capped",
+        "alias": "cap-1",
+        "scopes": ["view"],
+        "grants": ["client_credentials", "refresh_token"],
+        "public": False,
+        "enabled": True,
+        "max_seats": 3,
+        "created_at": created["created_at"],
+    }
+    assert isinstance(entry["created_at"], int) and entry["created_at"] > 0
+
+
+def test_list_clients_text_shows_the_seat_cap(app: Flask) -> None:
+    register(app, "capped", "--max-seats", "3")
+    register(app, "default")
+    lines = run(app, "list-clients").stdout.splitlines()
+    assert [line.rsplit("max_seats=", 1)[1] for line in lines] == ["3", "-"]
+
+
+@pytest.mark.parametrize("value", ["-1", "two"])
+def test_create_client_refuses_a_bad_seat_cap(app: Flask, value: str) -> None:
+    result = run(app, "create-client", "bad", "--max-seats", value, "--json")
+    assert result.exit_code != 0 and result.stdout == ""
+    assert cli(app, "list-clients") == []
+
+
 @pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
 def test_list_clients_never_shows_secrets_or_hashes(app: Flask, as_json: bool) -> None:
     creds = register(app, "secretive")
@@ -330,6 +362,184 @@ def test_unknown_client_option_fails(app: Flask, command: str) -> None:
     assert_fails(run(app, command, "--client", "tg_nosuchclient", "--json"))
 
 
+# -- update-client ------------------------------------------------------------------------
+
+
+def _sessions_of(app: Flask, client_id: str) -> list[str]:
+    return [s["session_id"] for s in cli(app, "sessions", "--client", client_id)]
+
+
+def _sid(body: dict[str, t.Any]) -> str:
+    return str(jwt.decode(body["access_token"], options={"verify_signature": False})["sid"])
+
+
+def test_update_client_name_keeps_the_rest_and_the_sessions(app: Flask, client: t.Any) -> None:
+    creds = register(app, "old name", "--alias", "keep-me", "--max-seats", "2")
+    body = get_token(client, creds).json
+    updated = cli(app, "update-client", creds["client_id"], "--name", "new name")
+    assert updated["name"] == "new name" and updated["sessions_ended"] == 0
+    assert (updated["alias"], updated["max_seats"]) == ("keep-me", 2)
+    assert set(updated["scopes"]) == {"view", "all"}
+    assert updated["grants"] == ["client_credentials", "refresh_token"]
+    assert [c["name"] for c in cli(app, "list-clients")] == ["new name"]
+    assert client.get("/whoami", headers=bearer(body["access_token"])).status_code == 200
+    assert get_token(client, creds).status_code == 200  # the secret still works
+
+
+def test_update_client_alias_and_no_alias(app: Flask, client: t.Any) -> None:
+    creds = register(app, "aliased", "--alias", "first")
+    body = get_token(client, creds).json
+    assert cli(app, "update-client", "first", "--alias", "second")["alias"] == "second"
+    assert get_token(client, {**creds, "client_id": "second"}).status_code == 200
+    assert get_token(client, {**creds, "client_id": "first"}).status_code == 401
+    removed = cli(app, "update-client", creds["client_id"], "--no-alias")
+    assert removed["alias"] is None and removed["sessions_ended"] == 0
+    assert get_token(client, {**creds, "client_id": "second"}).status_code == 401
+    # An alias change ends nothing.
+    assert _sid(body) in _sessions_of(app, creds["client_id"])
+    assert client.get("/whoami", headers=bearer(body["access_token"])).status_code == 200
+
+
+def test_update_client_removing_a_scope_ends_the_sessions_using_it(
+    app: Flask, client: t.Any
+) -> None:
+    creds = register(app)
+    full = get_token(client, creds).json
+    view = get_token(client, creds, scope="view").json
+    updated = cli(app, "update-client", creds["client_id"], "--scope", "view")
+    assert updated["scopes"] == ["view"] and updated["sessions_ended"] == 1
+    # This process refuses the ended session's token at once; the other goes on.
+    assert client.get("/whoami", headers=bearer(full["access_token"])).status_code == 401
+    assert refresh(client, creds, full["refresh_token"]).json["error"] == "invalid_grant"
+    assert client.get("/whoami", headers=bearer(view["access_token"])).status_code == 200
+    assert _sessions_of(app, creds["client_id"]) == [_sid(view)]
+    assert get_token(client, creds, scope="all").json["error"] == "invalid_scope"
+    # Widening again ends nothing and allows it again.
+    assert (
+        cli(app, "update-client", creds["client_id"], "--scope", "view", "--scope", "all")[
+            "sessions_ended"
+        ]
+        == 0
+    )
+    assert get_token(client, creds, scope="all").status_code == 200
+
+
+def test_update_client_removing_a_grant_ends_the_sessions_it_started(
+    app: Flask, client: t.Any
+) -> None:
+    creds = register(app)
+    body = get_token(client, creds).json
+    updated = cli(app, "update-client", creds["client_id"], "--grant", "client_credentials")
+    assert updated["grants"] == ["client_credentials"] and updated["sessions_ended"] == 1
+    assert client.get("/whoami", headers=bearer(body["access_token"])).status_code == 401
+    assert refresh(client, creds, body["refresh_token"]).status_code == 400
+    assert _sessions_of(app, creds["client_id"]) == []
+    assert get_token(client, creds).status_code == 200
+
+
+def test_update_client_removing_password_ends_only_user_sessions(
+    app: Flask, client: t.Any, alice: dict[str, t.Any]
+) -> None:
+    public = alice
+    users_session = password_token(client, public["client_id"], "alice", "wonderland").json
+    assert (
+        cli(app, "update-client", public["client_id"], "--grant", "refresh_token")["sessions_ended"]
+        == 1
+    )
+    assert client.get("/whoami", headers=bearer(users_session["access_token"])).status_code == 401
+    assert password_token(client, public["client_id"], "alice", "wonderland").status_code == 400
+    creds = register(app, "machine", "--grant", "client_credentials", "--grant", "password")
+    own = get_token(client, creds).json
+    assert (
+        cli(app, "update-client", creds["client_id"], "--grant", "client_credentials")[
+            "sessions_ended"
+        ]
+        == 0
+    )
+    assert client.get("/whoami", headers=bearer(own["access_token"])).status_code == 200
+
+
+def test_update_client_lowering_max_seats_ends_the_oldest_seat_holders(
+    app_factory: t.Callable[..., Flask],
+) -> None:
+    app = app_factory(LICENSES=10)
+    http = app.test_client()
+    creds = register(app, "roomy", "--max-seats", "3")
+    bodies = [get_token(http, creds).json for _ in range(3)]
+    view = get_token(http, creds, scope="view").json
+    updated = cli(app, "update-client", creds["client_id"], "--max-seats", "1")
+    assert updated["max_seats"] == 1 and updated["sessions_ended"] == 2
+    statuses = [http.get("/whoami", headers=bearer(b["access_token"])).status_code for b in bodies]
+    assert statuses == [401, 401, 200]
+    assert http.get("/whoami", headers=bearer(view["access_token"])).status_code == 200
+    assert cli(app, "licenses") == {"in_use": 1, "total": 10}
+    assert get_token(http, creds).json["error"] == "license_unavailable"
+    raised = cli(app, "update-client", creds["client_id"], "--max-seats", "2")
+    assert raised["sessions_ended"] == 0
+    assert get_token(http, creds).status_code == 200
+
+
+def test_update_client_no_max_seats(app: Flask) -> None:
+    creds = register(app, "capped", "--max-seats", "1")
+    updated = cli(app, "update-client", creds["client_id"], "--no-max-seats")
+    assert updated["max_seats"] is None
+    assert cli(app, "list-clients")[0]["max_seats"] is None
+
+
+def test_update_client_text_output(app: Flask) -> None:
+    creds = register(app)
+    result = run(app, "update-client", creds["client_id"], "--name", "renamed")
+    assert result.exit_code == 0
+    assert result.stdout == f"{creds['client_id']} updated; 0 session(s) ended\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["--scope", "admin"], id="unknown-scope"),
+        pytest.param(["--grant", "implicit"], id="unknown-grant"),
+        pytest.param(["--alias", "not valid!"], id="bad-alias"),
+        pytest.param(["--alias", "taken"], id="taken-alias"),
+        pytest.param(["--max-seats", "-1"], id="negative-max-seats"),
+        pytest.param(["--name", "  "], id="blank-name"),
+    ],
+)
+def test_update_client_refuses_bad_options_and_changes_nothing(app: Flask, args: list[str]) -> None:
+    register(app, "other", "--alias", "taken")
+    creds = register(app, "target", "--alias", "mine", "--max-seats", "2")
+    before = cli(app, "list-clients")
+    assert_fails(run(app, "update-client", creds["client_id"], *args, "--json"))
+    assert cli(app, "list-clients") == before
+
+
+def test_update_client_public_client_cannot_get_client_credentials(app: Flask) -> None:
+    public = register(app, "spa", "--public")
+    result = run(app, "update-client", public["client_id"], "--grant", "client_credentials")
+    assert_fails(result)
+    assert "client_credentials" in result.stderr
+    assert cli(app, "list-clients")[0]["grants"] == ["password", "refresh_token"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param([], id="nothing"),
+        pytest.param(["--alias", "a", "--no-alias"], id="alias-and-no-alias"),
+        pytest.param(["--max-seats", "1", "--no-max-seats"], id="max-seats-and-no-max-seats"),
+    ],
+)
+def test_update_client_usage_errors(app: Flask, args: list[str]) -> None:
+    creds = register(app)
+    result = run(app, "update-client", creds["client_id"], *args)
+    assert result.exit_code == 2 and result.stdout == ""
+
+
+def test_update_client_unknown_client_fails(app: Flask) -> None:
+    result = run(app, "update-client", "tg_nobody", "--name", "x")
+    assert_fails(result)
+    assert "no client 'tg_nobody'" in result.stderr
+
+
 # -- users --------------------------------------------------------------------------------
 
 
@@ -359,6 +569,24 @@ def test_create_user_prompt_mismatch_asks_again(app: Flask, client: t.Any) -> No
 def test_create_user_duplicate_fails(app: Flask) -> None:
     cli(app, "create-user", "erin", "--password-stdin", input="pw1\n")
     assert_fails(run(app, "create-user", "erin", "--password-stdin", "--json", input="pw2\n"))
+
+
+def test_create_user_admin_and_list_users_json(app: Flask) -> None:
+    made = cli(app, "create-user", "root", "--admin", "--password-stdin", input="pw-root\n")
+    assert made["admin"] is True
+    cli(app, "create-user", "plain", "--password-stdin", input="pw-plain\n")
+    listed = cli(app, "list-users")
+    assert [set(u) for u in listed] == [{"username", "admin", "created_at"}] * 2
+    assert [(u["username"], u["admin"]) for u in listed] == [("plain", False), ("root", True)]
+    assert all(isinstance(u["created_at"], int) and u["created_at"] > 0 for u in listed)
+    assert run(app, "list-users").stdout.splitlines() == ["plain", "root  (admin)"]
+
+
+def test_set_password_keeps_admin(app: Flask) -> None:
+    cli(app, "create-user", "root", "--admin", "--password-stdin", input="pw-root\n")
+    cli(app, "set-password", "root", "--password-stdin", input="pw-new\n")
+    assert cli(app, "list-users")[0]["admin"] is True
+    assert app.extensions["tokenguard"].store(app).get_user("root").admin is True
 
 
 def test_list_users_never_shows_hashes(app: Flask) -> None:
@@ -605,3 +833,25 @@ def test_admin_errors_have_their_own_types_and_become_click_errors(app: Flask) -
     assert missing.exit_code == 1 and "no client 'tg_nobody'" in missing.output
     bad = runner.invoke(args=["tokenguard", "create-client", "x", "--scope", "nope"])
     assert bad.exit_code == 1 and "unknown scope 'nope'" in bad.output
+
+
+def test_update_client_in_core_keeps_what_is_not_given(app: Flask) -> None:
+    """The rule the CLI and the admin console share: ``KEEP`` leaves a field alone."""
+    from flask_tokenguard.core import clients
+
+    store = app.extensions["tokenguard"].store(app)
+    created = register(app, "kept", "--alias", "kept-1", "--max-seats", "2")
+    before = store.get_client(created["client_id"])
+    unchanged, ended = clients.update_client(store, "kept-1", known_scopes=["view", "all"], now=0.0)
+    assert (unchanged, ended) == (before, [])
+    updated, _ = clients.update_client(
+        store, "kept-1", known_scopes=["view", "all"], now=0.0, alias=None, max_seats=None
+    )
+    assert dataclasses.replace(before, alias=None, max_seats=None) == updated
+    assert store.get_client(created["client_id"]) == updated
+    with pytest.raises(AdminInputError):
+        clients.update_client(store, updated.client_id, known_scopes=["view"], now=0.0, scopes=[])
+    with pytest.raises(AdminInputError):
+        clients.update_client(
+            store, updated.client_id, known_scopes=["view"], now=0.0, max_seats=True
+        )

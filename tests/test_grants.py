@@ -402,6 +402,47 @@ def test_a_failure_after_the_session_started_ends_it(
     assert get_token(http, creds).status_code == 200
 
 
+def test_a_seat_cap_set_during_a_token_request_gets_no_session(app: Flask) -> None:
+    """``update-client --max-seats`` lands between authentication and the new session,
+    which was started under the old record's cap: it is undone, as for other changes."""
+    from flask_tokenguard.core import clients
+
+    public = register(app, "spa", "--public")
+    store = app.extensions["tokenguard"].store(app)
+    original = sample_app.guard._password_verifier
+
+    @sample_app.guard.password_verifier
+    def cap_meanwhile(username: str, password: str) -> str:
+        clients.update_client(
+            store, public["client_id"], known_scopes=["view", "all"], now=time.time(), max_seats=0
+        )
+        return username
+
+    data = {"grant_type": "password", "username": "carol", "password": "pw"}
+    try:
+        response = app.test_client().post("/token", data={**data, "client_id": public["client_id"]})
+    finally:
+        sample_app.guard._password_verifier = original
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant"
+    assert cli(app, "sessions") == []
+
+
+def test_the_password_is_checked_before_the_seat_cap(
+    app: Flask, verifier: t.Callable[..., list[str]]
+) -> None:
+    """A client at its cap answers a wrong password as ever: a guesser learns nothing."""
+    calls = verifier()
+    shut = register(app, "spa", "--public", "--max-seats", "0")
+    http: t.Any = app.test_client()
+    assert _password(http, shut["client_id"], password="guess").json["error"] == "invalid_grant"
+    refused = _password(http, shut["client_id"])
+    assert refused.status_code == 400 and refused.json["error"] == "license_unavailable"
+    assert calls == ["alice", "alice"]
+    view = {"grant_type": "password", "username": "alice", "password": "wonderland"}
+    ok = http.post("/token", data={**view, "scope": "view"}, headers=basic(shut["client_id"]))
+    assert ok.status_code == 200 and ok.json["scope"] == "view"
+
+
 # -- rehash at the configured cost (issue 11 #16) ------------------------------------------------
 
 

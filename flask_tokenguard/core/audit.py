@@ -6,6 +6,10 @@ logger gets it at INFO, with the object in ``extra={"audit": ...}``; with
 ``TOKENGUARD_AUDIT_LOG`` set, it is also appended to that file as one line, and several
 processes may append to the same file at once.
 
+With a store, the events of ``STORED_EVENTS`` (all but the routine token answers) are
+also kept there, bounded (``Store.add_event``), so that every process's admin console shows
+the same recent events.
+
 No secret, password, token or hash can reach an event: ``Audit.emit`` accepts only the
 fields above, all of them ids and names, each cut to 256 characters.
 """
@@ -21,6 +25,11 @@ import threading
 import time
 import typing as t
 import weakref
+
+from ..errors import StoreError
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from ..stores.base import Store
 
 #: A client was registered (``create-client``).
 CLIENT_CREATED = "client.created"
@@ -247,9 +256,11 @@ else:
 
 
 class Audit:
-    """Where the product reports security events: the audit logger and, if set, the file.
+    """Where the product reports security events: the audit logger, the file if set, and
+    the store (``STORED_EVENTS`` only) if given.
 
-    ``emit`` costs one ``isEnabledFor`` check when neither the logger listens at INFO nor
+    ``emit`` of a routine event (``token.issued``, ``token.refreshed``) costs one
+    ``isEnabledFor`` check when neither the logger listens at INFO nor
     ``TOKENGUARD_AUDIT_LOG`` is set, so it can sit on the token endpoint's success path.
     """
 
@@ -258,9 +269,12 @@ class Audit:
         path: str | None = None,
         *,
         clock: t.Callable[[], float] = time.time,
+        store: Store | None = None,
     ) -> None:
         #: The JSON-lines file, or None when ``TOKENGUARD_AUDIT_LOG`` is unset.
         self.file = AuditFile(path) if path else None
+        #: The store that keeps the recent ``STORED_EVENTS``, or None.
+        self.store = store
         self._clock = clock
         self._remote_addr: str | None = None
         self._admin: str | None = None
@@ -269,7 +283,7 @@ class Audit:
         """The same trail, filling ``remote_addr`` and ``admin`` of every event it emits
         (a request's address, the administrator of a command) unless an event gives them."""
         bound = Audit.__new__(Audit)
-        bound.file, bound._clock = self.file, self._clock
+        bound.file, bound.store, bound._clock = self.file, self.store, self._clock
         bound._remote_addr = remote_addr or self._remote_addr
         bound._admin = admin or self._admin
         return bound
@@ -287,13 +301,16 @@ class Audit:
     ) -> None:
         """Report ``event`` (one of ``EVENTS``) with the fields that apply to it.
 
-        A field that is None or empty is left out. A failure to write the file is logged as
-        a warning on ``flask_tokenguard`` and does not fail the request that caused it.
+        A field that is None or empty is left out. A failure to write the file or the
+        store is logged as a warning on ``flask_tokenguard`` and does not fail the request
+        that caused it.
         """
         assert event in EVENTS, f"unknown audit event {event!r}"
         assert event != SESSION_ENDED or reason in SESSION_END_REASONS, reason
         to_log = logger.isEnabledFor(logging.INFO)
-        if not to_log and self.file is None:
+        # Stored events are kept whoever listens: the admin console reads them back.
+        to_store = self.store is not None and event in STORED_EVENTS
+        if not to_log and self.file is None and not to_store:
             return
         values = {
             "client_id": client_id,
@@ -312,6 +329,8 @@ class Audit:
             logger.info("%s", message, extra={"audit": record})
         if self.file is not None:
             self._append(record)
+        if to_store:
+            self._store(record)
 
     def _append(self, record: dict[str, str]) -> None:
         line = _encode(record)
@@ -323,6 +342,14 @@ class Audit:
             self.file.write(line)
         except OSError as exc:
             _log.warning("audit log %s could not be written: %s", self.file.path, exc)
+
+    def _store(self, record: dict[str, str]) -> None:
+        assert self.store is not None
+        try:
+            self.store.add_event(record)
+        except StoreError as exc:
+            # The event is in the log and the file; the console's list misses it.
+            _log.warning("audit event %s could not be stored: %s", record["event"], exc)
 
     def close(self) -> None:
         """Close the audit file if one is open."""

@@ -3,7 +3,8 @@
 A client authenticates by id or alias. A confidential client also proves its secret,
 which is generated (256 bits), shown once, and stored only as a SHA-256 hash. A public
 client has no secret and authenticates by id alone, so it may not use
-``client_credentials``. Rotating, disabling or deleting a client ends its sessions.
+``client_credentials``. Rotating, disabling or deleting a client ends its sessions;
+updating it ends those that no longer fit what it may do.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..errors import InvalidClientError
 from ..errors import LockedOutError
 from ..errors import NotFoundError
 from ..models import Client
+from ..models import TokenSession
 from . import audit as events
 from .security import hash_secret
 from .security import new_client_id
@@ -104,6 +106,38 @@ def _check_name(kind: str, value: str) -> str:
     return value
 
 
+def _check_grants(grants: t.Sequence[str], public: bool) -> tuple[str, ...]:
+    unknown = [g for g in grants if g not in GRANT_TYPES]
+    if unknown:
+        raise AdminInputError(f"unknown grant type {unknown[0]!r}; use {', '.join(GRANT_TYPES)}")
+    if public and "client_credentials" in grants:
+        raise AdminInputError("a public client has no secret and cannot use client_credentials")
+    return tuple(dict.fromkeys(grants))
+
+
+def _check_scopes(scopes: t.Sequence[str], known_scopes: t.Collection[str]) -> tuple[str, ...]:
+    unknown = [s for s in scopes if s not in known_scopes]
+    if unknown:
+        raise AdminInputError(
+            f"unknown scope {unknown[0]!r}; configured: {', '.join(known_scopes)}"
+        )
+    return tuple(dict.fromkeys(scopes))
+
+
+def _check_max_seats(max_seats: int | None) -> int | None:
+    if max_seats is not None and (
+        not isinstance(max_seats, int) or isinstance(max_seats, bool) or max_seats < 0
+    ):
+        raise AdminInputError("max seats must be a whole number, 0 or more")
+    return max_seats
+
+
+def _check_display_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise AdminInputError("a client needs a display name")
+    return name.strip()
+
+
 def create_client(
     store: Store,
     name: str,
@@ -113,47 +147,133 @@ def create_client(
     grants: t.Sequence[str] | None = None,
     public: bool = False,
     alias: str | None = None,
+    max_seats: int | None = None,
     now: float,
 ) -> tuple[Client, str | None]:
     """Register a client; return it and its secret (None for a public client).
 
+    ``max_seats`` is the client's own seat cap (None: ``TOKENGUARD_MAX_SEATS_PER_CLIENT``).
     Raises ``AdminInputError`` for unknown scopes or grants, a public client asking for
-    ``client_credentials``, or a malformed alias; ``ConflictError`` if the alias is taken.
+    ``client_credentials``, a malformed alias or a negative cap; ``ConflictError`` if the
+    alias is taken.
     """
-    if not name or not name.strip():
-        raise AdminInputError("a client needs a display name")
+    name = _check_display_name(name)
     if grants is None or not grants:
         grants = (
             ("password", "refresh_token") if public else ("client_credentials", "refresh_token")
         )
-    unknown_grants = [g for g in grants if g not in GRANT_TYPES]
-    if unknown_grants:
-        raise AdminInputError(
-            f"unknown grant type {unknown_grants[0]!r}; use {', '.join(GRANT_TYPES)}"
-        )
-    if public and "client_credentials" in grants:
-        raise AdminInputError("a public client has no secret and cannot use client_credentials")
-    scopes = list(dict.fromkeys(scopes or known_scopes))
-    unknown_scopes = [s for s in scopes if s not in known_scopes]
-    if unknown_scopes:
-        raise AdminInputError(
-            f"unknown scope {unknown_scopes[0]!r}; configured: {', '.join(known_scopes)}"
-        )
+    checked_grants = _check_grants(grants, public)
+    checked_scopes = _check_scopes(scopes or list(known_scopes), known_scopes)
     if alias is not None:
         _check_name("an alias", alias)
     secret = None if public else new_secret()
     client = Client(
         client_id=new_client_id(),
-        name=name.strip(),
+        name=name,
         secret_hash=None if secret is None else hash_secret(secret),
         alias=alias,
-        grants=tuple(dict.fromkeys(grants)),
-        scopes=tuple(scopes),
+        grants=checked_grants,
+        scopes=checked_scopes,
         enabled=True,
         created_at=now,
+        max_seats=_check_max_seats(max_seats),
     )
     store.create_client(client)
     return client, secret
+
+
+class _Keep:
+    """The type of ``KEEP``."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+#: ``update_client``'s default for each field: leave it as it is.
+KEEP: t.Final = _Keep()
+
+
+def update_client(
+    store: Store,
+    id_or_alias: str,
+    *,
+    known_scopes: t.Collection[str],
+    now: float,
+    name: str | _Keep = KEEP,
+    alias: str | None | _Keep = KEEP,
+    scopes: t.Sequence[str] | _Keep = KEEP,
+    grants: t.Sequence[str] | _Keep = KEEP,
+    max_seats: int | None | _Keep = KEEP,
+    default_cap: int | None = None,
+) -> tuple[Client, list[str]]:
+    """Change what is given (``alias=None`` / ``max_seats=None`` remove them), keep the rest.
+
+    Returns the updated client and the ids of the sessions it ended, which no longer fit:
+
+    - a scope removed: the sessions whose scope names it;
+    - ``refresh_token`` removed: every session (none can go on); ``client_credentials`` or
+      ``password`` removed: the sessions that grant started (the client's own, or its
+      users');
+    - a seat cap set or changed: the oldest seat holders beyond it. The cap is
+      ``max_seats``, or ``default_cap`` (``TOKENGUARD_MAX_SEATS_PER_CLIENT``) when the
+      client's own is removed.
+
+    A new name or alias ends nothing. Raises as ``create_client`` does, ``NotFoundError``
+    for an unknown client, and ``ConflictError`` if the alias is taken.
+    """
+    client = find_client(store, id_or_alias)
+    changes: dict[str, t.Any] = {}
+    if not isinstance(name, _Keep):
+        changes["name"] = _check_display_name(name)
+    if not isinstance(alias, _Keep):
+        changes["alias"] = None if alias is None else _check_name("an alias", alias)
+    if not isinstance(scopes, _Keep):
+        if not scopes:
+            raise AdminInputError("a client needs at least one scope")
+        changes["scopes"] = _check_scopes(scopes, known_scopes)
+    if not isinstance(grants, _Keep):
+        if not grants:
+            raise AdminInputError("a client needs at least one grant type")
+        changes["grants"] = _check_grants(grants, client.is_public)
+    if not isinstance(max_seats, _Keep):
+        changes["max_seats"] = _check_max_seats(max_seats)
+    updated = dataclasses.replace(client, **changes)
+    if updated == client:
+        return client, []
+    # The record first, then the sweep: a token request that authenticated before the
+    # change either started its session before the sweep, which judges it, or reads the
+    # changed record after starting and undoes it (grants._still_valid).
+    if not store.update_client(updated):
+        raise NotFoundError(f"no client {id_or_alias!r}")
+    removed_scopes = set(client.scopes) - set(updated.scopes)
+    removed_grants = set(client.grants) - set(updated.grants)
+    live = store.list_sessions(client.client_id, now)
+
+    def unfit(session: TokenSession) -> bool:
+        own = session.subject == session.client_id  # client_credentials, as users.py reads it
+        return (
+            bool(removed_scopes.intersection(session.scope.split()))
+            or "refresh_token" in removed_grants
+            or ("client_credentials" in removed_grants and own)
+            or ("password" in removed_grants and not own)
+        )
+
+    ending = [s for s in live if unfit(s)]
+    if "max_seats" in changes:
+        cap = updated.max_seats if updated.max_seats is not None else default_cap
+        ending_ids = {s.session_id for s in ending}
+        holders = sorted(
+            (s for s in live if s.holds_seat and s.session_id not in ending_ids),
+            key=lambda s: (s.created_at, s.session_id),
+        )
+        if cap is not None and len(holders) > cap:
+            # Oldest first, as the seat policy replaces them: the newest ``cap`` go on.
+            ending += holders[: len(holders) - cap]
+    ended = []
+    for session in ending:
+        if store.end_session(session.session_id, now) is not None:
+            ended.append(session.session_id)
+    return updated, ended
 
 
 def find_client(store: Store, id_or_alias: str) -> Client:
@@ -227,5 +347,6 @@ def describe(client: Client) -> dict[str, t.Any]:
         "enabled": client.enabled,
         "grants": list(client.grants),
         "scopes": list(client.scopes),
+        "max_seats": client.max_seats,
         "created_at": int(client.created_at),
     }

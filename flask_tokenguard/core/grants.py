@@ -15,7 +15,6 @@ import typing as t
 from ..errors import InvalidGrantError
 from ..errors import InvalidRequestError
 from ..errors import InvalidScopeError
-from ..errors import LicenseUnavailableError
 from ..errors import LockedOutError
 from ..errors import UnauthorizedClientError
 from ..errors import UnsupportedGrantTypeError
@@ -53,6 +52,10 @@ class GrantContext:
     throttle: Throttle | None = None
     #: The audit trail, bound to this request's remote address.
     audit: Audit | None = None
+    #: Called with the id of each session this request ended to make room for its own
+    #: (``TOKENGUARD_SEAT_POLICY = "replace_oldest"``), so that this process refuses
+    #: that session's tokens at once; the store tells the other processes.
+    session_ended: t.Callable[[str], None] | None = None
 
     def emit(self, event: str, **fields: str | None) -> None:
         """Report an audit event of this request, if it has a trail."""
@@ -129,8 +132,9 @@ def _end_changed(context: GrantContext, session: TokenSession, now: float, reaso
 
 def _session_terms(client: Client) -> tuple[t.Any, ...]:
     """What ends a client's sessions when it changes: not its secret, which
-    ``rotate-secret --keep-sessions`` replaces while its sessions go on."""
-    return (client.enabled, client.grants, client.scopes)
+    ``rotate-secret --keep-sessions`` replaces while its sessions go on, nor its name or
+    alias; its seat cap does, since ``update-client`` trims the seats to a lower one."""
+    return (client.enabled, client.grants, client.scopes, client.max_seats)
 
 
 def _require(params: t.Mapping[str, str], name: str) -> str:
@@ -233,18 +237,19 @@ def _new_session(
     # What can fail without the store's session (the signing key's load) is done first,
     # so that a failure there takes no seat.
     context.keys.signer(now)
-    try:
-        session, refresh_token = start_session(
-            context.store,
-            context.settings,
-            client_id=client.client_id,
-            subject=subject,
-            scope=scope,
-            now=now,
-        )
-    except LicenseUnavailableError:
-        context.emit(events.LICENSE_REFUSED, client_id=client.client_id, subject=subject)
-        raise
+    # The client record as authenticated carries its own seat cap: no second lookup.
+    session, refresh_token, replaced = start_session(
+        context.store,
+        context.settings,
+        client=client,
+        subject=subject,
+        scope=scope,
+        now=now,
+        audit=context.audit,
+    )
+    if context.session_ended is not None:
+        for old in replaced:
+            context.session_ended(old.session_id)
     with _ending_on_failure(context, session, now):
         _still_valid(context, client, session, now)
         if also_check is not None:

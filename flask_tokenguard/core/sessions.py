@@ -7,6 +7,12 @@ after it started. A session whose scope includes a licensed scope holds one of
 ``TOKENGUARD_LICENSES`` seats until it ends or expires. Reusing a refresh token ends the
 session (OAuth 2.0 Security BCP, refresh token rotation). Seats are reclaimed only once
 expired by every host's clock (``TOKENGUARD_CLOCK_SKEW``).
+
+A client may also be capped: ``Client.max_seats``, or ``TOKENGUARD_MAX_SEATS_PER_CLIENT``
+when it has none of its own. A licensed session holds a seat when there is a pool *or* a
+cap applies to its client, so that a cap without a pool still caps. At the cap,
+``TOKENGUARD_SEAT_POLICY`` refuses the new session or ends the client's oldest one; the
+store does either atomically with the start.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import typing as t
 
 from ..errors import InvalidGrantError
 from ..errors import LicenseUnavailableError
+from ..models import Client
 from ..models import TokenSession
 from . import audit as events
 from .security import hash_secret
@@ -28,35 +35,89 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from .audit import Audit
 
 
-def needs_seat(settings: Settings, scope: str) -> bool:
-    """True if a session with ``scope`` must hold a licence seat."""
-    if settings.licenses is None:
+def seat_cap(settings: Settings, client: Client) -> int | None:
+    """The most seats ``client`` may hold at once: its own cap, else the configured one."""
+    return client.max_seats if client.max_seats is not None else settings.max_seats_per_client
+
+
+def needs_seat(settings: Settings, scope: str, cap: int | None = None) -> bool:
+    """True if a session with ``scope`` must hold a seat: it names a licensed scope and
+    there is a pool (``TOKENGUARD_LICENSES``) or a cap (``cap``) to count it against."""
+    if settings.licenses is None and cap is None:
         return False
     return bool(settings.expand_scopes(scope.split()) & settings.licensed_scopes)
 
 
+class NewSession(t.NamedTuple):
+    """What ``start_session`` started, and what it ended to make room."""
+
+    session: TokenSession
+    refresh_token: str
+    #: The client's oldest sessions ended for this one (``replace_oldest``), oldest first.
+    replaced: tuple[TokenSession, ...] = ()
+
+
 def start_session(
-    store: Store, settings: Settings, *, client_id: str, subject: str, scope: str, now: float
-) -> tuple[TokenSession, str]:
-    """Start a session; return it and its refresh token.
+    store: Store,
+    settings: Settings,
+    *,
+    client: Client,
+    subject: str,
+    scope: str,
+    now: float,
+    audit: Audit | None = None,
+) -> NewSession:
+    """Start a session of ``client``; return it, its refresh token and what it replaced.
 
     Raises ``LicenseUnavailableError`` (with ``Retry-After``) when it needs a seat and
-    none is free; nothing is stored then.
+    none is free for it, in the pool or under the client's cap; nothing is stored then.
+    With ``audit``, a refusal is ``license.refused`` (``reason`` ``pool`` or ``client``)
+    and each replaced session ``session.ended`` with reason ``replaced``. The caller
+    must still stop honouring the replaced sessions' access tokens in its own process.
     """
+    cap = seat_cap(settings, client)
     refresh_token = new_secret()
     session = TokenSession(
         session_id=new_id(),
-        client_id=client_id,
+        client_id=client.client_id,
         subject=subject,
         scope=scope,
-        holds_seat=needs_seat(settings, scope),
+        holds_seat=needs_seat(settings, scope, cap),
         refresh_hash=hash_secret(refresh_token),
         created_at=now,
         expires_at=session_expiry(settings, created_at=now, now=now),
     )
-    if not store.start_session(session, settings.licenses, now, skew=settings.clock_skew):
-        raise LicenseUnavailableError(retry_after=seconds_until_seat(store, settings, now))
-    return session, refresh_token
+    outcome = store.start_session(
+        session,
+        settings.licenses,
+        now,
+        skew=settings.clock_skew,
+        client_cap=cap,
+        replace_oldest=settings.seat_policy == "replace_oldest",
+    )
+    if audit is not None:
+        for old in outcome.replaced:
+            audit.emit(
+                events.SESSION_ENDED,
+                client_id=old.client_id,
+                subject=old.subject,
+                session_id=old.session_id,
+                reason="replaced",
+            )
+    if not outcome.started:
+        if audit is not None:
+            audit.emit(
+                events.LICENSE_REFUSED,
+                client_id=client.client_id,
+                subject=subject,
+                reason=outcome.refused,
+            )
+        if outcome.refused == "client":
+            wait = seconds_until_seat(store, settings, now, client_id=client.client_id, cap=cap)
+        else:
+            wait = seconds_until_seat(store, settings, now)
+        raise LicenseUnavailableError(retry_after=wait)
+    return NewSession(session, refresh_token, outcome.replaced)
 
 
 def session_expiry(settings: Settings, *, created_at: float, now: float) -> float:
@@ -68,12 +129,24 @@ def session_expiry(settings: Settings, *, created_at: float, now: float) -> floa
     return expires_at
 
 
-def seconds_until_seat(store: Store, settings: Settings, now: float) -> int:
-    """Seconds until the earliest held seat expires (for ``Retry-After``)."""
-    earliest = store.earliest_seat_expiry(now)
+def seconds_until_seat(
+    store: Store,
+    settings: Settings,
+    now: float,
+    *,
+    client_id: str | None = None,
+    cap: int | None = None,
+) -> int:
+    """Seconds until the earliest held seat expires (for ``Retry-After``): of the whole
+    pool, or of ``client_id`` alone when its cap (``cap``) refused the session."""
+    if client_id is None:
+        earliest = store.earliest_seat_expiry(now)
+    else:
+        earliest = store.earliest_seat_expiry(now, client_id)
     if earliest is None:
-        # No seat is held: either none exist (LICENSES=0) or one freed just now.
-        return settings.session_ttl if not settings.licenses else 1
+        # No seat is held: either none exist (a pool or cap of 0) or one freed just now.
+        limit = settings.licenses if client_id is None else cap
+        return settings.session_ttl if not limit else 1
     return max(1, math.ceil(earliest - now))
 
 

@@ -32,19 +32,24 @@ def _check_password(password: str) -> str:
     return password
 
 
-def create_user(store: Store, username: str, password: str, *, cost: int, now: float) -> User:
-    """Add a user; raise ``ConflictError`` if the name is taken."""
+def create_user(
+    store: Store, username: str, password: str, *, cost: int, now: float, admin: bool = False
+) -> User:
+    """Add a user (an administrator of the admin console with ``admin``); raise
+    ``ConflictError`` if the name is taken."""
     user = User(
         username=_check_username(username),
         password_hash=hash_password(_check_password(password), cost),
         created_at=now,
+        admin=admin,
     )
     store.create_user(user)
     return user
 
 
 def set_password(store: Store, username: str, password: str, *, cost: int) -> User:
-    """Replace a user's password; raise ``NotFoundError`` for an unknown user."""
+    """Replace a user's password (the rest, ``admin`` included, stays); raise
+    ``NotFoundError`` for an unknown user."""
     user = store.get_user(username)
     if user is None:
         raise NotFoundError(f"no user {username!r}")
@@ -82,3 +87,8 @@ def end_user_sessions(store: Store, username: str, now: float) -> list[str]:
         if store.end_session(session.session_id, now):
             ended.append(session.session_id)
     return ended
+
+
+def describe(user: User) -> dict[str, t.Any]:
+    """A user as JSON for listings (never the password hash)."""
+    return {"username": user.username, "admin": user.admin, "created_at": int(user.created_at)}

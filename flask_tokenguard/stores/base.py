@@ -19,7 +19,9 @@ import secrets
 import typing as t
 
 from ..errors import StoreError
+from ..models import AdminSession
 from ..models import Client
+from ..models import SeatOutcome
 from ..models import SigningKey
 from ..models import TokenSession
 from ..models import User
@@ -44,6 +46,9 @@ SCHEME_MODULES: dict[str, str] = {
     "mssql+pymssql": "sql",
     "sqlite+pysqlite": "sql",
 }
+
+#: How many security events ``add_event`` keeps (the newest); older ones are dropped.
+EVENTS_KEPT = 1000
 
 #: An ended session's id stays revoked at least this long beyond ``now``, so that other
 #: processes' next poll still sees a session that was ended just as it expired.
@@ -218,12 +223,27 @@ class Store(abc.ABC):
         now: float,
         *,
         skew: float = 0.0,
-    ) -> bool:
-        """Insert ``session``; if it holds a seat, only while fewer than ``seat_limit`` live.
+        client_cap: int | None = None,
+        replace_oldest: bool = False,
+    ) -> SeatOutcome:
+        """Insert ``session``; if it holds a seat, only while a seat is free for it.
 
-        Atomic: expired sessions are swept, live seat holders counted and the session
-        inserted in one critical section, so no number of threads, processes or hosts
-        can over-allocate. ``seat_limit=None`` means unlimited. False means no seat free.
+        Atomic: expired sessions are swept, live seat holders counted (in all, and of
+        ``session.client_id``) and the session inserted in one critical section, so no
+        number of threads, processes or hosts can over-allocate. ``seat_limit=None``
+        means an unlimited pool; ``client_cap=None`` no cap per client.
+
+        A session that holds no seat always starts. One that holds a seat:
+
+        - when its client already holds ``client_cap`` or more live seats: without
+          ``replace_oldest``, is refused (``refused="client"``); with it, the client's
+          oldest seat holders (by ``created_at``) end, as by ``end_session`` (deleted,
+          their ids revoked), as many as needed to leave ``client_cap - 1``, and the
+          session takes the seat (``replaced`` lists what ended, oldest first). A cap of 0
+          has nothing to replace: refused;
+        - then, when ``seat_limit`` seats are held in all, is refused (``refused="pool"``).
+
+        Nothing changes when the session is refused (the sweep of expired sessions aside).
 
         ``skew`` is how far the hosts' clocks may disagree (seconds, ``>= 0``): a seat is
         reclaimed (swept, and no longer counted) only once its session expired at or
@@ -232,8 +252,9 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def earliest_seat_expiry(self, now: float) -> float | None:
-        """The ``expires_at`` of the live seat-holding session that expires first."""
+    def earliest_seat_expiry(self, now: float, client_id: str | None = None) -> float | None:
+        """The ``expires_at`` of the live seat-holding session that expires first
+        (of ``client_id`` only, when given)."""
 
     @abc.abstractmethod
     def seats_in_use(self, now: float) -> int:
@@ -313,6 +334,40 @@ class Store(abc.ABC):
         Returns ``({id: expires_at}, current_seq)``. Passing 0 returns every live entry.
         ``seq`` is meaningful only within the ``revocation_epoch()`` it was read in.
         """
+
+    # -- admin console sessions --------------------------------------------------------
+
+    @abc.abstractmethod
+    def start_admin_session(self, session: AdminSession) -> None:
+        """Insert an admin session (its hash is new: a collision may simply overwrite)."""
+
+    @abc.abstractmethod
+    def touch_admin_session(
+        self, session_hash: str, now: float, expires_at: float
+    ) -> AdminSession | None:
+        """The live admin session with ``session_hash``, its expiry moved to ``expires_at``.
+
+        Atomic. None when there is none or it expired at or before ``now`` (an expired
+        one is deleted then).
+        """
+
+    @abc.abstractmethod
+    def end_admin_session(self, session_hash: str) -> AdminSession | None:
+        """Delete an admin session; return it (expired or not), or None if absent."""
+
+    # -- recent security events --------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_event(self, event: t.Mapping[str, str], keep: int = EVENTS_KEPT) -> None:
+        """Append one audit event (``{"time": ..., "event": ..., ...}``, strings only).
+
+        Keeps at least the newest ``keep`` events and at most about twice as many (a
+        backend may trim in batches); never fails because of what it trims.
+        """
+
+    @abc.abstractmethod
+    def recent_events(self, limit: int = 100) -> list[dict[str, str]]:
+        """The newest ``limit`` events, newest first, as ``add_event`` received them."""
 
     # -- lockout counters --------------------------------------------------------------
 

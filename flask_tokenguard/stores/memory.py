@@ -5,16 +5,20 @@ One ``threading.Lock`` makes every primitive atomic across threads.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 import typing as t
 
 from ..errors import ConflictError
+from ..models import AdminSession
 from ..models import Client
+from ..models import SeatOutcome
 from ..models import SigningKey
 from ..models import TokenSession
 from ..models import User
 from .base import epoch_text
+from .base import EVENTS_KEPT
 from .base import new_epoch
 from .base import schemes_of
 from .base import session_revoked_until
@@ -56,6 +60,8 @@ class MemoryStore(Store):
         self._failures: dict[str, tuple[int, float]] = {}
         #: Size of ``_failures`` at which ``record_failure`` next purges expired counts.
         self._failures_purge_at = _FAILURES_PURGE_MIN
+        self._admin_sessions: dict[str, AdminSession] = {}
+        self._events: collections.deque[dict[str, str]] = collections.deque(maxlen=EVENTS_KEPT)
 
     def claim_once(self, name: str) -> bool:
         with self._lock:
@@ -170,21 +176,44 @@ class MemoryStore(Store):
         now: float,
         *,
         skew: float = 0.0,
-    ) -> bool:
+        client_cap: int | None = None,
+        replace_oldest: bool = False,
+    ) -> SeatOutcome:
         with self._lock:
             # After a sweep up to ``now - skew``, every session left counts.
             self._sweep(now, skew)
-            if session.holds_seat and seat_limit is not None:
-                held = sum(1 for s in self._sessions.values() if s.holds_seat)
-                if held >= seat_limit:
-                    return False
+            replaced: list[TokenSession] = []
+            if session.holds_seat:
+                to_end: list[TokenSession] = []
+                if client_cap is not None:
+                    mine = sorted(
+                        (
+                            s
+                            for s in self._sessions.values()
+                            if s.holds_seat and s.client_id == session.client_id
+                        ),
+                        key=lambda s: (s.created_at, s.session_id),
+                    )
+                    excess = len(mine) - client_cap + 1
+                    if excess > 0:
+                        if not replace_oldest or client_cap <= 0:
+                            return SeatOutcome(False, "client")
+                        to_end = mine[:excess]
+                held = sum(1 for s in self._sessions.values() if s.holds_seat) - len(to_end)
+                if seat_limit is not None and held >= seat_limit:
+                    return SeatOutcome(False, "pool")
+                for old in to_end:
+                    self._end(old.session_id, now)
+                    replaced.append(old)
             self._sessions[session.session_id] = session
-            return True
+            return SeatOutcome(True, None, tuple(replaced))
 
-    def earliest_seat_expiry(self, now: float) -> float | None:
+    def earliest_seat_expiry(self, now: float, client_id: str | None = None) -> float | None:
         with self._lock:
             expiries = [
-                s.expires_at for s in self._sessions.values() if s.holds_seat and s.is_live(now)
+                s.expires_at
+                for s in self._sessions.values()
+                if s.holds_seat and s.is_live(now) and client_id in (None, s.client_id)
             ]
         return min(expiries, default=None)
 
@@ -264,6 +293,43 @@ class MemoryStore(Store):
         with self._lock:
             entries = {k: exp for k, (exp, s) in self._revoked.items() if s > seq and exp > now}
             return entries, self._seq
+
+    # -- admin console sessions
+
+    def start_admin_session(self, session: AdminSession) -> None:
+        with self._lock:
+            self._admin_sessions[session.session_hash] = session
+
+    def touch_admin_session(
+        self, session_hash: str, now: float, expires_at: float
+    ) -> AdminSession | None:
+        with self._lock:
+            session = self._admin_sessions.get(session_hash)
+            if session is None:
+                return None
+            if session.expires_at <= now:
+                del self._admin_sessions[session_hash]
+                return None
+            session = dataclasses.replace(session, expires_at=expires_at)
+            self._admin_sessions[session_hash] = session
+            return session
+
+    def end_admin_session(self, session_hash: str) -> AdminSession | None:
+        with self._lock:
+            return self._admin_sessions.pop(session_hash, None)
+
+    # -- recent security events
+
+    def add_event(self, event: t.Mapping[str, str], keep: int = EVENTS_KEPT) -> None:
+        with self._lock:
+            if self._events.maxlen != max(keep, 1):
+                self._events = collections.deque(self._events, maxlen=max(keep, 1))
+            self._events.append(dict(event))
+
+    def recent_events(self, limit: int = 100) -> list[dict[str, str]]:
+        with self._lock:
+            newest = list(self._events)[::-1]
+        return [dict(e) for e in newest[: max(limit, 0)]]
 
     # -- lockout counters
 

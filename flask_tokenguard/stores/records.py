@@ -35,8 +35,9 @@ CLIENT_COLUMNS = (
     "scopes",
     "enabled",
     "created_at",
+    "max_seats",
 )
-USER_COLUMNS = ("username", "password_hash", "created_at")
+USER_COLUMNS = ("username", "password_hash", "created_at", "admin")
 SESSION_COLUMNS = (
     "session_id",
     "client_id",
@@ -66,6 +67,21 @@ def _time(value: t.Any) -> float | None:
     return None if value is None or value == "" else float(value)
 
 
+def _count(value: t.Any) -> int | None:
+    return None if value is None or value == "" else int(value)
+
+
+def _optional(record: Record, column: str) -> t.Any:
+    """``record[column]``, or None for a record written before the column existed.
+
+    Redis documents of earlier releases lack the newer fields; SQL rows always have them.
+    """
+    try:
+        return record[column]
+    except (KeyError, IndexError):  # a dict or SQLAlchemy mapping; ``sqlite3.Row``
+        return None
+
+
 def client_record(client: Client) -> dict[str, t.Any]:
     """The columns of ``client``."""
     return {
@@ -77,6 +93,7 @@ def client_record(client: Client) -> dict[str, t.Any]:
         "scopes": " ".join(client.scopes),
         "enabled": bool(client.enabled),
         "created_at": float(client.created_at),
+        "max_seats": client.max_seats,
     }
 
 
@@ -91,6 +108,7 @@ def client_from(record: Record) -> Client:
         scopes=_words(record["scopes"]),
         enabled=flag(record["enabled"]),
         created_at=float(record["created_at"]),
+        max_seats=_count(_optional(record, "max_seats")),
     )
 
 
@@ -100,6 +118,7 @@ def user_record(user: User) -> dict[str, t.Any]:
         "username": user.username,
         "password_hash": user.password_hash,
         "created_at": float(user.created_at),
+        "admin": bool(user.admin),
     }
 
 
@@ -109,6 +128,7 @@ def user_from(record: Record) -> User:
         username=record["username"],
         password_hash=record["password_hash"],
         created_at=float(record["created_at"]),
+        admin=flag(_optional(record, "admin")),
     )
 
 

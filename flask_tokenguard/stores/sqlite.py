@@ -25,6 +25,7 @@ shares.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -34,12 +35,15 @@ from urllib.parse import parse_qsl
 from ..errors import ConfigurationError
 from ..errors import ConflictError
 from ..errors import StoreError
+from ..models import AdminSession
 from ..models import Client
+from ..models import SeatOutcome
 from ..models import SigningKey
 from ..models import TokenSession
 from ..models import User
 from . import records
 from .base import epoch_text
+from .base import EVENTS_KEPT
 from .base import impossible_key
 from .base import new_epoch
 from .base import schemes_of
@@ -51,7 +55,7 @@ from .retry import retry
 
 #: Version of the tables below, kept in ``tg_schema_version``; older files are migrated
 #: in place by the steps of ``_MIGRATIONS``.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _PREFIX = "sqlite:///"
 
@@ -70,6 +74,26 @@ _FAILURES_SCHEMA = (
         until REAL NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS tg_failures_until ON tg_failures (until)",
+)
+
+#: Tables and the index that version 3 added (seat caps, admin console, events).
+_V3_SCHEMA = (
+    # A client's live seats are counted, and its oldest found, on every capped start.
+    """CREATE INDEX IF NOT EXISTS tg_sessions_client_seat
+        ON tg_sessions (client_id, holds_seat, created_at)""",
+    """CREATE TABLE IF NOT EXISTS tg_admin_sessions (
+        session_hash TEXT PRIMARY KEY,
+        username TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS tg_admin_sessions_expires_at
+        ON tg_admin_sessions (expires_at)""",
+    # AUTOINCREMENT: ids never go back after a trim, so "newest" is "highest id".
+    """CREATE TABLE IF NOT EXISTS tg_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event TEXT NOT NULL
+    )""",
 )
 
 #: DDL run in one ``BEGIN IMMEDIATE`` transaction, so that processes opening a new file
@@ -107,12 +131,14 @@ _SCHEMA = (
         grants TEXT NOT NULL,
         scopes TEXT NOT NULL,
         enabled INTEGER NOT NULL,
-        created_at REAL NOT NULL
+        created_at REAL NOT NULL,
+        max_seats INTEGER
     )""",
     """CREATE TABLE IF NOT EXISTS tg_users (
         username TEXT PRIMARY KEY,
         password_hash TEXT NOT NULL,
-        created_at REAL NOT NULL
+        created_at REAL NOT NULL,
+        admin INTEGER NOT NULL DEFAULT 0
     )""",
     """CREATE TABLE IF NOT EXISTS tg_sessions (
         session_id TEXT PRIMARY KEY,
@@ -143,6 +169,7 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS tg_revoked_seq ON tg_revoked (seq)",
     "CREATE INDEX IF NOT EXISTS tg_revoked_expires_at ON tg_revoked (expires_at)",
     *_FAILURES_SCHEMA,
+    *_V3_SCHEMA,
     "INSERT OR IGNORE INTO tg_counters (name, value) VALUES ('revocation_seq', 0)",
     f"INSERT OR IGNORE INTO tg_meta (name, value) VALUES ('schema_version', {SCHEMA_VERSION})",
     f"INSERT OR IGNORE INTO tg_schema_version (id, version) VALUES (1, {SCHEMA_VERSION})",
@@ -170,8 +197,18 @@ _MIGRATE_1_TO_2 = (
     "UPDATE tg_meta SET value = 2 WHERE name = 'schema_version'",
 )
 
+#: Version 2 to 3: clients' seat caps, admin users, admin sessions and events. Old
+#: clients get no cap of their own (NULL) and old users are no administrators.
+_MIGRATE_2_TO_3 = (
+    "ALTER TABLE tg_clients ADD COLUMN max_seats INTEGER",
+    "ALTER TABLE tg_users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0",
+    *_V3_SCHEMA,
+    "UPDATE tg_schema_version SET version = 3 WHERE id = 1",
+    "UPDATE tg_meta SET value = 3 WHERE name = 'schema_version'",
+)
+
 #: Upgrade steps: the version a file has -> statements that bring it to the next one.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _MIGRATE_1_TO_2}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3}
 
 #: Tables emptied by ``reset()``; ``tg_used_refresh`` before ``tg_sessions``.
 _DATA_TABLES = (
@@ -183,6 +220,8 @@ _DATA_TABLES = (
     "tg_sessions",
     "tg_revoked",
     "tg_failures",
+    "tg_admin_sessions",
+    "tg_events",
 )
 
 # Statements, written once here so that each method reads as its logic, and so that
@@ -228,8 +267,8 @@ _GET_CLIENT = (
 )
 _UPDATE_CLIENT = (
     "UPDATE tg_clients SET alias = :alias, name = :name, secret_hash = :secret_hash,"
-    " grants = :grants, scopes = :scopes, enabled = :enabled, created_at = :created_at"
-    " WHERE client_id = :client_id"
+    " grants = :grants, scopes = :scopes, enabled = :enabled, created_at = :created_at,"
+    " max_seats = :max_seats WHERE client_id = :client_id"
 )
 _DELETE_CLIENT = "DELETE FROM tg_clients WHERE client_id = ?"
 _LIST_CLIENTS = f"SELECT {_CLIENT_COLUMNS} FROM tg_clients ORDER BY created_at, client_id"
@@ -239,8 +278,8 @@ _USER_VALUES = ", ".join(f":{c}" for c in records.USER_COLUMNS)
 _INSERT_USER = f"INSERT OR IGNORE INTO tg_users ({_USER_COLUMNS}) VALUES ({_USER_VALUES})"
 _GET_USER = f"SELECT {_USER_COLUMNS} FROM tg_users WHERE username = ?"
 _UPDATE_USER = (
-    "UPDATE tg_users SET password_hash = :password_hash, created_at = :created_at"
-    " WHERE username = :username"
+    "UPDATE tg_users SET password_hash = :password_hash, created_at = :created_at,"
+    " admin = :admin WHERE username = :username"
 )
 _DELETE_USER = "DELETE FROM tg_users WHERE username = ?"
 _LIST_USERS = f"SELECT {_USER_COLUMNS} FROM tg_users ORDER BY username"
@@ -253,6 +292,19 @@ _SWEEP_SESSIONS = "DELETE FROM tg_sessions WHERE expires_at <= ?"
 _COUNT_SEATS = "SELECT count(*) FROM tg_sessions WHERE holds_seat = 1 AND expires_at > ?"
 _EARLIEST_SEAT_EXPIRY = (
     "SELECT min(expires_at) FROM tg_sessions WHERE holds_seat = 1 AND expires_at > ?"
+)
+#: By ``tg_sessions_client_seat``: one client's seats, in the order they are replaced.
+_COUNT_CLIENT_SEATS = (
+    "SELECT count(*) FROM tg_sessions WHERE client_id = ? AND holds_seat = 1 AND expires_at > ?"
+)
+_OLDEST_CLIENT_SEATS = (
+    f"SELECT {_SESSION_COLUMNS} FROM tg_sessions"
+    " WHERE client_id = ? AND holds_seat = 1 AND expires_at > ?"
+    " ORDER BY created_at, session_id LIMIT ?"
+)
+_EARLIEST_CLIENT_SEAT_EXPIRY = (
+    "SELECT min(expires_at) FROM tg_sessions"
+    " WHERE client_id = ? AND holds_seat = 1 AND expires_at > ?"
 )
 _INSERT_SESSION = f"INSERT INTO tg_sessions ({_SESSION_COLUMNS}) VALUES ({_SESSION_VALUES})"
 _GET_SESSION = f"SELECT {_SESSION_COLUMNS} FROM tg_sessions WHERE session_id = ?"
@@ -285,6 +337,23 @@ _LIST_SESSIONS = (
 _REVOKE = "INSERT OR REPLACE INTO tg_revoked (token_id, expires_at, seq) VALUES (?, ?, ?)"
 _PURGE_REVOKED = "DELETE FROM tg_revoked WHERE expires_at <= ?"
 _REVOKED_SINCE = "SELECT token_id, expires_at FROM tg_revoked WHERE seq > ? AND expires_at > ?"
+
+_ADMIN_COLUMNS = "session_hash, username, created_at, expires_at"
+_INSERT_ADMIN = f"INSERT OR REPLACE INTO tg_admin_sessions ({_ADMIN_COLUMNS}) VALUES (?, ?, ?, ?)"
+_PURGE_ADMIN = "DELETE FROM tg_admin_sessions WHERE expires_at <= ?"
+#: The touch: the WHERE clause is the liveness check, so a session cannot expire
+#: between being checked and being extended.
+_TOUCH_ADMIN = (
+    "UPDATE tg_admin_sessions SET expires_at = ? WHERE session_hash = ? AND expires_at > ?"
+)
+_GET_ADMIN = f"SELECT {_ADMIN_COLUMNS} FROM tg_admin_sessions WHERE session_hash = ?"
+_DELETE_ADMIN = "DELETE FROM tg_admin_sessions WHERE session_hash = ?"
+
+_INSERT_EVENT = "INSERT INTO tg_events (event) VALUES (?)"
+#: The id of the ``keep``-th newest event (OFFSET ``keep - 1``); older ones are trimmed.
+_EVENT_CUTOFF = "SELECT id FROM tg_events ORDER BY id DESC LIMIT 1 OFFSET ?"
+_TRIM_EVENTS = "DELETE FROM tg_events WHERE id < ?"
+_RECENT_EVENTS = "SELECT event FROM tg_events ORDER BY id DESC LIMIT ?"
 
 #: Run first in ``record_failure``: afterwards any row of the key is live.
 _PURGE_FAILURES = "DELETE FROM tg_failures WHERE until <= ?"
@@ -620,23 +689,45 @@ class SQLiteStore(Store):
         now: float,
         *,
         skew: float = 0.0,
-    ) -> bool:
+        client_cap: int | None = None,
+        replace_oldest: bool = False,
+    ) -> SeatOutcome:
         # Seats are reclaimed only once expired on every host's clock (see ``Store``).
         before = now - max(skew, 0.0)
         with self._write() as conn:
-            # Sweep, count and insert under one write lock: no other thread or process
-            # can insert between our count and our insert.
+            # Sweep, count, replace and insert under one write lock: no other thread or
+            # process can take a seat between our counts and our insert.
             conn.execute(_SWEEP_SESSIONS, (before,))
             conn.execute(_PURGE_REVOKED, (now,))
-            if session.holds_seat and seat_limit is not None:
-                (held,) = conn.execute(_COUNT_SEATS, (before,)).fetchone()
-                if held >= seat_limit:
-                    return False
+            replaced: list[TokenSession] = []
+            if session.holds_seat:
+                if client_cap is not None:
+                    key = (session.client_id, before)
+                    (mine,) = conn.execute(_COUNT_CLIENT_SEATS, key).fetchone()
+                    excess = int(mine) - client_cap + 1
+                    if excess > 0:
+                        if not replace_oldest or client_cap <= 0:
+                            return SeatOutcome(False, "client")
+                        rows = conn.execute(_OLDEST_CLIENT_SEATS, (*key, excess)).fetchall()
+                        replaced = [records.session_from(row) for row in rows]
+                if seat_limit is not None:
+                    (held,) = conn.execute(_COUNT_SEATS, (before,)).fetchone()
+                    # Decided before anything ends, so that a refusal changes nothing.
+                    if int(held) - len(replaced) >= seat_limit:
+                        return SeatOutcome(False, "pool")
+                _end(conn, replaced, now)
             conn.execute(_INSERT_SESSION, records.session_record(session))
-            return True
+            return SeatOutcome(True, None, tuple(replaced))
 
-    def earliest_seat_expiry(self, now: float) -> float | None:
-        (earliest,) = self._connection().execute(_EARLIEST_SEAT_EXPIRY, (now,)).fetchone()
+    def earliest_seat_expiry(self, now: float, client_id: str | None = None) -> float | None:
+        conn = self._connection()
+        if client_id is None:
+            (earliest,) = conn.execute(_EARLIEST_SEAT_EXPIRY, (now,)).fetchone()
+        elif impossible_key(client_id):
+            return None
+        else:
+            query = (client_id, now)
+            (earliest,) = conn.execute(_EARLIEST_CLIENT_SEAT_EXPIRY, query).fetchone()
         return None if earliest is None else float(earliest)
 
     def seats_in_use(self, now: float) -> int:
@@ -733,6 +824,57 @@ class SQLiteStore(Store):
             rows = conn.execute(_REVOKED_SINCE, (seq, now)).fetchall()
             return {token_id: float(exp) for token_id, exp in rows}, int(current)
 
+    # -- admin console sessions --------------------------------------------------------
+
+    def start_admin_session(self, session: AdminSession) -> None:
+        row = (session.session_hash, session.username, session.created_at, session.expires_at)
+        with self._write() as conn:
+            # Sessions never signed out would stay forever: drop those expired by now.
+            conn.execute(_PURGE_ADMIN, (session.created_at,))
+            conn.execute(_INSERT_ADMIN, row)
+
+    def touch_admin_session(
+        self, session_hash: str, now: float, expires_at: float
+    ) -> AdminSession | None:
+        if impossible_key(session_hash):
+            return None
+        with self._write() as conn:
+            if conn.execute(_TOUCH_ADMIN, (expires_at, session_hash, now)).rowcount != 1:
+                conn.execute(_DELETE_ADMIN, (session_hash,))  # expired, or absent
+                return None
+            return _admin_from(conn.execute(_GET_ADMIN, (session_hash,)).fetchone())
+
+    def end_admin_session(self, session_hash: str) -> AdminSession | None:
+        if impossible_key(session_hash):
+            return None
+        with self._write() as conn:
+            row = conn.execute(_GET_ADMIN, (session_hash,)).fetchone()
+            if row is None:
+                return None
+            conn.execute(_DELETE_ADMIN, (session_hash,))
+            return _admin_from(row)
+
+    # -- recent security events --------------------------------------------------------
+
+    def add_event(self, event: t.Mapping[str, str], keep: int = EVENTS_KEPT) -> None:
+        # ASCII JSON: escapes keep any string exact, whatever the column's encoding.
+        text = json.dumps(dict(event))
+        keep = max(keep, 1)
+        with self._write() as conn:
+            event_id = conn.execute(_INSERT_EVENT, (text,)).lastrowid
+            # Trim once per batch, not per insert: between trims at most ``batch - 1``
+            # extra events stay, so never more than twice ``keep``.
+            if event_id is not None and event_id % _event_batch(keep) == 0:
+                row = conn.execute(_EVENT_CUTOFF, (keep - 1,)).fetchone()
+                if row is not None:
+                    conn.execute(_TRIM_EVENTS, (row[0],))
+
+    def recent_events(self, limit: int = 100) -> list[dict[str, str]]:
+        if limit <= 0:
+            return []
+        rows = self._connection().execute(_RECENT_EVENTS, (limit,))
+        return [json.loads(row[0]) for row in rows]
+
     # -- lockout counters --------------------------------------------------------------
 
     def record_failure(self, key: str, window: float, now: float) -> tuple[int, float]:
@@ -789,6 +931,20 @@ def _schema_version(conn: sqlite3.Connection) -> int | None:
         if row is not None:
             return int(row[0])
     return None
+
+
+def _admin_from(row: sqlite3.Row) -> AdminSession:
+    return AdminSession(
+        session_hash=row["session_hash"],
+        username=row["username"],
+        created_at=float(row["created_at"]),
+        expires_at=float(row["expires_at"]),
+    )
+
+
+def _event_batch(keep: int) -> int:
+    """Every how many inserts ``add_event`` trims: at most ``keep``, at most 100."""
+    return max(1, min(100, keep))
 
 
 def _advance_seq(conn: sqlite3.Connection, count: int) -> int:

@@ -110,6 +110,11 @@ def _read_password(password_stdin: bool) -> str:
 @click.option("--grant", "grants", multiple=True, help="Allowed grant type (repeat).")
 @click.option("--public", is_flag=True, help="A public client: no secret, id only.")
 @click.option("--alias", help="A second name accepted in place of the client id.")
+@click.option(
+    "--max-seats",
+    type=int,
+    help="Licensed sessions this client may hold at once [TOKENGUARD_MAX_SEATS_PER_CLIENT].",
+)
 @json_option
 @_handled
 def create_client(
@@ -118,6 +123,7 @@ def create_client(
     grants: tuple[str, ...],
     public: bool,
     alias: str | None,
+    max_seats: int | None,
     as_json: bool,
 ) -> None:
     """Register a client and print its id and secret (shown only this once)."""
@@ -130,6 +136,7 @@ def create_client(
         grants=grants or None,
         public=public,
         alias=alias,
+        max_seats=max_seats,
         now=time.time(),
     )
     _audit().emit(events.CLIENT_CREATED, client_id=client.client_id)
@@ -186,10 +193,77 @@ def list_clients(as_json: bool) -> None:
         f"{c['client_id']}  {c['name']!r}  alias={c['alias'] or '-'}  "
         f"{'public' if c['public'] else 'confidential'}  "
         f"{'enabled' if c['enabled'] else 'DISABLED'}  scopes={' '.join(c['scopes'])}  "
-        f"grants={' '.join(c['grants'])}"
+        f"grants={' '.join(c['grants'])}  "
+        f"max_seats={'-' if c['max_seats'] is None else c['max_seats']}"
         for c in listed
     )
     _emit(as_json, listed, text or "No clients.")
+
+
+@tokenguard.command("update-client")
+@click.argument("client_id", metavar="CLIENT")
+@click.option("--name", help="A new display name.")
+@click.option("--alias", help="A new alias (a second name accepted in place of the id).")
+@click.option("--no-alias", is_flag=True, help="Remove the alias.")
+@click.option(
+    "--scope", "scopes", multiple=True, help="Allowed scope (repeat): replaces the scopes."
+)
+@click.option(
+    "--grant", "grants", multiple=True, help="Allowed grant type (repeat): replaces the grants."
+)
+@click.option("--max-seats", type=int, help="Licensed sessions this client may hold at once.")
+@click.option(
+    "--no-max-seats", is_flag=True, help="Remove the client's own cap (the default applies)."
+)
+@json_option
+@_handled
+def update_client(
+    client_id: str,
+    name: str | None,
+    alias: str | None,
+    no_alias: bool,
+    scopes: tuple[str, ...],
+    grants: tuple[str, ...],
+    max_seats: int | None,
+    no_max_seats: bool,
+    as_json: bool,
+) -> None:
+    """Change what is given and keep the rest; end the sessions that no longer fit."""
+    if alias is not None and no_alias:
+        raise click.UsageError("give --alias A or --no-alias, not both")
+    if max_seats is not None and no_max_seats:
+        raise click.UsageError("give --max-seats N or --no-max-seats, not both")
+    changes: dict[str, t.Any] = {}
+    if name is not None:
+        changes["name"] = name
+    if alias is not None or no_alias:
+        changes["alias"] = alias
+    if scopes:
+        changes["scopes"] = scopes
+    if grants:
+        changes["grants"] = grants
+    if max_seats is not None or no_max_seats:
+        changes["max_seats"] = max_seats
+    if not changes:
+        raise click.UsageError(
+            "nothing to change: give --name, --alias, --no-alias, --scope, --grant, "
+            "--max-seats or --no-max-seats"
+        )
+    state = _state()
+    before = clients.find_client(state.store, client_id)
+    client, ended = clients.update_client(
+        state.store,
+        before.client_id,
+        known_scopes=list(state.settings.scopes),
+        now=time.time(),
+        default_cap=state.settings.max_seats_per_client,
+        **changes,
+    )
+    if client != before:
+        _audit().emit(events.CLIENT_UPDATED, client_id=client.client_id)
+    _audit_ended(ended, client.client_id, "client_changed")
+    data = {**clients.describe(client), "sessions_ended": len(ended)}
+    _emit(as_json, data, f"{client.client_id} updated; {len(ended)} session(s) ended")
 
 
 def _set_enabled(client_id: str, enabled: bool, as_json: bool) -> None:
@@ -243,9 +317,10 @@ def delete_client(client_id: str, yes: bool, as_json: bool) -> None:
 @tokenguard.command("create-user")
 @click.argument("username")
 @click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+@click.option("--admin", is_flag=True, help="An administrator of the admin console.")
 @json_option
 @_handled
-def create_user(username: str, password_stdin: bool, as_json: bool) -> None:
+def create_user(username: str, password_stdin: bool, admin: bool, as_json: bool) -> None:
     """Add a user to the built-in table for the password grant."""
     state = _state()
     user = users.create_user(
@@ -254,9 +329,15 @@ def create_user(username: str, password_stdin: bool, as_json: bool) -> None:
         _read_password(password_stdin),
         cost=state.settings.password_hash_cost,
         now=time.time(),
+        admin=admin,
     )
     _audit().emit(events.USER_CREATED, subject=user.username)
-    _emit(as_json, {"username": user.username, "created": True}, f"user {user.username} created")
+    what = "administrator" if user.admin else "user"
+    _emit(
+        as_json,
+        {"username": user.username, "admin": user.admin, "created": True},
+        f"{what} {user.username} created",
+    )
 
 
 @tokenguard.command("set-password")
@@ -310,8 +391,9 @@ def delete_user(username: str, as_json: bool) -> None:
 def list_users(as_json: bool) -> None:
     """List the built-in users (never their password hashes)."""
     users_ = _state().store.list_users()
-    listed = [{"username": u.username, "created_at": int(u.created_at)} for u in users_]
-    _emit(as_json, listed, "\n".join(u.username for u in users_) or "No users.")
+    listed = [users.describe(u) for u in users_]
+    text = "\n".join(f"{u.username}  (admin)" if u.admin else u.username for u in users_)
+    _emit(as_json, listed, text or "No users.")
 
 
 # -- sessions and licences ---------------------------------------------------------------

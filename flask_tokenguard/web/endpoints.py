@@ -238,6 +238,8 @@ def token() -> Response:
         issuer=issuer,
         throttle=throttle,
         audit=audit,
+        # Sessions replaced at the client's seat cap: their tokens stop here at once.
+        session_ended=state.note_ended_session,
     )
     try:
         body = grant_token(context, client, params, time.time())

@@ -14,6 +14,7 @@ import typing as t
 from flask import current_app
 
 from ..config import Settings
+from ..core.admin import AdminVerifier
 from ..core.audit import Audit
 from ..core.grants import PasswordVerifier
 from ..core.tokens import KeyRing
@@ -33,8 +34,11 @@ class AppState:
         settings: Settings,
         store: Store,
         password_verifier: t.Callable[[], PasswordVerifier | None] = lambda: None,
+        *,
+        admin_verifier: t.Callable[[], AdminVerifier | None] = lambda: None,
     ) -> None:
         self._password_verifier = password_verifier
+        self._admin_verifier = admin_verifier
         #: The validated ``TOKENGUARD_*`` settings.
         self.settings = settings
         #: The store chosen by ``TOKENGUARD_STORE_URL``.
@@ -47,8 +51,9 @@ class AppState:
             RevocationCache(store, settings.revocation_lag, settings.clock_skew),
             settings,
         )
-        #: The audit trail: the ``flask_tokenguard.audit`` logger and ``TOKENGUARD_AUDIT_LOG``.
-        self.audit = Audit(settings.audit_log)
+        #: The audit trail: the ``flask_tokenguard.audit`` logger, ``TOKENGUARD_AUDIT_LOG``,
+        #: and the store's recent events (for the admin console of every process).
+        self.audit = Audit(settings.audit_log, store=store)
         #: The Prometheus metrics when ``TOKENGUARD_METRICS_ENABLED`` (set by ``init_ops``).
         self.metrics: Metrics | None = None
 
@@ -56,6 +61,11 @@ class AppState:
     def password_verifier(self) -> PasswordVerifier | None:
         """The app's own user check, if one was registered."""
         return self._password_verifier()
+
+    @property
+    def admin_verifier(self) -> AdminVerifier | None:
+        """The app's own administrator check for the admin console, if one was registered."""
+        return self._admin_verifier()
 
     def sync_revocations(self) -> None:
         """Pull revocations now: after this process ended a session it must refuse its

@@ -52,8 +52,54 @@ def race_seats(
                     created_at=now,
                     expires_at=now + 600,
                 )
-                granted += store.start_session(session, seat_limit, now)
+                granted += store.start_session(session, seat_limit, now).started
             results.put((worker, "ok", granted))
+        finally:
+            store.close()
+    except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent, which asserts
+        barrier.abort()
+        results.put((worker, "error", f"{type(exc).__name__}: {exc}"))
+
+
+def race_capped_seats(
+    url: str,
+    options: dict[str, t.Any],
+    worker: int,
+    attempts: int,
+    client_cap: int,
+    replace_oldest: bool,
+    now: float,
+    barrier: Barrier,
+    results: Queue[tuple[int, str, t.Any]],
+) -> None:
+    """Start ``attempts`` seat-holding sessions of one capped client; report each outcome.
+
+    Reports ``[(session_id, started, refused, [replaced ids])]``. Sessions get distinct
+    ``created_at`` values so that "the oldest" is well defined across workers.
+    """
+    try:
+        store = store_from_url(url, **options)
+        try:
+            store.check()
+            barrier.wait(BARRIER_TIMEOUT)
+            outcomes = []
+            for attempt in range(attempts):
+                session = TokenSession(
+                    session_id=f"p{worker}-{attempt}",
+                    client_id="capped",
+                    subject=f"worker{worker}",
+                    scope="all",
+                    holds_seat=True,
+                    refresh_hash=f"refresh-p{worker}-{attempt}",
+                    created_at=now + attempt + worker / 10,
+                    expires_at=now + 600,
+                )
+                outcome = store.start_session(
+                    session, None, now, client_cap=client_cap, replace_oldest=replace_oldest
+                )
+                replaced = [s.session_id for s in outcome.replaced]
+                outcomes.append((session.session_id, outcome.started, outcome.refused, replaced))
+            results.put((worker, "ok", outcomes))
         finally:
             store.close()
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent, which asserts

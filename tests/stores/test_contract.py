@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from flask_tokenguard.errors import ConflictError
+from flask_tokenguard.models import AdminSession
 from flask_tokenguard.models import Client
 from flask_tokenguard.models import TokenSession
 from flask_tokenguard.models import User
@@ -46,6 +47,8 @@ def test_reset_deletes_every_record(store: Store) -> None:
     store.revoke("jti-1", NOW + 60, NOW)
     store.ensure_signing_key(make_key("k1"))
     store.claim_once("demo")
+    store.start_admin_session(AdminSession("ab" * 32, "root", NOW, NOW + 60))
+    store.add_event({"time": "1", "event": "login"})
     store.reset()
     assert store.list_clients() == []
     assert store.list_users() == []
@@ -53,6 +56,8 @@ def test_reset_deletes_every_record(store: Store) -> None:
     assert store.revocations_since(0, NOW)[0] == {}
     assert store.signing_keys(NOW) == []
     assert store.claim_once("demo") is True
+    assert store.touch_admin_session("ab" * 32, NOW, NOW + 60) is None
+    assert store.recent_events() == []
 
 
 # -- one-time claims -------------------------------------------------------------------
@@ -138,6 +143,7 @@ def test_client_round_trips_every_field(store: Store) -> None:
         scopes=("view",),
         enabled=False,
         created_at=NOW + 0.125,
+        max_seats=7,
     )
     store.create_client(client)
     stored = store.get_client("reporting")
@@ -284,7 +290,7 @@ def test_list_clients_orders_by_creation_time(store: Store) -> None:
 
 
 def test_user_round_trips_every_field(store: Store) -> None:
-    user = User("alice", "scrypt$16384$8$1$salt$hash", NOW + 0.5)
+    user = User("alice", "scrypt$16384$8$1$salt$hash", NOW + 0.5, admin=True)
     store.create_user(user)
     stored = store.get_user("alice")
     assert stored == user
@@ -343,14 +349,14 @@ def test_session_round_trips_every_field(store: Store) -> None:
         created_at=NOW + 0.25,
         expires_at=NOW + TTL + 0.75,
     )
-    assert store.start_session(session, None, NOW) is True
+    assert store.start_session(session, None, NOW).started is True
     stored = store.get_session("s-full", NOW)
     assert stored == session
     assert stored is not None and stored.refresh_hash == session.refresh_hash
 
 
 def test_start_session_grants_seats_up_to_the_limit(store: Store) -> None:
-    results = [store.start_session(make_session(f"s{i}"), 3, NOW) for i in range(3)]
+    results = [store.start_session(make_session(f"s{i}"), 3, NOW).started for i in range(3)]
     assert results == [True] * 3
     assert store.seats_in_use(NOW) == 3
 
@@ -358,38 +364,38 @@ def test_start_session_grants_seats_up_to_the_limit(store: Store) -> None:
 def test_start_session_refuses_a_seat_at_the_limit(store: Store) -> None:
     for i in range(2):
         store.start_session(make_session(f"s{i}"), 2, NOW)
-    assert store.start_session(make_session("late"), 2, NOW) is False
+    assert store.start_session(make_session("late"), 2, NOW).started is False
     assert store.get_session("late", NOW) is None
     assert store.seats_in_use(NOW) == 2
 
 
 def test_seat_limit_zero_refuses_every_seat(store: Store) -> None:
-    assert store.start_session(make_session("s1"), 0, NOW) is False
+    assert store.start_session(make_session("s1"), 0, NOW).started is False
 
 
 def test_seat_limit_none_is_unlimited(store: Store) -> None:
     results = [store.start_session(make_session(f"s{i}"), None, NOW) for i in range(25)]
-    assert all(results)
+    assert all(r.started for r in results)
     assert store.seats_in_use(NOW) == 25
 
 
 def test_sessions_without_a_seat_ignore_the_limit(store: Store) -> None:
     store.start_session(make_session("seat"), 1, NOW)
     view = make_session("view", holds_seat=False, scope="view")
-    assert store.start_session(view, 1, NOW) is True
+    assert store.start_session(view, 1, NOW).started is True
     assert store.get_session("view", NOW) == view
 
 
 def test_sessions_without_a_seat_are_not_counted(store: Store) -> None:
     store.start_session(make_session("view", holds_seat=False), 1, NOW)
     assert store.seats_in_use(NOW) == 0
-    assert store.start_session(make_session("seat"), 1, NOW) is True
+    assert store.start_session(make_session("seat"), 1, NOW).started is True
 
 
 def test_expired_sessions_do_not_hold_seats(store: Store) -> None:
     store.start_session(make_session("old", expires_at=NOW + 10), 1, NOW)
     assert store.seats_in_use(NOW + 10) == 0
-    assert store.start_session(make_session("new"), 1, NOW + 10) is True
+    assert store.start_session(make_session("new"), 1, NOW + 10).started is True
 
 
 def test_start_session_sweeps_expired_sessions(store: Store) -> None:
@@ -519,7 +525,7 @@ def test_rotate_refresh_keeps_the_seat(store: Store) -> None:
     store.start_session(make_session("s1"), 1, NOW)
     store.rotate_refresh("s1", "hash-s1", "hash-s1-b", NOW + TTL + 60, NOW + 60)
     assert store.seats_in_use(NOW + TTL + 30) == 1
-    assert store.start_session(make_session("s2"), 1, NOW + 61) is False
+    assert store.start_session(make_session("s2"), 1, NOW + 61).started is False
 
 
 # -- ending sessions -------------------------------------------------------------------
@@ -539,7 +545,7 @@ def test_end_session_frees_its_seat(store: Store) -> None:
     store.start_session(make_session("s1"), 1, NOW)
     store.end_session("s1", NOW + 1)
     assert store.seats_in_use(NOW + 1) == 0
-    assert store.start_session(make_session("s2"), 1, NOW + 1) is True
+    assert store.start_session(make_session("s2"), 1, NOW + 1).started is True
 
 
 def test_end_session_forgets_its_refresh_hashes(store: Store) -> None:
@@ -766,7 +772,7 @@ def _run_threads(count: int, target: t.Callable[[int], t.Any]) -> list[t.Any]:
 
 def test_racing_threads_never_over_allocate_seats(store: Store) -> None:
     def start(i: int) -> bool:
-        return store.start_session(make_session(f"t{i}"), 5, NOW)
+        return store.start_session(make_session(f"t{i}"), 5, NOW).started
 
     results = _run_threads(32, start)
     assert results.count(True) == 5

@@ -1,4 +1,5 @@
-"""What only the Redis store does: key prefixes, safety-net TTLs, a server that goes away.
+"""What only the Redis store does: key prefixes, safety-net TTLs, the per-client seat index,
+commands resent after a lost reply, a server that goes away.
 
 The shared contract runs in ``test_contract.py``; these tests cover Redis-specific
 behaviour. Tests that need to stop a server start their own ``redis-server`` on a free port
@@ -20,7 +21,9 @@ import pytest
 
 from flask_tokenguard.errors import ConfigurationError
 from flask_tokenguard.errors import StoreError
+from flask_tokenguard.models import AdminSession
 from flask_tokenguard.models import Client
+from flask_tokenguard.models import SeatOutcome
 from flask_tokenguard.models import SigningKey
 from flask_tokenguard.models import User
 from flask_tokenguard.stores import store_from_url
@@ -126,6 +129,12 @@ def test_every_key_carries_the_prefix_and_one_cluster_slot(own_redis_server: Red
         assert store.rotate_refresh("s1", "hash-s1", "hash-s1b", 2500.0, now=1100.0)
         store.revoke("jti-1", 3000.0, now=1000.0)
         assert store.end_session("s2", now=1200.0) is not None
+        capped = store.start_session(
+            make_session("s3"), 5, now=1200.0, client_cap=1, replace_oldest=True
+        )
+        assert [s.session_id for s in capped.replaced] == ["s1"]
+        store.start_admin_session(AdminSession("admin-hash", "root", 1000.0, 2000.0))
+        store.add_event({"time": "1000", "event": "login"})
 
         written = list(raw.scan_iter(match="*"))
         assert len(written) > 10
@@ -136,6 +145,35 @@ def test_every_key_carries_the_prefix_and_one_cluster_slot(own_redis_server: Red
     finally:
         raw.close()
         store.close()
+
+
+def test_admin_session_with_past_epoch_expiry_is_not_dropped_by_redis(
+    make_store: t.Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    store = make_store()
+    store.start_admin_session(AdminSession("h1", "root", created_at=1000.0, expires_at=2000.0))
+
+    key = f"{store.key_prefix}admin:h1"
+    # Relative to created_at: the remaining 1000 s plus the margin, not a deadline in 1970.
+    assert 1000 * 1000 < raw.pttl(key) <= (1000 + 3600) * 1000
+    touched = store.touch_admin_session("h1", now=1500.0, expires_at=100_000.0)
+    assert touched == AdminSession("h1", "root", 1000.0, 100_000.0)
+    assert raw.pttl(key) > 98_000 * 1000
+    assert store.touch_admin_session("h1", now=100_000.0, expires_at=200_000.0) is None
+    assert not raw.exists(key)
+
+
+def test_events_are_trimmed_to_keep_on_every_add(
+    make_store: t.Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    store = make_store()
+    for i in range(8):
+        store.add_event({"time": str(i), "event": "login_failed"}, keep=3)
+        assert raw.llen(f"{store.key_prefix}events") == min(i + 1, 3)
+
+    assert [e["time"] for e in store.recent_events(10)] == ["7", "6", "5"]
+    # LRANGE 0 -1 would be every event: a limit of 0 asks for none.
+    assert store.recent_events(0) == []
 
 
 def test_default_prefix_is_hash_tagged() -> None:
@@ -212,6 +250,133 @@ def test_sweep_removes_every_index_entry(
     assert raw.zrange(f"{store.key_prefix}sessions", 0, -1) == ["new"]
 
 
+# -- the per-client seat index ----------------------------------------------------------
+
+
+def zset(raw: redis.Redis, key: str) -> dict[str, float]:
+    """A sorted set as {member: score}."""
+    pairs = t.cast("list[tuple[str, float]]", raw.zrange(key, 0, -1, withscores=True))
+    return dict(pairs)
+
+
+def seat_index(raw: redis.Redis, store: RedisStore) -> dict[str, dict[str, float]]:
+    """Every client's seat index as stored: client id -> {session id: expires_at}."""
+    head = f"{store.key_prefix}client_seats:"
+    return {key[len(head) :]: zset(raw, key) for key in keys_under(raw, head)}
+
+
+def assert_seat_indexes_agree(raw: redis.Redis, store: RedisStore) -> None:
+    """The per-client index holds exactly the pool's seats, each under its own client."""
+    prefix = store.key_prefix
+    expected: dict[str, dict[str, float]] = {}
+    for sid, expires_at in zset(raw, f"{prefix}seats").items():
+        client_id = t.cast("str | None", raw.hget(f"{prefix}session_client", sid))
+        assert client_id is not None
+        expected.setdefault(client_id, {})[sid] = expires_at
+    assert seat_index(raw, store) == expected
+
+
+def test_client_seat_index_follows_every_session_change(
+    make_store: t.Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    store = make_store()
+    for i in (1, 2):
+        assert store.start_session(make_session(f"a{i}", created_at=1000.0 + i), None, 1000.0)
+    assert store.start_session(make_session("view", holds_seat=False), None, 1000.0)
+    assert store.start_session(make_session("o1", client_id="other"), None, 1000.0)
+    assert store.start_session(make_session("o2", client_id="other"), None, 1000.0)
+    assert seat_index(raw, store) == {
+        "app": {"a1": 2000.0, "a2": 2000.0},
+        "other": {"o1": 2000.0, "o2": 2000.0},
+    }
+
+    # Replacing the oldest moves the index with the pool.
+    outcome = store.start_session(
+        make_session("a3", created_at=1003.0), None, 1010.0, client_cap=2, replace_oldest=True
+    )
+    assert [s.session_id for s in outcome.replaced] == ["a1"]
+    assert seat_index(raw, store)["app"] == {"a2": 2000.0, "a3": 2000.0}
+
+    # A rotation moves the seat's expiry in both indexes.
+    assert store.rotate_refresh("a2", "hash-a2", "hash-a2b", 2500.0, now=1100.0)
+    assert seat_index(raw, store)["app"] == {"a2": 2500.0, "a3": 2000.0}
+    assert store.earliest_seat_expiry(1100.0, client_id="app") == 2000.0
+    assert_seat_indexes_agree(raw, store)
+
+    assert store.end_session("a3", now=1200.0) is not None
+    assert seat_index(raw, store)["app"] == {"a2": 2500.0}
+    assert store.end_sessions("other", now=1200.0) == 2
+    assert seat_index(raw, store) == {"app": {"a2": 2500.0}}
+    assert_seat_indexes_agree(raw, store)
+
+    assert store.end_sessions(None, now=1200.0) == 2  # a2 and the view session
+    assert seat_index(raw, store) == {}
+    assert raw.zcard(f"{store.key_prefix}seats") == 0
+
+
+def test_client_seat_index_is_swept_with_the_pool_by_the_skewed_clock(
+    make_store: t.Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    store = make_store()
+    assert store.start_session(make_session("e1", expires_at=1500.0), None, 1000.0)
+    assert store.start_session(make_session("o1", client_id="other"), None, 1000.0)
+
+    # Expired 20 s ago by this clock, but within the 30 s skew: still held everywhere.
+    assert store.start_session(make_session("x1", client_id="other"), None, 1520.0, skew=30)
+    assert seat_index(raw, store)["app"] == {"e1": 1500.0}
+    assert_seat_indexes_agree(raw, store)
+
+    assert store.start_session(make_session("x2", client_id="other"), None, 1540.0, skew=30)
+    assert "app" not in seat_index(raw, store)
+    assert_seat_indexes_agree(raw, store)
+
+
+def test_client_seat_index_is_swept_beyond_the_sweep_limit(
+    make_store: t.Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    from flask_tokenguard.stores.redis.store import SWEEP_LIMIT
+
+    store = make_store()
+    expired = SWEEP_LIMIT + 20
+    for i in range(expired):
+        assert store.start_session(make_session(f"e{i}", expires_at=1100.0), None, 1000.0)
+
+    # One start sweeps at most SWEEP_LIMIT sessions, but every expired seat everywhere.
+    assert store.start_session(make_session("new", expires_at=3000.0), 1, 2000.0, client_cap=1)
+    assert raw.zcard(f"{store.key_prefix}sessions") == 21  # 20 left for later sweeps
+    assert seat_index(raw, store) == {"app": {"new": 3000.0}}
+    assert_seat_indexes_agree(raw, store)
+
+
+def test_seats_taken_before_the_client_index_existed_count_against_the_cap(
+    make_store: t.Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    store = make_store()
+    assert store.start_session(make_session("s1"), None, 1000.0)
+    assert store.start_session(make_session("s2"), None, 1000.0)
+    # As a store written by a release without the per-client index leaves it.
+    raw.delete(f"{store.key_prefix}client_seats:app", f"{store.key_prefix}seat_index")
+
+    assert store.start_session(make_session("s3"), None, 1000.0, client_cap=2) == SeatOutcome(
+        False, "client"
+    )
+    assert seat_index(raw, store) == {"app": {"s1": 2000.0, "s2": 2000.0}}
+    assert store.earliest_seat_expiry(1000.0, client_id="app") == 2000.0
+
+
+def test_a_seat_whose_session_hash_is_gone_does_not_hold_the_client_cap(
+    make_store: t.Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    store = make_store()
+    assert store.start_session(make_session("s1"), None, 1000.0)
+    raw.delete(f"{store.key_prefix}session:s1")  # the safety-net TTL ran out, or eviction
+
+    outcome = store.start_session(make_session("s2"), None, 1000.0, client_cap=1)
+    assert outcome == SeatOutcome(True)
+    assert seat_index(raw, store) == {"app": {"s2": 2000.0}}
+    assert_seat_indexes_agree(raw, store)
+
+
 # -- a command resent after its reply was lost -----------------------------------------
 
 
@@ -275,6 +440,64 @@ def test_rotate_refresh_resent_after_a_lost_reply_succeeds(
     assert updated == make_session("s1", refresh_hash="hash-s1b", expires_at=2500.0)
     assert store.get_session("s1", now=1100.0) == updated
     assert raw.zscore(f"{store.key_prefix}seats", "s1") == 2500.0
+
+
+def start_two_then_replace(store: RedisStore) -> SeatOutcome:
+    for i in (1, 2):
+        assert store.start_session(make_session(f"s{i}", created_at=1000.0 + i), None, 1000.0)
+    return store.start_session(
+        make_session("s3", created_at=1003.0), None, 1010.0, client_cap=2, replace_oldest=True
+    )
+
+
+def test_start_session_resent_after_a_lost_reply_replaces_once(
+    make_store: t.Callable[..., RedisStore],
+) -> None:
+    store = make_store()
+    for i in (1, 2):
+        assert store.start_session(make_session(f"s{i}", created_at=1000.0 + i), None, 1000.0)
+
+    lose_next_reply(store)
+    outcome = store.start_session(
+        make_session("s3", created_at=1003.0), None, 1010.0, client_cap=2, replace_oldest=True
+    )
+
+    # The resend reports what the first run did, and ends nothing more.
+    assert outcome == SeatOutcome(True, None, (make_session("s1", created_at=1001.0),))
+    assert [s.session_id for s in store.list_sessions("app", 1010.0)] == ["s2", "s3"]
+    assert store.revocations_since(0, 1010.0) == ({"s1": 2000.0}, 1)
+    assert store.seats_in_use(1010.0) == 2
+
+
+def test_start_session_run_twice_returns_the_same_outcome(
+    make_store: t.Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    store = make_store()
+    first = start_two_then_replace(store)
+    again = store.start_session(
+        make_session("s3", created_at=1003.0), None, 1010.0, client_cap=2, replace_oldest=True
+    )
+
+    assert first == again == SeatOutcome(True, None, (make_session("s1", created_at=1001.0),))
+    assert [s.session_id for s in store.list_sessions("app", 1010.0)] == ["s2", "s3"]
+    assert store.revocation_seq() == 1
+    # Once the record of what it replaced is gone, a late resend still replaces nothing.
+    raw.delete(f"{store.key_prefix}replaced:s3")
+    late = store.start_session(
+        make_session("s3", created_at=1003.0), None, 1010.0, client_cap=2, replace_oldest=True
+    )
+    assert late == SeatOutcome(True)
+    assert store.revocation_seq() == 1
+
+
+def test_what_a_start_replaced_is_kept_only_briefly(
+    make_store: t.Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    store = make_store()
+    start_two_then_replace(store)
+    assert 0 < raw.pttl(f"{store.key_prefix}replaced:s3") <= 60_000
+    # A start that replaced nothing leaves no such key.
+    assert not raw.exists(f"{store.key_prefix}replaced:s2")
 
 
 def test_record_failure_resent_after_a_lost_reply_counts_once(

@@ -10,6 +10,7 @@ database that the tests replay into a fresh schema with plain SQL.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 
 from flask_tokenguard.core.security import verify_password
 from flask_tokenguard.core.security import verify_secret
+from flask_tokenguard.models import AdminSession
 from flask_tokenguard.models import TokenSession
 from flask_tokenguard.stores import store_from_url
 from flask_tokenguard.stores.base import Store
@@ -87,6 +89,37 @@ def assert_everything_is_there(store: Store) -> None:
     assert store.end_session("sess-free", NOW) is not None
 
 
+def assert_version_3_works(store: Store) -> None:
+    """What version 3 added works on a migrated store, and old rows read as before it."""
+    reports = store.get_client("reports")
+    alice = store.get_user("alice")
+    assert reports is not None and reports.max_seats is None
+    assert alice is not None and alice.admin is False
+    assert store.update_client(dataclasses.replace(reports, max_seats=2))
+    assert store.get_client("rep") == dataclasses.replace(reports, max_seats=2)
+    assert store.update_user(dataclasses.replace(alice, admin=True))
+    assert store.get_user("alice") == dataclasses.replace(alice, admin=True)
+
+    # "reports" holds two seats (sess-seat of the fixture, sess-new): at a cap of 2 the
+    # next is refused, or replaces the fixture's older one.
+    seats = [s for s in store.list_sessions("reports", NOW) if s.holds_seat]
+    assert len(seats) == 2
+    late = TokenSession("sess-late", "reports", "bob", "all", True, _h("late"), NOW + 1, FAR)
+    assert store.start_session(late, None, NOW, client_cap=2).refused == "client"
+    outcome = store.start_session(late, None, NOW, client_cap=2, replace_oldest=True)
+    assert outcome.started and [s.session_id for s in outcome.replaced] == ["sess-seat"]
+    assert store.earliest_seat_expiry(NOW, "reports") == FAR
+
+    admin = AdminSession(_h("admin"), "alice", NOW, NOW + 600)
+    store.start_admin_session(admin)
+    assert store.touch_admin_session(admin.session_hash, NOW, NOW + 900) == dataclasses.replace(
+        admin, expires_at=NOW + 900
+    )
+    assert store.end_admin_session(admin.session_hash) is not None
+    store.add_event({"time": "t1", "event": "upgraded"})
+    assert store.recent_events() == [{"time": "t1", "event": "upgraded"}]
+
+
 def test_sqlite_file_of_version_1_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite3"
     shutil.copyfile(FIXTURES / "v1-store.sqlite3", path)
@@ -94,12 +127,14 @@ def test_sqlite_file_of_version_1_is_migrated(tmp_path: Path) -> None:
     store = store_from_url(f"sqlite:///{path}")
     try:
         assert_everything_is_there(store)
+        assert_version_3_works(store)
     finally:
         store.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("SELECT version FROM tg_schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM tg_schema_version").fetchall() == [(3,)]
         columns = [row[1] for row in conn.execute("PRAGMA table_info(tg_used_refresh)")]
         assert columns == ["refresh_hash", "session_id"]
+    assert os.stat(path).st_mode & 0o777 == 0o600
     again = store_from_url(f"sqlite:///{path}")  # a migrated file opens as it is
     try:
         assert again.get_client("rep") is not None
@@ -107,17 +142,39 @@ def test_sqlite_file_of_version_1_is_migrated(tmp_path: Path) -> None:
         again.close()
 
 
+def test_sqlite_file_of_version_2_is_migrated(tmp_path: Path) -> None:
+    from flask_tokenguard.stores import sqlite as sqlite_store
+
+    path = tmp_path / "store.sqlite3"
+    shutil.copyfile(FIXTURES / "v1-store.sqlite3", path)
+    os.chmod(path, 0o600)
+    # A version-2 file: the version-1 fixture with the first step alone applied.
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in sqlite_store._MIGRATE_1_TO_2:
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    store = store_from_url(f"sqlite:///{path}")
+    try:
+        assert_everything_is_there(store)
+        assert_version_3_works(store)
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT version FROM tg_schema_version").fetchall() == [(3,)]
+
+
 def test_sqlite_file_of_version_1_is_refused_by_no_one_and_v2_by_version_1(
     tmp_path: Path,
 ) -> None:
-    """The version-1 release reads ``tg_meta``: a migrated file tells it version 2."""
+    """The version-1 release reads ``tg_meta``: a migrated file tells it version 3."""
     path = tmp_path / "store.sqlite3"
     shutil.copyfile(FIXTURES / "v1-store.sqlite3", path)
     os.chmod(path, 0o600)
     store_from_url(f"sqlite:///{path}").close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
         rows = conn.execute("SELECT name, value FROM tg_meta").fetchall()
-    assert rows == [("schema_version", 2)]
+    assert rows == [("schema_version", 3)]
 
 
 def test_sqlalchemy_sqlite_file_of_version_1_is_migrated(tmp_path: Path) -> None:
@@ -127,7 +184,8 @@ def test_sqlalchemy_sqlite_file_of_version_1_is_migrated(tmp_path: Path) -> None
     store = store_from_url(f"sqlite+pysqlite:///{path}")
     try:
         assert_everything_is_there(store)
-        assert t.cast(t.Any, store)._stored_version() == 2
+        assert_version_3_works(store)
+        assert t.cast(t.Any, store)._stored_version() == 3
     finally:
         store.close()
 
@@ -183,7 +241,8 @@ def test_server_schema_of_version_1_is_migrated(backend: str) -> None:
     store = store_from_url(url, schema=schema)
     try:
         assert_everything_is_there(store)
-        assert t.cast(t.Any, store)._stored_version() == 2
+        assert_version_3_works(store)
+        assert t.cast(t.Any, store)._stored_version() == 3
         if backend == "mariadb":
             # The migration converted the PAD SPACE tables of version 1.
             assert store.get_user("alice   ") is None

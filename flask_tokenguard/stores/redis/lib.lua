@@ -6,6 +6,11 @@
 --   P..'session:'..sid          hash   one session's fields
 --   P..'sessions'               zset   sid -> expires_at, every session (the sweep's index)
 --   P..'seats'                  zset   sid -> expires_at, seat-holding sessions only
+--   P..'client_seats:'..cid     zset   sid -> expires_at, one client's seat holders: the
+--                                      same members as 'seats' of that client, always
+--                                      (every script that writes one writes the other)
+--   P..'seat_index'             string '1' once 'client_seats' covers every seat (a
+--                                      store written before it existed is indexed once)
 --   P..'client_sessions:'..cid  set    sids of one client
 --   P..'session_client'         hash   sid -> cid, so that a session whose hash expired
 --                                      by TTL still leaves its client's set when swept
@@ -17,6 +22,11 @@
 --   P..'revocation_seq'         string counter
 --   P..'revocation_epoch'       string random id of the counter's current run, created
 --                                      with the counter (see ensure_epoch)
+--   P..'replaced:'..sid         string the sessions start_session ended for sid, kept
+--                                      a minute so that a resend can report them again
+--   P..'admin:'..hash           hash   an admin console session: username, created_at,
+--                                      expires_at
+--   P..'events'                 list   recent security events as JSON, newest first
 --   P..'failures:'..key         hash   lockout counter: count, until (caller's time)
 --
 -- Numbers: times travel as the strings Python wrote (repr of a float) and are only ever
@@ -50,6 +60,9 @@ local function drop_session(prefix, sid)
     redis.call('SREM', prefix .. 'client_sessions:' .. client_id, sid)
   end
   redis.call('HDEL', prefix .. 'session_client', sid)
+  if client_id then
+    redis.call('ZREM', prefix .. 'client_seats:' .. client_id, sid)
+  end
   local used_by = prefix .. 'used_by:' .. sid
   for _, h in ipairs(redis.call('SMEMBERS', used_by)) do
     local used_key = prefix .. 'used:' .. h
@@ -115,15 +128,53 @@ local function sweep_revoked(prefix, now, limit)
   end
 end
 
--- Drop sessions that expired at or before now (bounded, as above) and every expired seat.
--- start_session passes now - skew, so that seats are reclaimed only once expired on every
--- host's clock.
+-- Drop sessions that expired at or before now (bounded, as above) and every expired seat,
+-- from the pool's index and from its client's alike. start_session passes now - skew, so
+-- that seats are reclaimed only once expired on every host's clock.
 local function sweep_sessions(prefix, now, limit)
   local ids = redis.call('ZRANGEBYSCORE', prefix .. 'sessions', '-inf', now, 'LIMIT', 0, limit)
   for _, sid in ipairs(ids) do
     drop_session(prefix, sid)
   end
-  redis.call('ZREMRANGEBYSCORE', prefix .. 'seats', '-inf', now)
+  local seats = prefix .. 'seats'
+  for _, sid in ipairs(redis.call('ZRANGEBYSCORE', seats, '-inf', now)) do
+    local client_id = redis.call('HGET', prefix .. 'session_client', sid)
+      or redis.call('HGET', prefix .. 'session:' .. sid, 'client_id')
+    if client_id then
+      redis.call('ZREM', prefix .. 'client_seats:' .. client_id, sid)
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', seats, '-inf', now)
+end
+
+-- Index every seat by client once, for a store whose seats were taken before the
+-- per-client index existed; later scripts keep the two in step.
+local function ensure_seat_index(prefix)
+  if not redis.call('SET', prefix .. 'seat_index', '1', 'NX') then
+    return
+  end
+  local seats = redis.call('ZRANGE', prefix .. 'seats', 0, -1, 'WITHSCORES')
+  for i = 1, #seats, 2 do
+    local sid = seats[i]
+    local client_id = redis.call('HGET', prefix .. 'session_client', sid)
+      or redis.call('HGET', prefix .. 'session:' .. sid, 'client_id')
+    if client_id then
+      redis.call('ZADD', prefix .. 'client_seats:' .. client_id, seats[i + 1], sid)
+    end
+  end
+end
+
+-- Whether string a sorts before b byte by byte, as Python compares ASCII ids (Lua's '<'
+-- follows the server's locale).
+local function bytes_before(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x < y
+    end
+  end
+  return #a < #b
 end
 
 -- Give a live session's keys a fresh safety-net TTL (milliseconds, relative; see store.py).

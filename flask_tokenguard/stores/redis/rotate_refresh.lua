@@ -41,6 +41,8 @@ redis.call('SADD', prefix .. 'used_by:' .. sid, old_hash)
 expire_session(prefix, sid, new_hash, ttl_ms)
 redis.call('ZADD', prefix .. 'sessions', expires_at, sid)
 if s['holds_seat'] == '1' then
+  -- Both seat indexes move together, so that the client's never drifts from the pool's.
   redis.call('ZADD', prefix .. 'seats', 'XX', expires_at, sid)
+  redis.call('ZADD', prefix .. 'client_seats:' .. s['client_id'], 'XX', expires_at, sid)
 end
 return redis.call('HGETALL', KEYS[1])

@@ -12,16 +12,20 @@ Retries: redis-py resends a command whose connection broke after it was sent, so
 script may run twice for one call. The scripts whose second run would answer
 differently recognise their own first run: ``start_session`` and ``rotate_refresh`` by
 the refresh hash only the caller knows, ``record_failure`` by an attempt id drawn per
-call.
+call. A resent start that replaced sessions reports them again from a record kept a
+minute (``REPLACED_KEPT_MS``), so the caller still stops honouring their tokens. (A
+resent ``end_admin_session`` finds nothing left and answers None; a resent
+``add_event`` stores the event twice: both harmless.)
 
 Expiry: every decision compares with the ``now`` the caller passes, never with Redis's
 clock. Redis TTLs are only a safety net that frees the keys of sessions nobody sweeps.
 They are *relative* (PEXPIRE of ``expires_at - now`` plus a margin of real time), not
 PEXPIREAT at ``expires_at``: the caller's ``now`` need not be the wall clock (tests use
 ``now=1000``; app hosts may be skewed), and an absolute deadline in the past would delete
-a live session at once. Lockout counters get the same kind of safety net (their window
-plus the margin). Aggregate keys (seat and session indexes, revocations) have no
-TTL and are swept explicitly by ``now``.
+a live session at once. Lockout counters and admin console sessions get the same kind of
+safety net (their window or lifetime plus the margin). Aggregate keys (seat and session
+indexes, revocations, events) have no TTL and are swept explicitly by ``now`` (events
+are trimmed by count).
 """
 
 from __future__ import annotations
@@ -35,12 +39,15 @@ import typing as t
 
 from ...errors import ConfigurationError
 from ...errors import ConflictError
+from ...models import AdminSession
 from ...models import Client
+from ...models import SeatOutcome
 from ...models import SigningKey
 from ...models import TokenSession
 from ...models import User
 from .. import records
 from ..base import epoch_text
+from ..base import EVENTS_KEPT
 from ..base import new_epoch
 from ..base import REVOKE_MARGIN
 from ..base import schemes_of
@@ -63,6 +70,9 @@ TTL_MAX_MS = 10 * 365 * 86400 * 1000
 #: so a bounded sweep keeps each script short without changing any result.
 SWEEP_LIMIT = 256
 
+#: Real milliseconds a start's list of replaced sessions is kept for a resend to report.
+REPLACED_KEPT_MS = 60_000
+
 #: Scripts, each in ``<name>.lua`` of this package with ``lib.lua`` prepended.
 _SCRIPTS = (
     "start_session",
@@ -80,6 +90,8 @@ _SCRIPTS = (
     "update_user",
     "signing_keys",
     "record_failure",
+    "touch_admin_session",
+    "end_admin_session",
 )
 
 #: Characters that SCAN's MATCH treats as glob syntax.
@@ -125,6 +137,15 @@ def _check_hash_tag(prefix: str) -> None:
 
 def _session_from(fields: t.Mapping[str, str], session_id: str) -> TokenSession:
     return records.session_from({**fields, "session_id": session_id})
+
+
+def _admin_session_from(fields: t.Mapping[str, str], session_hash: str) -> AdminSession:
+    return AdminSession(
+        session_hash=session_hash,
+        username=fields["username"],
+        created_at=float(fields["created_at"]),
+        expires_at=float(fields["expires_at"]),
+    )
 
 
 def _pairs(flat: t.Sequence[str]) -> dict[str, str]:
@@ -376,7 +397,9 @@ class RedisStore(Store):
         now: float,
         *,
         skew: float = 0.0,
-    ) -> bool:
+        client_cap: int | None = None,
+        replace_oldest: bool = False,
+    ) -> SeatOutcome:
         sid = session.session_id
         keys = [
             self._key("seats"),
@@ -384,6 +407,8 @@ class RedisStore(Store):
             self._key("session", sid),
             self._key("refresh", session.refresh_hash),
             self._key("client_sessions", session.client_id),
+            self._key("client_seats", session.client_id),
+            self._key("replaced", sid),
         ]
         args = [
             self.key_prefix,
@@ -401,12 +426,24 @@ class RedisStore(Store):
             str(SWEEP_LIMIT),
             # Seats are reclaimed only once expired on every host's clock (see ``Store``).
             _num(now - max(skew, 0.0)),
+            "" if client_cap is None else str(int(client_cap)),
+            "1" if replace_oldest else "0",
+            _num(now + REVOKE_MARGIN),
+            _epoch_candidate(),
+            str(REPLACED_KEPT_MS),
         ]
-        return bool(self._run("start_session", keys, args) == 1)
+        reply = self._run("start_session", keys, args)
+        if reply[0] != 1:
+            return SeatOutcome(False, "client" if reply[1] == "client" else "pool")
+        replaced = tuple(
+            _session_from(_pairs(reply[i + 1]), reply[i]) for i in range(1, len(reply), 2)
+        )
+        return SeatOutcome(True, None, replaced)
 
-    def earliest_seat_expiry(self, now: float) -> float | None:
+    def earliest_seat_expiry(self, now: float, client_id: str | None = None) -> float | None:
+        seats = self._key("seats") if client_id is None else self._key("client_seats", client_id)
         first = self._client.zrangebyscore(
-            self._key("seats"), f"({_num(now)}", "+inf", start=0, num=1, withscores=True
+            seats, f"({_num(now)}", "+inf", start=0, num=1, withscores=True
         )
         return float(first[0][1]) if first else None
 
@@ -463,8 +500,14 @@ class RedisStore(Store):
 
     def end_sessions(self, client_id: str | None, now: float) -> int:
         sessions = self._key("sessions")
-        members = sessions if client_id is None else self._key("client_sessions", client_id)
-        keys = [sessions, members]
+        if client_id is None:
+            keys = [sessions, sessions, sessions]
+        else:
+            keys = [
+                sessions,
+                self._key("client_sessions", client_id),
+                self._key("client_seats", client_id),
+            ]
         args = [
             self.key_prefix,
             client_id or "",
@@ -519,6 +562,53 @@ class RedisStore(Store):
         reply = self._run("revocations_since", [self._key("revoked_seq")], args)
         entries = {reply[i]: float(reply[i + 1]) for i in range(1, len(reply), 2)}
         return entries, int(reply[0])
+
+    # -- admin console sessions --------------------------------------------------------
+
+    def start_admin_session(self, session: AdminSession) -> None:
+        key = self._key("admin", session.session_hash)
+        # The session starts at created_at: its safety net runs from there (see above).
+        ttl_ms = _ttl_ms(session.expires_at, session.created_at)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.delete(key)
+        pipe.hset(
+            key,
+            mapping={
+                "username": session.username,
+                "created_at": _num(session.created_at),
+                "expires_at": _num(session.expires_at),
+            },
+        )
+        pipe.pexpire(key, int(ttl_ms))
+        pipe.execute()
+
+    def touch_admin_session(
+        self, session_hash: str, now: float, expires_at: float
+    ) -> AdminSession | None:
+        keys = [self._key("admin", session_hash)]
+        args = [_num(now), _num(expires_at), _ttl_ms(expires_at, now)]
+        flat = self._run("touch_admin_session", keys, args)
+        return None if not flat else _admin_session_from(_pairs(flat), session_hash)
+
+    def end_admin_session(self, session_hash: str) -> AdminSession | None:
+        flat = self._run("end_admin_session", [self._key("admin", session_hash)], [])
+        return None if not flat else _admin_session_from(_pairs(flat), session_hash)
+
+    # -- recent security events --------------------------------------------------------
+
+    def add_event(self, event: t.Mapping[str, str], keep: int = EVENTS_KEPT) -> None:
+        key = self._key("events")
+        # MULTI: the push and the trim happen together, so the list never grows past keep.
+        pipe = self._client.pipeline(transaction=True)
+        pipe.lpush(key, _to_json(dict(event)))
+        pipe.ltrim(key, 0, max(keep, 1) - 1)
+        pipe.execute()
+
+    def recent_events(self, limit: int = 100) -> list[dict[str, str]]:
+        if limit <= 0:
+            return []  # LRANGE 0 -1 would mean every event
+        values = t.cast("list[str]", self._client.lrange(self._key("events"), 0, limit - 1))
+        return [json.loads(v) for v in values]
 
     # -- lockout counters --------------------------------------------------------------
 

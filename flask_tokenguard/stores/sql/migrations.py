@@ -44,6 +44,34 @@ def migrate_1_to_2(store: MigratingStore) -> None:
     use_no_pad_collation(store)
 
 
+def migrate_2_to_3(store: MigratingStore) -> None:
+    """Version 2 to 3: clients' seat caps, admin users, admin sessions and events.
+
+    Old clients get no cap of their own (NULL); old users are no administrators (the
+    column's default fills their rows).
+    """
+    import sqlalchemy as sa
+    from sqlalchemy.schema import CreateColumn
+
+    q = store._q
+    prefix = f"{store._quoted_schema()}." if store._schema is not None else ""
+    with store._engine.begin() as conn:
+        inspector = sa.inspect(conn)
+        for table, column in ((q.clients, "max_seats"), (q.users, "admin")):
+            present = {c["name"] for c in inspector.get_columns(table.name, schema=store._schema)}
+            if column not in present:
+                # "ADD name type ...": every engine takes ADD without COLUMN.
+                definition = CreateColumn(table.c[column]).compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {prefix}{table.name} ADD {definition}")
+    with store._engine.begin() as conn:
+        for index in q.sessions.indexes:
+            index.create(conn, checkfirst=True)
+        q.admin_sessions.create(conn, checkfirst=True)
+        q.events.create(conn, checkfirst=True)
+    # New tables on a MySQL database the store did not create take its collation.
+    use_no_pad_collation(store)
+
+
 def use_no_pad_collation(store: MigratingStore) -> None:
     """On MySQL/MariaDB, convert every table (and the database) to a NO PAD collation.
 
@@ -143,4 +171,5 @@ def create_schema(store: MigratingStore) -> None:
 #: Upgrade steps: the version a schema has -> the function that brings it to the next.
 MIGRATIONS: dict[int, t.Callable[[MigratingStore], None]] = {
     1: migrate_1_to_2,
+    2: migrate_2_to_3,
 }

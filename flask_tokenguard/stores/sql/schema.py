@@ -14,7 +14,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
 
 #: Bumped whenever the tables change; stored in ``tg_schema_version``. Older schemas are
 #: migrated in place by the steps of ``SQLAlchemyStore._MIGRATIONS``.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Name of the counter row that numbers revocations.
 SEQ = "revocation_seq"
 #: Name of the counter row that holds the revocation epoch (a random number).
@@ -93,6 +93,8 @@ class SQL:
             sa.Column("scopes", sa.UnicodeText, nullable=False),
             sa.Column("enabled", sa.Boolean, nullable=False),
             sa.Column("created_at", when(), nullable=False),
+            #: Since version 3: the client's own seat cap; NULL for none.
+            sa.Column("max_seats", sa.Integer, nullable=True),
             # Filtered: a SQL Server UNIQUE constraint admits only one NULL.
             sa.Index(
                 "tg_clients_alias",
@@ -108,6 +110,8 @@ class SQL:
             sa.Column("username", key(), primary_key=True),
             sa.Column("password_hash", sa.Unicode(512), nullable=False),
             sa.Column("created_at", when(), nullable=False),
+            #: Since version 3; the default fills the rows of older schemas.
+            sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
             **table_kw,
         )
         self.sessions = sa.Table(
@@ -124,6 +128,9 @@ class SQL:
             sa.UniqueConstraint("refresh_hash", name="tg_sessions_refresh_hash"),
             sa.Index("tg_sessions_client", "client_id"),
             sa.Index("tg_sessions_expiry", "expires_at"),
+            # Since version 3: a client's live seats counted, and its oldest found, on
+            # every capped start.
+            sa.Index("tg_sessions_client_seat", "client_id", "holds_seat", "created_at"),
             **table_kw,
         )
         self.used_refresh = sa.Table(
@@ -177,6 +184,32 @@ class SQL:
             sa.Index("tg_failures_until", "until"),
             **table_kw,
         )
+        #: Since version 3: signed-in administrators of the admin console.
+        self.admin_sessions = sa.Table(
+            "tg_admin_sessions",
+            metadata,
+            sa.Column("session_hash", key(), primary_key=True),
+            sa.Column("username", key(), nullable=False),
+            sa.Column("created_at", when(), nullable=False),
+            sa.Column("expires_at", when(), nullable=False),
+            sa.Index("tg_admin_sessions_expiry", "expires_at"),
+            **table_kw,
+        )
+        #: Since version 3: recent security events, newest = highest id. On SQLite,
+        #: AUTOINCREMENT (an INTEGER key) so that ids never go back after a trim.
+        self.events = sa.Table(
+            "tg_events",
+            metadata,
+            sa.Column(
+                "id",
+                sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+                primary_key=True,
+                autoincrement=True,
+            ),
+            sa.Column("event", sa.UnicodeText, nullable=False),
+            sqlite_autoincrement=True,
+            **table_kw,
+        )
 
     def _build_statements(self) -> None:
         """Every statement the store runs, built once."""
@@ -194,6 +227,8 @@ class SQL:
             claims,
             keys,
             failures,
+            admins,
+            events,
         ) = (
             self.pool,
             self.counters,
@@ -206,6 +241,8 @@ class SQL:
             self.claims,
             self.signing_keys,
             self.failures,
+            self.admin_sessions,
+            self.events,
         )
 
         bp = sa.bindparam
@@ -308,6 +345,20 @@ class SQL:
         self.sweep_sessions = sessions.delete().where(sessions.c.expires_at <= now)
         self.count_seats = sa.select(sa.func.count()).select_from(sessions).where(seat_live)
         self.earliest_seat = sa.select(sa.func.min(sessions.c.expires_at)).where(seat_live)
+        client_seat_live = sa.and_(sessions.c.client_id == bp("b_client_id"), seat_live)
+        self.earliest_client_seat = sa.select(sa.func.min(sessions.c.expires_at)).where(
+            client_seat_live
+        )
+        #: By ``tg_sessions_client_seat``: one client's seats, in the order they are
+        #: replaced.
+        self.count_client_seats = (
+            sa.select(sa.func.count()).select_from(sessions).where(client_seat_live)
+        )
+        self.client_seat_ids = (
+            sa.select(sessions.c.session_id)
+            .where(client_seat_live)
+            .order_by(sessions.c.created_at, sessions.c.session_id)
+        )
         self.insert_session = sessions.insert()
         self.get_session = sa.select(sessions).where(
             sessions.c.session_id == bp("b_session_id"), live
@@ -347,6 +398,8 @@ class SQL:
             "session": sessions.c.session_id == bp("b_key"),
             "client": sessions.c.client_id == bp("b_key"),
             "all": None,
+            # Seats replaced by a capped start (their ids, picked under the pool lock).
+            "ids": sessions.c.session_id.in_(bp("b_ids", expanding=True)),
         }
         for kind, where in filters.items():
             # A write that changes nothing, for its row locks: a refresh rotation that
@@ -377,6 +430,29 @@ class SQL:
         self.revoked_since = sa.select(revoked.c.token_id, revoked.c.expires_at).where(
             revoked.c.seq > bp("b_seq"), revoked.c.expires_at > now
         )
+
+        # -- admin console sessions
+        admin_hash = admins.c.session_hash == bp("b_session_hash")
+        self.insert_admin = admins.insert()
+        self.purge_admins = admins.delete().where(admins.c.expires_at <= now)
+        #: The touch: the WHERE clause is the liveness check, so a session cannot
+        #: expire between being checked and being extended.
+        self.touch_admin = (
+            admins.update()
+            .where(admin_hash, admins.c.expires_at > now)
+            .values(expires_at=bp("b_expires_at"))
+        )
+        #: A write that changes nothing, for its row lock (writes first: see SQLite).
+        self.lock_admin = admins.update().where(admin_hash).values(expires_at=admins.c.expires_at)
+        self.get_admin = sa.select(admins).where(admin_hash)
+        self.delete_admin = admins.delete().where(admin_hash)
+
+        # -- recent security events
+        self.insert_event = events.insert()
+        #: Newest first; LIMIT/OFFSET are added per call (compiled once per shape).
+        self.event_ids = sa.select(events.c.id).order_by(events.c.id.desc())
+        self.newest_events = sa.select(events.c.event).order_by(events.c.id.desc())
+        self.trim_events = events.delete().where(events.c.id < bp("b_cutoff"))
 
         # -- lockout counters
         live_window = failures.c.until > now

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import random
 import re
@@ -43,12 +44,15 @@ import typing as t
 from ...errors import ConfigurationError
 from ...errors import ConflictError
 from ...errors import StoreError
+from ...models import AdminSession
 from ...models import Client
+from ...models import SeatOutcome
 from ...models import SigningKey
 from ...models import TokenSession
 from ...models import User
 from .. import records
 from ..base import epoch_text
+from ..base import EVENTS_KEPT
 from ..base import impossible_key
 from ..base import new_epoch
 from ..base import schemes_of
@@ -475,6 +479,7 @@ class SQLAlchemyStore(Store):
                 {
                     "password_hash": user.password_hash,
                     "created_at": user.created_at,
+                    "admin": bool(user.admin),
                     "b_username": user.username,
                 },
             )
@@ -500,26 +505,52 @@ class SQLAlchemyStore(Store):
         now: float,
         *,
         skew: float = 0.0,
-    ) -> bool:
+        client_cap: int | None = None,
+        replace_oldest: bool = False,
+    ) -> SeatOutcome:
         q = self._q
         # Seats are reclaimed only once expired on every host's clock (see ``Store``).
         before = {"now": now - max(skew, 0.0)}
+        replaced: list[TokenSession] = []
         with self._tx() as conn:
             # 1. Lock: concurrent acquirers queue here, across processes and hosts.
             self._lock_pool(conn)
             # 2. Sweep: expired seats are free (used hashes go by cascade).
             conn.execute(q.sweep_sessions, before)
-            # 3. Count: READ COMMITTED, so this sees the previous holder's commit.
-            if session.holds_seat and seat_limit is not None:
-                if conn.execute(q.count_seats, before).scalar_one() >= seat_limit:
-                    return False
+            if session.holds_seat:
+                # 3. Count: READ COMMITTED, so this sees the previous holder's commit.
+                victims: list[str] = []
+                if client_cap is not None:
+                    mine = {**before, "b_client_id": session.client_id}
+                    excess = conn.execute(q.count_client_seats, mine).scalar_one() - client_cap + 1
+                    if excess > 0:
+                        if not replace_oldest or client_cap <= 0:
+                            return SeatOutcome(False, "client")
+                        ids = conn.execute(q.client_seat_ids, mine).scalars().all()
+                        victims = list(ids[:excess])
+                if seat_limit is not None:
+                    held = conn.execute(q.count_seats, before).scalar_one()
+                    # Decided before anything ends, so that a refusal changes nothing.
+                    if held - len(victims) >= seat_limit:
+                        return SeatOutcome(False, "pool")
+                if victims:
+                    # Under the pool lock nobody else ends or sweeps these rows.
+                    ended = self._end_in(conn, "ids", {"b_ids": victims, "now": now}, now)
+                    replaced = sorted(ended, key=lambda s: (s.created_at, s.session_id))
             # 4. Take the seat; the commit releases the lock.
             conn.execute(q.insert_session, records.session_record(session))
-        return True
+        return SeatOutcome(True, None, tuple(replaced))
 
-    def earliest_seat_expiry(self, now: float) -> float | None:
+    def earliest_seat_expiry(self, now: float, client_id: str | None = None) -> float | None:
+        q = self._q
         with self._tx() as conn:
-            value = conn.execute(self._q.earliest_seat, {"now": now}).scalar()
+            if client_id is None:
+                value = conn.execute(q.earliest_seat, {"now": now}).scalar()
+            elif impossible_key(client_id):
+                return None
+            else:
+                params = {"now": now, "b_client_id": client_id}
+                value = conn.execute(q.earliest_client_seat, params).scalar()
         return None if value is None else float(value)
 
     def seats_in_use(self, now: float) -> int:
@@ -579,35 +610,41 @@ class SQLAlchemyStore(Store):
 
     def _end(self, kind: str, key: str | None, now: float) -> list[TokenSession]:
         """End the sessions ``kind`` picks, record them as revoked; return live ones."""
-        lock, pick, prune, drop = self._q.end[kind]
-        params = {"b_key": key, "now": now}
         with self._tx() as conn:
             # Lock order: pool, session rows, counter, revoked rows (module docstring).
             self._lock_pool(conn)
-            # Lock the rows before reading them: a concurrent rotation (which takes no
-            # pool lock) either committed before the lock, and the read below sees its
-            # expiry (READ COMMITTED), or waits and then finds the row gone. A plain
-            # read would revoke the session only until the expiry before the rotation,
-            # and tokens issued by that rotation would be accepted again afterwards.
-            conn.execute(lock, params)
-            ended = [records.session_from(row._mapping) for row in conn.execute(pick, params)]
-            if not ended:
-                return []
-            seq = self._bump_seq(conn)
-            conn.execute(prune, params)
-            conn.execute(drop, params)
-            conn.execute(
-                self._q.insert_revoked,
-                [
-                    {
-                        "token_id": s.session_id,
-                        "expires_at": session_revoked_until(s.expires_at, now),
-                        "seq": seq,
-                    }
-                    for s in ended
-                ],
-            )
+            ended = self._end_in(conn, kind, {"b_key": key, "now": now}, now)
         return [s for s in ended if s.is_live(now)]
+
+    def _end_in(
+        self, conn: Connection, kind: str, params: dict[str, t.Any], now: float
+    ) -> list[TokenSession]:
+        """End the sessions ``kind`` picks in ``conn`` (pool row locked); return them all."""
+        lock, pick, prune, drop = self._q.end[kind]
+        # Lock the rows before reading them: a concurrent rotation (which takes no
+        # pool lock) either committed before the lock, and the read below sees its
+        # expiry (READ COMMITTED), or waits and then finds the row gone. A plain
+        # read would revoke the session only until the expiry before the rotation,
+        # and tokens issued by that rotation would be accepted again afterwards.
+        conn.execute(lock, params)
+        ended = [records.session_from(row._mapping) for row in conn.execute(pick, params)]
+        if not ended:
+            return []
+        seq = self._bump_seq(conn)
+        conn.execute(prune, params)
+        conn.execute(drop, params)
+        conn.execute(
+            self._q.insert_revoked,
+            [
+                {
+                    "token_id": s.session_id,
+                    "expires_at": session_revoked_until(s.expires_at, now),
+                    "seq": seq,
+                }
+                for s in ended
+            ],
+        )
+        return ended
 
     def end_session(self, session_id: str, now: float) -> TokenSession | None:
         if impossible_key(session_id):
@@ -680,6 +717,77 @@ class SQLAlchemyStore(Store):
             current = int(conn.execute(q.get_seq).scalar_one())
             rows = conn.execute(q.revoked_since, {"b_seq": seq, "now": now}).all()
         return {row.token_id: float(row.expires_at) for row in rows}, current
+
+    # -- admin console sessions --------------------------------------------------------
+
+    def start_admin_session(self, session: AdminSession) -> None:
+        q = self._q
+        row = {
+            "session_hash": session.session_hash,
+            "username": session.username,
+            "created_at": float(session.created_at),
+            "expires_at": float(session.expires_at),
+        }
+        with self._tx() as conn:
+            # Sessions never signed out would stay forever: drop those expired by now.
+            conn.execute(q.purge_admins, {"now": session.created_at})
+            conn.execute(q.delete_admin, {"b_session_hash": session.session_hash})
+            conn.execute(q.insert_admin, row)
+
+    def touch_admin_session(
+        self, session_hash: str, now: float, expires_at: float
+    ) -> AdminSession | None:
+        if impossible_key(session_hash):
+            return None
+        q = self._q
+        params = {"b_session_hash": session_hash, "b_expires_at": expires_at, "now": now}
+        with self._tx() as conn:
+            # The UPDATE's row lock keeps a concurrent end or touch out until we commit.
+            # (MySQL counts matched rows: SQLAlchemy connects with FOUND_ROWS.)
+            if conn.execute(q.touch_admin, params).rowcount != 1:
+                conn.execute(q.delete_admin, params)  # expired, or absent
+                return None
+            row = conn.execute(q.get_admin, params).one()
+        return _admin_from(row._mapping)
+
+    def end_admin_session(self, session_hash: str) -> AdminSession | None:
+        if impossible_key(session_hash):
+            return None
+        q = self._q
+        params = {"b_session_hash": session_hash}
+        with self._tx() as conn:
+            # Write first (see ``_sqlite_events``), then read what we delete.
+            if conn.execute(q.lock_admin, params).rowcount != 1:
+                return None
+            row = conn.execute(q.get_admin, params).one()
+            conn.execute(q.delete_admin, params)
+        return _admin_from(row._mapping)
+
+    # -- recent security events --------------------------------------------------------
+
+    def add_event(self, event: t.Mapping[str, str], keep: int = EVENTS_KEPT) -> None:
+        q = self._q
+        # ASCII JSON: escapes keep any string exact, whatever the column's encoding.
+        text = json.dumps(dict(event))
+        keep = max(keep, 1)
+        with self._tx() as conn:
+            inserted = conn.execute(q.insert_event, {"event": text}).inserted_primary_key
+            event_id = None if inserted is None else inserted[0]
+            # Trim once per batch, not per insert: between trims at most ``batch - 1``
+            # extra events stay, so never more than twice ``keep``. The cutoff is the
+            # ``keep``-th newest id, not ``event_id - keep``: ids may have gaps (a
+            # sequence skips values that rolled back).
+            if event_id is not None and int(event_id) % max(1, min(100, keep)) == 0:
+                cutoff = conn.execute(q.event_ids.offset(keep - 1).limit(1)).scalar()
+                if cutoff is not None:
+                    conn.execute(q.trim_events, {"b_cutoff": cutoff})
+
+    def recent_events(self, limit: int = 100) -> list[dict[str, str]]:
+        if limit <= 0:
+            return []
+        with self._tx() as conn:
+            texts = conn.execute(self._q.newest_events.limit(limit)).scalars().all()
+        return [json.loads(text) for text in texts]
 
     # -- lockout counters --------------------------------------------------------------
 
@@ -763,6 +871,15 @@ class SQLAlchemyStore(Store):
     def clear_failures(self, key: str) -> None:
         with self._tx() as conn:
             conn.execute(self._q.clear_failures, {"b_key_hash": _failure_key_hash(key)})
+
+
+def _admin_from(row: t.Any) -> AdminSession:
+    return AdminSession(
+        session_hash=row["session_hash"],
+        username=row["username"],
+        created_at=float(row["created_at"]),
+        expires_at=float(row["expires_at"]),
+    )
 
 
 def _failure_key_hash(key: str) -> str:
