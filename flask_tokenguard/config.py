@@ -398,25 +398,25 @@ class Settings:
     max_seats_per_client: int | None = _setting(
         None,
         _as_optional(_as_int(1)),
-        "licensed sessions one client may hold at once; `None` = no cap (accepted, not used yet)",
+        "licensed sessions one client may hold at once, for clients without their own "
+        "`--max-seats`; `None` = no cap. A cap applies with or without `TOKENGUARD_LICENSES`",
     )
     seat_policy: str = _setting(
         "refuse",
         _as_choice("refuse", "replace_oldest"),
-        "at a client's seat cap: `refuse` or `replace_oldest` (accepted, not used yet)",
+        "at a client's seat cap: `refuse` (400 `license_unavailable` with `Retry-After`) or "
+        "`replace_oldest` (the client's oldest seat-holding session ends, as by logoff)",
     )
     audit_log: str | None = _setting(
         None,
         _as_optional(_as_path),
         "a file the audit trail is appended to as JSON lines (mode 0600; processes may share it)",
     )
-    admin_enabled: bool = _setting(
-        False, _as_bool, "mount the admin console at `<prefix>/admin/` (accepted, not used yet)"
-    )
+    admin_enabled: bool = _setting(False, _as_bool, "mount the admin console at `<prefix>/admin/`")
     admin_session_ttl: int = _setting(
         900,
         _as_int(1),
-        "idle seconds after which an admin console session ends (accepted, not used yet)",
+        "idle seconds after which an admin console session ends",
     )
     metrics_enabled: bool = _setting(
         False, _as_bool, "serve Prometheus metrics at `<prefix>/metrics` (extra `metrics`)"

@@ -15,10 +15,12 @@ from flask import Response
 
 from ..config import DEFAULTS
 from ..config import Settings
+from ..core.admin import AdminVerifier
 from ..core.grants import PasswordVerifier
 from ..errors import OAuthError
 from ..stores import store_from_url
 from ..stores.base import Store
+from . import admin
 from . import endpoints
 from . import ops
 from .cli import tokenguard as cli_group
@@ -50,6 +52,7 @@ class TokenGuard:
     def __init__(self, app: Flask | None = None) -> None:
         self._states: WeakKeyDictionary[Flask, AppState] = WeakKeyDictionary()
         self._password_verifier: PasswordVerifier | None = None
+        self._admin_verifier: AdminVerifier | None = None
         if app is not None:
             self.init_app(app)
 
@@ -75,9 +78,16 @@ class TokenGuard:
                 f" or {settings.server_name}" if settings.server_name else "",
             )
         store = store_from_url(settings.store_url, **settings.store_options)
-        self._states[app] = AppState(settings, store, lambda: self._password_verifier)
+        self._states[app] = AppState(
+            settings,
+            store,
+            lambda: self._password_verifier,
+            admin_verifier=lambda: self._admin_verifier,
+        )
         app.extensions["tokenguard"] = self
         app.register_blueprint(endpoints.bp, url_prefix=settings.url_prefix or None)
+        if settings.admin_enabled:
+            app.register_blueprint(admin.bp, url_prefix=f"{settings.url_prefix}/admin")
         ops.init_ops(app, hooks=False)
         if not _has_own_handler(app):
             app.register_error_handler(OAuthError, handle_oauth_error)
@@ -110,4 +120,12 @@ class TokenGuard:
         Without one the built-in user table (``flask tokenguard create-user``) is used.
         """
         self._password_verifier = fn
+        return fn
+
+    def admin_verifier(self, fn: AdminVerifier) -> AdminVerifier:
+        """Register ``fn(username, password) -> bool`` for the admin console's sign-in.
+
+        Without one, built-in users created with ``create-user --admin`` sign in.
+        """
+        self._admin_verifier = fn
         return fn
