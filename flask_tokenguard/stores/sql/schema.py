@@ -66,6 +66,10 @@ class SQL:
             metadata,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
             sa.Column("version", sa.BigInteger, nullable=False),
+            #: Since version 3: the seat-holding rows of ``tg_sessions`` (expired ones
+            #: included until swept), kept by every transaction that adds or deletes
+            #: one, under this row's lock; a seat start reads it instead of counting.
+            sa.Column("seats", sa.BigInteger, nullable=False, server_default="0"),
             **table_kw,
         )
         self.counters = sa.Table(
@@ -262,7 +266,7 @@ class SQL:
         self.seeds: tuple[tuple[sa.Select[t.Any], sa.Insert], ...] = (
             (
                 sa.select(pool.c.id).where(pool.c.id == 1),
-                pool.insert().values(id=1, version=0),
+                pool.insert().values(id=1, version=0, seats=0),
             ),
             (
                 sa.select(counters.c.name).where(counters.c.name == SEQ),
@@ -278,6 +282,18 @@ class SQL:
 
         # -- locks: a write on one row is an exclusive row lock on every engine
         self.lock_pool = pool.update().where(pool.c.id == 1).values(version=pool.c.version + 1)
+        #: The lock, and the held-seats counter it guards, in one round trip.
+        self.lock_pool_returning = self.lock_pool.returning(pool.c.seats)
+        self.get_seats = sa.select(pool.c.seats).where(pool.c.id == 1)
+        #: Only under the pool lock, which the caller took first.
+        self.set_seats = pool.update().where(pool.c.id == 1).values(seats=bp("b_seats"))
+        self.add_seats = (
+            pool.update().where(pool.c.id == 1).values(seats=pool.c.seats + bp("b_delta"))
+        )
+        #: The counter computed from the rows (the migration that adds it).
+        self.count_seat_rows = (
+            sa.select(sa.func.count()).select_from(sessions).where(sessions.c.holds_seat == sa.true())
+        )
         self.bump_seq = (
             counters.update().where(counters.c.name == SEQ).values(value=counters.c.value + 1)
         )
@@ -342,7 +358,13 @@ class SQL:
         self.list_users = sa.select(users)
 
         # -- sessions and seats
-        self.sweep_sessions = sessions.delete().where(sessions.c.expires_at <= now)
+        #: Expired seats are swept under the pool lock, by seat-taking starts, which
+        #: subtract the rows deleted from the counter; expired seat-less rows by
+        #: seat-less starts, without it. The two sets are disjoint: no sweeper waits
+        #: for another's row locks.
+        expired = sessions.c.expires_at <= now
+        self.sweep_seats = sessions.delete().where(sessions.c.holds_seat == sa.true(), expired)
+        self.sweep_free = sessions.delete().where(sessions.c.holds_seat == sa.false(), expired)
         self.count_seats = sa.select(sa.func.count()).select_from(sessions).where(seat_live)
         self.earliest_seat = sa.select(sa.func.min(sessions.c.expires_at)).where(seat_live)
         client_seat_live = sa.and_(sessions.c.client_id == bp("b_client_id"), seat_live)
@@ -401,6 +423,10 @@ class SQL:
             # Seats replaced by a capped start (their ids, picked under the pool lock).
             "ids": sessions.c.session_id.in_(bp("b_ids", expanding=True)),
         }
+        #: Deletes what ``pick`` returned, by id: a seat-less start takes no pool lock,
+        #: so a session inserted between the pick and a delete by client would go
+        #: unrevoked, and the counter would lose track of it.
+        self.delete_ids = sessions.delete().where(filters["ids"])
         for kind, where in filters.items():
             # A write that changes nothing, for its row locks: a refresh rotation that
             # commits a later expiry between our read and our delete would otherwise
