@@ -6,6 +6,7 @@ import html
 import re
 import typing as t
 
+import jwt
 import pytest
 from flask import Flask
 
@@ -15,8 +16,10 @@ from flask_tokenguard.core.security import hash_secret
 from flask_tokenguard.models import User
 from flask_tokenguard.web.admin.views import SESSION_COOKIE
 from tests.helpers import bearer
+from tests.helpers import cli
 from tests.helpers import Clock
 from tests.helpers import get_token
+from tests.helpers import register
 
 PASSWORD = "correct horse battery"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -616,6 +619,135 @@ def test_log_off_one_and_all(admin: t.Any, admin_app: Flask) -> None:
     post_form(admin, page_url, f"{page_url}/logoff")
     assert http.get("/whoami", headers=bearer(second)).status_code == 401
     assert store.list_sessions(client_id, 0.0) == []
+
+
+def test_saving_unchanged_values_ends_nothing_and_is_no_event(
+    admin: t.Any, admin_app: Flask
+) -> None:
+    client_id, secret, _ = create(admin)
+    http = admin_app.test_client()
+    access = get_token(http, creds(client_id, secret), scope="all").get_json()["access_token"]
+    page_url = f"/admin/clients/{client_id}"
+    same = {"name": "Reports", "scope": ["view", "all"], "grant": ["client_credentials"]}
+    assert post_form(admin, page_url, page_url, **same).status_code == 303
+    assert http.get("/whoami", headers=bearer(access)).status_code == 200
+    names = [e["event"] for e in events_of(admin_app)]
+    assert "client.updated" not in names and "session.ended" not in names
+
+
+def test_removing_the_own_cap_returns_to_the_default(app_factory: t.Callable[..., Flask]) -> None:
+    app = app_factory(ADMIN_ENABLED=True, MAX_SEATS_PER_CLIENT=1)
+    add_user(app)
+    http = app.test_client()
+    sign_in(http)
+    client_id, secret, _ = create(http, max_seats="2")
+    tokens = [
+        get_token(app.test_client(), creds(client_id, secret)).get_json()["access_token"]
+        for _ in range(2)
+    ]
+    page_url = f"/admin/clients/{client_id}"
+    form = {"name": "Reports", "scope": ["view", "all"], "grant": ["client_credentials"]}
+    assert post_form(http, page_url, page_url, max_seats="", **form).status_code == 303
+    # As ``update-client --no-max-seats``: the oldest seat holder beyond the default ended.
+    api = app.test_client()
+    assert api.get("/whoami", headers=bearer(tokens[0])).status_code == 401
+    assert api.get("/whoami", headers=bearer(tokens[1])).status_code == 200
+    ended = events_of(app)[0]
+    assert (ended["event"], ended["reason"]) == ("session.ended", "client_changed")
+
+
+def _sid(access_token: str) -> str:
+    return str(jwt.decode(access_token, options={"verify_signature": False})["sid"])
+
+
+def _alike(events: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The events oldest first without sign-in and sign-out, ``time``, ``admin`` and
+    ``remote_addr``, each id replaced by the order it first appeared in."""
+    names: dict[str, str] = {}
+    out = []
+    for event in reversed(events):
+        if event["event"].startswith("admin."):
+            continue
+        kept = {k: v for k, v in event.items() if k not in ("time", "admin", "remote_addr")}
+        for key in ("client_id", "session_id"):
+            if key in kept:
+                kept[key] = names.setdefault(kept[key], f"{key}-{len(names)}")
+        if kept.get("subject") in names:
+            kept["subject"] = names[kept["subject"]]
+        out.append(kept)
+    return out
+
+
+def test_the_console_and_the_command_line_report_actions_alike(
+    admin: t.Any, admin_app: Flask, app_factory: t.Callable[..., Flask]
+) -> None:
+    """Both call the same core functions, which report what each action did."""
+    # Through the console.
+    client_id, secret, _ = create(admin)
+    api = admin_app.test_client()
+    page_url = f"/admin/clients/{client_id}"
+
+    def token(scope: str = "all") -> str:
+        body = get_token(api, creds(client_id, secret), scope=scope).get_json()
+        return _sid(body["access_token"])
+
+    token()
+    view = token("view")
+    narrowed = {"name": "Reports", "scope": ["view"], "grant": ["client_credentials"]}
+    post_form(admin, page_url, page_url, **narrowed)
+    post_form(admin, page_url, f"/admin/sessions/{view}/logoff")
+    token("view")
+    post_form(admin, page_url, f"{page_url}/enabled", enabled="0")
+    post_form(admin, page_url, f"{page_url}/enabled", enabled="1")
+    token("view")
+    rotated = post_form(admin, f"{page_url}/rotate", f"{page_url}/rotate")
+    secret = field(rotated.get_data(as_text=True), "client-secret")
+    token("view")
+    token("view")
+    post_form(admin, page_url, f"{page_url}/logoff")
+    post_form(admin, f"{page_url}/delete", f"{page_url}/delete")
+    console = events_of(admin_app)
+
+    # The same through the command line.
+    app = app_factory(LICENSES=2)
+    made = register(app, "Reports", "--scope", "view", "--scope", "all")
+    cli_api = app.test_client()
+
+    def cli_token(scope: str = "all") -> str:
+        return _sid(get_token(cli_api, made, scope=scope).get_json()["access_token"])
+
+    cli_token()
+    cli_view = cli_token("view")
+    cli(app, "update-client", made["client_id"], "--scope", "view")
+    cli(app, "logoff", cli_view)
+    cli_token("view")
+    cli(app, "disable-client", made["client_id"])
+    cli(app, "enable-client", made["client_id"])
+    cli_token("view")
+    made["client_secret"] = cli(app, "rotate-secret", made["client_id"], "--yes")["client_secret"]
+    cli_token("view")
+    cli_token("view")
+    cli(app, "logoff", "--client", made["client_id"])
+    cli(app, "delete-client", made["client_id"], "--yes")
+    command_line = events_of(app)
+
+    assert _alike(console) == _alike(command_line)
+    assert [e["event"] for e in _alike(console)] == [
+        "client.created",
+        "client.updated",
+        "session.ended",
+        "session.ended",
+        "client.disabled",
+        "session.ended",
+        "client.enabled",
+        "client.rotated",
+        "session.ended",
+        "session.ended",
+        "session.ended",
+        "client.deleted",
+    ]
+    assert all(e["admin"] == "root" and e["remote_addr"] == "127.0.0.1" for e in console)
+    assert all("remote_addr" not in e for e in command_line)
 
 
 # -- licences and events -----------------------------------------------------------------

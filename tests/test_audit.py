@@ -701,3 +701,158 @@ def test_the_product_emits_only_known_events() -> None:
         audit.ADMIN_SIGN_IN_FAILED,
         audit.ADMIN_SIGNED_OUT,
     }
+
+
+# -- the administrator's actions report themselves, in core ---------------------------------
+
+
+def _kept(store: t.Any) -> list[dict[str, str]]:
+    """The stored events oldest first, without their time."""
+    return [{k: v for k, v in e.items() if k != "time"} for e in reversed(store.recent_events())]
+
+
+def test_core_admin_actions_report_their_own_events(app: Flask) -> None:
+    """The rule the CLI and the console share: each core action emits what it did."""
+    from flask_tokenguard.core import clients
+    from flask_tokenguard.core import sessions
+    from flask_tokenguard.core import users
+
+    state = app.extensions["tokenguard"].state(app)
+    store, settings, now = state.store, state.settings, time.time()
+    who = {"admin": "ops", "remote_addr": "10.0.0.9"}
+    trail = state.audit.bind(**who)
+    client, _ = clients.create_client(
+        store, "billing", scopes=[], known_scopes=list(settings.scopes), now=now, audit=trail
+    )
+    cid = client.client_id
+
+    def start(subject: str) -> str:
+        started = sessions.start_session(
+            store, settings, client=client, subject=subject, scope="view", now=now
+        )
+        return started.session.session_id
+
+    users.create_user(store, "alice", "wonderland", cost=10, now=now, audit=trail)
+    alices = start("alice")
+    _, ended = users.set_password(store, "alice", "looking-glass", cost=10, now=now, audit=trail)
+    assert ended == [alices]
+    own = start(cid)
+    clients.set_enabled(store, cid, False, now=now, audit=trail)
+    clients.set_enabled(store, cid, True, now=now, audit=trail)
+    before_rotation = start(cid)
+    clients.rotate_secret(store, cid, now=now, audit=trail)
+    by_admin = start(cid)
+    (logged_off,) = sessions.log_off(store, now=now, session_id=by_admin, audit=trail)
+    assert logged_off.session_id == by_admin
+    bobs = start("bob")
+    (bobs_ended,) = sessions.log_off(store, now=now, username="bob", audit=trail)
+    assert bobs_ended.session_id == bobs
+    clients.update_client(store, cid, known_scopes=["view", "all"], now=now, audit=trail)
+    clients.update_client(store, cid, known_scopes=["view", "all"], now=now, name="x", audit=trail)
+    clients.delete_client(store, cid, now=now, audit=trail)
+
+    assert _kept(store) == [
+        {"event": "client.created", "client_id": cid, **who},
+        {"event": "user.created", "subject": "alice", **who},
+        {"event": "user.updated", "subject": "alice", **who},
+        {"event": "session.ended", "subject": "alice", "session_id": alices,
+         "reason": "user_changed", **who},
+        {"event": "client.disabled", "client_id": cid, **who},
+        {"event": "session.ended", "client_id": cid, "session_id": own,
+         "reason": "client_changed", **who},
+        {"event": "client.enabled", "client_id": cid, **who},
+        {"event": "client.rotated", "client_id": cid, **who},
+        {"event": "session.ended", "client_id": cid, "session_id": before_rotation,
+         "reason": "client_changed", **who},
+        {"event": "session.ended", "client_id": cid, "subject": cid, "session_id": by_admin,
+         "reason": "admin", **who},
+        {"event": "session.ended", "subject": "bob", "session_id": bobs, "reason": "admin", **who},
+        # The update that changed nothing is no event; the rename is one.
+        {"event": "client.updated", "client_id": cid, **who},
+        {"event": "client.deleted", "client_id": cid, **who},
+    ]  # fmt: skip
+
+
+def test_a_public_client_s_rotation_names_its_new_id_and_its_old_sessions(app: Flask) -> None:
+    from flask_tokenguard.core import clients
+    from flask_tokenguard.core import sessions
+
+    state = app.extensions["tokenguard"].state(app)
+    store, now = state.store, time.time()
+    public, _ = clients.create_client(
+        store, "spa", scopes=["view"], known_scopes=["view"], public=True, now=now
+    )
+    started = sessions.start_session(
+        store, state.settings, client=public, subject="alice", scope="view", now=now
+    )
+    renamed, secret, ended = clients.rotate_secret(
+        store, public.client_id, now=now, audit=state.audit
+    )
+    assert secret is None and renamed.client_id != public.client_id
+    assert ended == [started.session.session_id]
+    assert _kept(store) == [
+        {"event": "client.rotated", "client_id": renamed.client_id},
+        {
+            "event": "session.ended",
+            "client_id": public.client_id,
+            "session_id": started.session.session_id,
+            "reason": "client_changed",
+        },
+    ]
+
+
+def test_core_admin_actions_without_a_trail_report_nothing(app: Flask) -> None:
+    from flask_tokenguard.core import clients
+    from flask_tokenguard.core import sessions
+    from flask_tokenguard.core import users
+
+    state = app.extensions["tokenguard"].state(app)
+    store, now = state.store, time.time()
+    client, _ = clients.create_client(
+        store, "quiet", scopes=["view"], known_scopes=["view"], now=now
+    )
+    clients.rotate_secret(store, client.client_id, now=now)
+    users.create_user(store, "carol", "pw", cost=10, now=now)
+    users.delete_user(store, "carol", now=now)
+    sessions.log_off(store, now=now, everything=True)
+    assert store.recent_events() == []
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param({}, id="none"),
+        pytest.param({"session_id": "s", "everything": True}, id="session-and-all"),
+        pytest.param({"client": "c", "username": "u"}, id="client-and-user"),
+    ],
+)
+def test_log_off_needs_exactly_one_target(app: Flask, target: dict[str, t.Any]) -> None:
+    from flask_tokenguard.core import sessions
+    from flask_tokenguard.errors import AdminInputError
+
+    store = app.extensions["tokenguard"].store(app)
+    creds = register(app)
+    assert get_token(app.test_client(), creds).status_code == 200
+    with pytest.raises(AdminInputError, match="exactly one"):
+        sessions.log_off(store, now=time.time(), **target)
+    assert len(store.list_sessions(None, time.time())) == 1
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param({"session_id": "no-such-session"}, id="session"),
+        pytest.param({"session_id": "not a session id"}, id="impossible-session"),
+        pytest.param({"client": "tg_nobody"}, id="client"),
+    ],
+)
+def test_log_off_of_nothing_live_is_not_found_and_no_event(
+    app: Flask, target: dict[str, t.Any]
+) -> None:
+    from flask_tokenguard.core import sessions
+    from flask_tokenguard.errors import NotFoundError
+
+    state = app.extensions["tokenguard"].state(app)
+    with pytest.raises(NotFoundError):
+        sessions.log_off(state.store, now=time.time(), audit=state.audit, **target)
+    assert state.store.recent_events() == []

@@ -125,22 +125,3 @@ def end_admin_session(store: Store, cookie_value: str | None) -> AdminSession | 
     if not cookie_value or len(cookie_value) > MAX_CREDENTIAL_LENGTH:
         return None
     return store.end_admin_session(hash_secret(cookie_value))
-
-
-def emit_sessions_ended(
-    audit: Audit,
-    session_ids: t.Iterable[str],
-    *,
-    client_id: str | None = None,
-    subject: str | None = None,
-    reason: str,
-) -> None:
-    """Report each ended session as ``session.ended`` with ``reason``."""
-    for session_id in session_ids:
-        audit.emit(
-            events.SESSION_ENDED,
-            client_id=client_id,
-            subject=subject,
-            session_id=session_id,
-            reason=reason,
-        )

@@ -5,6 +5,11 @@ which is generated (256 bits), shown once, and stored only as a SHA-256 hash. A 
 client has no secret and authenticates by id alone, so it may not use
 ``client_credentials``. Rotating, disabling or deleting a client ends its sessions;
 updating it ends those that no longer fit what it may do.
+
+Each administrator's action reports itself to the audit trail it is given (the command
+line and the admin console pass theirs), so that the two never disagree about what an
+action means: its ``client.*`` event, then ``session.ended`` with reason
+``client_changed`` for every session it ended.
 """
 
 from __future__ import annotations
@@ -149,13 +154,14 @@ def create_client(
     alias: str | None = None,
     max_seats: int | None = None,
     now: float,
+    audit: Audit | None = None,
 ) -> tuple[Client, str | None]:
     """Register a client; return it and its secret (None for a public client).
 
     ``max_seats`` is the client's own seat cap (None: ``TOKENGUARD_MAX_SEATS_PER_CLIENT``).
     Raises ``AdminInputError`` for unknown scopes or grants, a public client asking for
     ``client_credentials``, a malformed alias or a negative cap; ``ConflictError`` if the
-    alias is taken.
+    alias is taken. With ``audit``: ``client.created``.
     """
     name = _check_display_name(name)
     if grants is None or not grants:
@@ -179,6 +185,8 @@ def create_client(
         max_seats=_check_max_seats(max_seats),
     )
     store.create_client(client)
+    if audit is not None:
+        audit.emit(events.CLIENT_CREATED, client_id=client.client_id)
     return client, secret
 
 
@@ -205,6 +213,7 @@ def update_client(
     grants: t.Sequence[str] | _Keep = KEEP,
     max_seats: int | None | _Keep = KEEP,
     default_cap: int | None = None,
+    audit: Audit | None = None,
 ) -> tuple[Client, list[str]]:
     """Change what is given (``alias=None`` / ``max_seats=None`` remove them), keep the rest.
 
@@ -219,7 +228,9 @@ def update_client(
       client's own is removed.
 
     A new name or alias ends nothing. Raises as ``create_client`` does, ``NotFoundError``
-    for an unknown client, and ``ConflictError`` if the alias is taken.
+    for an unknown client, and ``ConflictError`` if the alias is taken. With ``audit``:
+    ``client.updated`` when something changed (a change to the same values is none), and
+    each ended session.
     """
     client = find_client(store, id_or_alias)
     changes: dict[str, t.Any] = {}
@@ -273,6 +284,9 @@ def update_client(
     for session in ending:
         if store.end_session(session.session_id, now) is not None:
             ended.append(session.session_id)
+    if audit is not None:
+        audit.emit(events.CLIENT_UPDATED, client_id=updated.client_id)
+        _report_ended(audit, updated.client_id, ended)
     return updated, ended
 
 
@@ -285,49 +299,75 @@ def find_client(store: Store, id_or_alias: str) -> Client:
 
 
 def rotate_secret(
-    store: Store, id_or_alias: str, *, keep_sessions: bool = False, now: float
+    store: Store,
+    id_or_alias: str,
+    *,
+    keep_sessions: bool = False,
+    now: float,
+    audit: Audit | None = None,
 ) -> tuple[Client, str | None, list[str]]:
     """Give a client a new secret, or a public client a new id; the old one stops working.
 
     Returns the updated client, its new secret (None if public) and the ended session ids.
+    With ``audit``: ``client.rotated`` (naming the new id) and each ended session (named
+    with the id it had).
     """
     client = find_client(store, id_or_alias)
     ended: list[str] = []
+    secret = None
     if client.is_public:
         # A public client's id is its only credential: a leaked id is answered with a new one.
-        renamed = dataclasses.replace(client, client_id=new_client_id(), alias=None)
-        store.create_client(renamed)
+        updated = dataclasses.replace(client, client_id=new_client_id(), alias=None)
+        store.create_client(updated)
         store.delete_client(client.client_id)
         if client.alias:
-            renamed = dataclasses.replace(renamed, alias=client.alias)
-            store.update_client(renamed)
+            updated = dataclasses.replace(updated, alias=client.alias)
+            store.update_client(updated)
         ended = _end_client_sessions(store, client.client_id, now)
-        return renamed, None, ended
-    secret = new_secret()
-    updated = dataclasses.replace(client, secret_hash=hash_secret(secret))
-    store.update_client(updated)
-    if not keep_sessions:
-        ended = _end_client_sessions(store, client.client_id, now)
+    else:
+        secret = new_secret()
+        updated = dataclasses.replace(client, secret_hash=hash_secret(secret))
+        store.update_client(updated)
+        if not keep_sessions:
+            ended = _end_client_sessions(store, client.client_id, now)
+    if audit is not None:
+        audit.emit(events.CLIENT_ROTATED, client_id=updated.client_id)
+        _report_ended(audit, client.client_id, ended)
     return updated, secret, ended
 
 
 def set_enabled(
-    store: Store, id_or_alias: str, enabled: bool, *, now: float
+    store: Store, id_or_alias: str, enabled: bool, *, now: float, audit: Audit | None = None
 ) -> tuple[Client, list[str]]:
-    """Enable or disable a client; disabling ends its sessions at once."""
+    """Enable or disable a client; disabling ends its sessions at once.
+
+    With ``audit``: ``client.enabled`` or ``client.disabled``, and each ended session.
+    """
     client = find_client(store, id_or_alias)
     updated = dataclasses.replace(client, enabled=enabled)
     store.update_client(updated)
     ended = [] if enabled else _end_client_sessions(store, client.client_id, now)
+    if audit is not None:
+        event = events.CLIENT_ENABLED if enabled else events.CLIENT_DISABLED
+        audit.emit(event, client_id=updated.client_id)
+        _report_ended(audit, updated.client_id, ended)
     return updated, ended
 
 
-def delete_client(store: Store, id_or_alias: str, *, now: float) -> tuple[Client, list[str]]:
-    """Delete a client and end its sessions."""
+def delete_client(
+    store: Store, id_or_alias: str, *, now: float, audit: Audit | None = None
+) -> tuple[Client, list[str]]:
+    """Delete a client and end its sessions.
+
+    With ``audit``: ``client.deleted`` and each ended session.
+    """
     client = find_client(store, id_or_alias)
     ended = _end_client_sessions(store, client.client_id, now)
     store.delete_client(client.client_id)
     ended += _end_client_sessions(store, client.client_id, now)
+    if audit is not None:
+        audit.emit(events.CLIENT_DELETED, client_id=client.client_id)
+        _report_ended(audit, client.client_id, ended)
     return client, ended
 
 
@@ -335,6 +375,17 @@ def _end_client_sessions(store: Store, client_id: str, now: float) -> list[str]:
     ids = [s.session_id for s in store.list_sessions(client_id, now)]
     store.end_sessions(client_id, now)
     return ids
+
+
+def _report_ended(audit: Audit, client_id: str, session_ids: t.Iterable[str]) -> None:
+    # A change to the client ended them: ``client_changed``, after the change's own event.
+    for session_id in session_ids:
+        audit.emit(
+            events.SESSION_ENDED,
+            client_id=client_id,
+            session_id=session_id,
+            reason="client_changed",
+        )
 
 
 def describe(client: Client) -> dict[str, t.Any]:

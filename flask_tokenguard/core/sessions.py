@@ -20,14 +20,19 @@ from __future__ import annotations
 import math
 import typing as t
 
+from ..errors import AdminInputError
 from ..errors import InvalidGrantError
 from ..errors import LicenseUnavailableError
+from ..errors import NotFoundError
 from ..models import Client
 from ..models import TokenSession
 from . import audit as events
+from .clients import find_client
 from .security import hash_secret
 from .security import new_id
 from .security import new_secret
+from .security import SAFE_NAME
+from .users import end_user_sessions
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ..config import Settings
@@ -213,6 +218,52 @@ def end_session_by_refresh_token(
     if found is None:
         return None
     return store.end_session(found[0].session_id, now)
+
+
+def log_off(
+    store: Store,
+    *,
+    now: float,
+    session_id: str | None = None,
+    client: str | None = None,
+    username: str | None = None,
+    everything: bool = False,
+    audit: Audit | None = None,
+) -> list[TokenSession]:
+    """End sessions at once for an administrator; return what ended.
+
+    Exactly one target: one session by ``session_id``, every session of ``client`` (id or
+    alias), of ``username`` (their subject; not a client's own ``client_credentials``
+    sessions), or ``everything``. With ``audit``, each is ``session.ended`` with reason
+    ``admin``. A session that starts while a client's or all sessions end is ended too,
+    but is not returned or named: it was not listed. Raises ``NotFoundError`` for a session
+    that is not live or an unknown client.
+    """
+    targets = (session_id is not None, client is not None, username is not None, everything)
+    if sum(targets) != 1:
+        raise AdminInputError("give exactly one of a session id, a client, a user or everything")
+    if username is not None:
+        return end_user_sessions(store, username, now, reason="admin", audit=audit)
+    if session_id is not None:
+        one = store.end_session(session_id, now) if SAFE_NAME.fullmatch(session_id) else None
+        if one is None:
+            raise NotFoundError(f"no live session {session_id!r}")
+        ended = [one]
+    else:
+        client_id = None if client is None else find_client(store, client).client_id
+        # Listed first, so that each ended session is named in the audit trail.
+        ended = store.list_sessions(client_id, now)
+        store.end_sessions(client_id, now)
+    if audit is not None:
+        for session in ended:
+            audit.emit(
+                events.SESSION_ENDED,
+                client_id=session.client_id,
+                subject=session.subject,
+                session_id=session.session_id,
+                reason="admin",
+            )
+    return ended
 
 
 def describe(session: TokenSession) -> dict[str, t.Any]:

@@ -3,7 +3,9 @@
 Every command takes ``--json`` for scripts. A secret is printed only by
 ``create-client`` and ``rotate-secret``: the only times it exists outside its hash.
 Failures raise ``click.ClickException`` (exit 1, message on stderr). Every change is
-reported to the audit trail, with the operating-system user who ran it as ``admin``.
+reported to the audit trail, with the operating-system user who ran it as ``admin``: by
+the ``core`` function that makes it (the admin console calls the same ones), given the
+trail bound to that user.
 """
 
 from __future__ import annotations
@@ -51,20 +53,6 @@ def _os_user() -> str | None:
 
 def _audit() -> Audit:
     return _state().audit.bind(admin=_os_user())
-
-
-def _audit_ended(session_ids: t.Iterable[str], client_id: str | None, reason: str) -> None:
-    audit = _audit()
-    for session_id in session_ids:
-        audit.emit(events.SESSION_ENDED, client_id=client_id, session_id=session_id, reason=reason)
-
-
-def _audit_user_ended(session_ids: t.Iterable[str], username: str) -> None:
-    audit = _audit()
-    for session_id in session_ids:
-        audit.emit(
-            events.SESSION_ENDED, subject=username, session_id=session_id, reason="user_changed"
-        )
 
 
 def _emit(as_json: bool, data: t.Any, text: str) -> None:
@@ -138,8 +126,8 @@ def create_client(
         alias=alias,
         max_seats=max_seats,
         now=time.time(),
+        audit=_audit(),
     )
-    _audit().emit(events.CLIENT_CREATED, client_id=client.client_id)
     data = {**clients.describe(client), "client_secret": secret}
     lines = [f"Client id:     {client.client_id}"]
     if secret is not None:
@@ -167,10 +155,12 @@ def rotate_secret(client_id: str, yes: bool, keep_sessions: bool, as_json: bool)
             err=True,
         )
     updated, secret, ended = clients.rotate_secret(
-        state.store, client.client_id, keep_sessions=keep_sessions, now=time.time()
+        state.store,
+        client.client_id,
+        keep_sessions=keep_sessions,
+        now=time.time(),
+        audit=_audit(),
     )
-    _audit().emit(events.CLIENT_ROTATED, client_id=updated.client_id)
-    _audit_ended(ended, client.client_id, "client_changed")
     data = {"client_id": updated.client_id, "client_secret": secret, "sessions_ended": len(ended)}
     if client.is_public:
         data["previous_client_id"] = client.client_id
@@ -250,27 +240,23 @@ def update_client(
             "--max-seats or --no-max-seats"
         )
     state = _state()
-    before = clients.find_client(state.store, client_id)
     client, ended = clients.update_client(
         state.store,
-        before.client_id,
+        client_id,
         known_scopes=list(state.settings.scopes),
         now=time.time(),
         default_cap=state.settings.max_seats_per_client,
+        audit=_audit(),
         **changes,
     )
-    if client != before:
-        _audit().emit(events.CLIENT_UPDATED, client_id=client.client_id)
-    _audit_ended(ended, client.client_id, "client_changed")
     data = {**clients.describe(client), "sessions_ended": len(ended)}
     _emit(as_json, data, f"{client.client_id} updated; {len(ended)} session(s) ended")
 
 
 def _set_enabled(client_id: str, enabled: bool, as_json: bool) -> None:
-    client, ended = clients.set_enabled(_state().store, client_id, enabled, now=time.time())
-    event = events.CLIENT_ENABLED if enabled else events.CLIENT_DISABLED
-    _audit().emit(event, client_id=client.client_id)
-    _audit_ended(ended, client.client_id, "client_changed")
+    client, ended = clients.set_enabled(
+        _state().store, client_id, enabled, now=time.time(), audit=_audit()
+    )
     data = {**clients.describe(client), "sessions_ended": len(ended)}
     _emit(as_json, data, f"{client.client_id} {'enabled' if enabled else 'disabled'}")
 
@@ -304,9 +290,9 @@ def delete_client(client_id: str, yes: bool, as_json: bool) -> None:
     client = clients.find_client(state.store, client_id)
     if not yes:
         click.confirm(f"Delete client {client.name!r} ({client.client_id})?", abort=True, err=True)
-    deleted, ended = clients.delete_client(state.store, client.client_id, now=time.time())
-    _audit().emit(events.CLIENT_DELETED, client_id=deleted.client_id)
-    _audit_ended(ended, deleted.client_id, "client_changed")
+    deleted, ended = clients.delete_client(
+        state.store, client.client_id, now=time.time(), audit=_audit()
+    )
     data = {"client_id": deleted.client_id, "deleted": True, "sessions_ended": len(ended)}
     _emit(as_json, data, f"{deleted.client_id} deleted")
 
@@ -330,8 +316,8 @@ def create_user(username: str, password_stdin: bool, admin: bool, as_json: bool)
         cost=state.settings.password_hash_cost,
         now=time.time(),
         admin=admin,
+        audit=_audit(),
     )
-    _audit().emit(events.USER_CREATED, subject=user.username)
     what = "administrator" if user.admin else "user"
     _emit(
         as_json,
@@ -348,17 +334,16 @@ def create_user(username: str, password_stdin: bool, admin: bool, as_json: bool)
 def set_password(username: str, password_stdin: bool, as_json: bool) -> None:
     """Change a user's password."""
     state = _state()
-    if state.store.get_user(username) is None:
+    if state.store.get_user(username) is None:  # before asking for a password
         raise NotFoundError(f"no user {username!r}")
-    user = users.set_password(
+    user, ended = users.set_password(
         state.store,
         username,
         _read_password(password_stdin),
         cost=state.settings.password_hash_cost,
+        now=time.time(),
+        audit=_audit(),
     )
-    ended = users.end_user_sessions(state.store, user.username, time.time())
-    _audit().emit(events.USER_UPDATED, subject=user.username)
-    _audit_user_ended(ended, user.username)
     _emit(
         as_json,
         {"username": user.username, "updated": True, "sessions_ended": len(ended)},
@@ -372,12 +357,7 @@ def set_password(username: str, password_stdin: bool, as_json: bool) -> None:
 @_handled
 def delete_user(username: str, as_json: bool) -> None:
     """Remove a user from the built-in table and end their sessions."""
-    store = _state().store
-    if not store.delete_user(username):
-        raise NotFoundError(f"no user {username!r}")
-    ended = users.end_user_sessions(store, username, time.time())
-    _audit().emit(events.USER_DELETED, subject=username)
-    _audit_user_ended(ended, username)
+    ended = users.delete_user(_state().store, username, now=time.time(), audit=_audit())
     _emit(
         as_json,
         {"username": username, "deleted": True, "sessions_ended": len(ended)},
@@ -439,42 +419,16 @@ def logoff(
     """End sessions at once and free their seats."""
     if sum(bool(x) for x in (session_id, client_id, username, everything)) != 1:
         raise click.UsageError("give exactly one of SESSION, --client C, --user NAME or --all")
-    store = _state().store
-    audit = _audit()
-    now = time.time()
-    if session_id:
-        session = store.end_session(session_id, now)
-        if session is None:
-            raise NotFoundError(f"no live session {session_id!r}")
-        audit.emit(
-            events.SESSION_ENDED,
-            client_id=session.client_id,
-            subject=session.subject,
-            session_id=session.session_id,
-            reason="admin",
-        )
-        ended = 1
-    elif username:
-        ids = users.end_user_sessions(store, username, now)
-        for sid in ids:
-            audit.emit(events.SESSION_ENDED, subject=username, session_id=sid, reason="admin")
-        ended = len(ids)
-    else:
-        if client_id:
-            client_id = clients.find_client(store, client_id).client_id
-        # Listed first so each ended session is named in the audit trail; one that starts
-        # meanwhile is ended too, and counted, but not named.
-        live = store.list_sessions(client_id, now)
-        ended = store.end_sessions(client_id, now)
-        for s in live:
-            audit.emit(
-                events.SESSION_ENDED,
-                client_id=s.client_id,
-                subject=s.subject,
-                session_id=s.session_id,
-                reason="admin",
-            )
-    _emit(as_json, {"ended": ended}, f"{ended} session(s) ended")
+    ended = session_rules.log_off(
+        _state().store,
+        now=time.time(),
+        session_id=session_id or None,
+        client=client_id or None,
+        username=username or None,
+        everything=everything,
+        audit=_audit(),
+    )
+    _emit(as_json, {"ended": len(ended)}, f"{len(ended)} session(s) ended")
 
 
 @tokenguard.command("licenses")

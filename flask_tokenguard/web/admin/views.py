@@ -1,5 +1,9 @@
 """The admin console's pages: HTTP and forms only; the rules are in ``core``.
 
+An action on a client or a session calls the ``core`` function the command line calls,
+with the audit trail bound to the signed-in administrator and the request's address, and
+that function reports it; the console itself reports only sign-in and sign-out.
+
 Every page but sign-in needs a live admin session (otherwise: a redirect to sign-in).
 Every state-changing form carries a CSRF token signed with itsdangerous, keyed by the
 admin session's cookie value, so a token is good for that session only; the sign-in form
@@ -31,9 +35,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ...core import admin as admin_rules
 from ...core import audit as events
 from ...core import clients
+from ...core import sessions as session_rules
 from ...core.audit import Audit
 from ...core.security import new_secret
-from ...core.security import SAFE_NAME
 from ...core.throttle import Throttle
 from ...errors import AdminInputError
 from ...errors import ConflictError
@@ -464,10 +468,10 @@ def create_client() -> Response:
             alias=alias,
             max_seats=_max_seats(values["max_seats"]),
             now=time.time(),
+            audit=_audit(),
         )
     except (AdminInputError, ConflictError) as exc:
         return _client_form_page(_form_error(exc), _message(exc))
-    _audit().emit(events.CLIENT_CREATED, client_id=client.client_id)
     return _page("secret.html", client=client, secret=secret, created=True)
 
 
@@ -512,18 +516,18 @@ def save_client(client_id: str) -> Response:
             scopes=scopes,
             grants=grants,
             max_seats=_max_seats(values["max_seats"]),
+            default_cap=state.settings.max_seats_per_client,
+            audit=_audit(),
         )
     except (AdminInputError, ConflictError) as exc:
         return _client_page(client, _form_error(exc), _message(exc), values)
-    audit = _audit()
-    audit.emit(events.CLIENT_UPDATED, client_id=updated.client_id)
-    _ended(audit, ended, updated.client_id, "client_changed")
+    _refuse_here(ended)
     return _to_client(updated.client_id, "saved")
 
 
-def _ended(audit: Audit, session_ids: list[str], client_id: str | None, reason: str) -> None:
-    """Report ended sessions and refuse their tokens in this process at once."""
-    admin_rules.emit_sessions_ended(audit, session_ids, client_id=client_id, reason=reason)
+def _refuse_here(session_ids: t.Iterable[str]) -> None:
+    """Refuse the ended sessions' tokens in this process at once (the others within the
+    revocation lag)."""
     state = _state()
     for session_id in session_ids:
         state.note_ended_session(session_id)
@@ -546,10 +550,10 @@ def rotate(client_id: str) -> Response:
     """Give the client a new secret (a public client a new id) and end its sessions."""
     state = _state()
     client = clients.find_client(state.store, client_id)
-    updated, secret, ended = clients.rotate_secret(state.store, client.client_id, now=time.time())
-    audit = _audit()
-    audit.emit(events.CLIENT_ROTATED, client_id=updated.client_id)
-    _ended(audit, ended, client.client_id, "client_changed")
+    updated, secret, ended = clients.rotate_secret(
+        state.store, client.client_id, now=time.time(), audit=_audit()
+    )
+    _refuse_here(ended)
     return _page(
         "secret.html", client=updated, secret=secret, created=False, previous=client.client_id
     )
@@ -560,12 +564,10 @@ def set_enabled(client_id: str) -> Response:
     """Disable (ending its sessions) or enable a client."""
     state = _state()
     enabled = request.form.get("enabled") == "1"
-    client, ended = clients.set_enabled(state.store, client_id, enabled, now=time.time())
-    audit = _audit()
-    audit.emit(
-        events.CLIENT_ENABLED if enabled else events.CLIENT_DISABLED, client_id=client.client_id
+    client, ended = clients.set_enabled(
+        state.store, client_id, enabled, now=time.time(), audit=_audit()
     )
-    _ended(audit, ended, client.client_id, "client_changed")
+    _refuse_here(ended)
     return _to_client(client.client_id, "enabled" if enabled else "disabled")
 
 
@@ -580,49 +582,29 @@ def confirm_delete(client_id: str) -> Response:
 def delete(client_id: str) -> Response:
     """Delete the client and end its sessions."""
     state = _state()
-    deleted, ended = clients.delete_client(state.store, client_id, now=time.time())
-    audit = _audit()
-    audit.emit(events.CLIENT_DELETED, client_id=deleted.client_id)
-    _ended(audit, ended, deleted.client_id, "client_changed")
+    _, ended = clients.delete_client(state.store, client_id, now=time.time(), audit=_audit())
+    _refuse_here(ended)
     return _see_other(url_for("tokenguard_admin.clients_page", notice="deleted"))
 
 
 @bp.post("/clients/<client_id>/logoff")
 def log_off_client(client_id: str) -> Response:
     """End every live session of the client ("Log off all")."""
-    state = _state()
-    client = clients.find_client(state.store, client_id)
-    now = time.time()
-    # Listed first so each ended session is named in the audit trail, as the CLI does.
-    live = state.store.list_sessions(client.client_id, now)
-    state.store.end_sessions(client.client_id, now)
-    audit = _audit()
-    for session in live:
-        _session_ended(audit, session)
-    return _to_client(client.client_id, "logged_off_all")
-
-
-def _session_ended(audit: Audit, session: TokenSession) -> None:
-    audit.emit(
-        events.SESSION_ENDED,
-        client_id=session.client_id,
-        subject=session.subject,
-        session_id=session.session_id,
-        reason="admin",
-    )
-    _state().note_ended_session(session.session_id)
+    ended = session_rules.log_off(_state().store, now=time.time(), client=client_id, audit=_audit())
+    _refuse_here(s.session_id for s in ended)
+    return _to_client(client_id, "logged_off_all")
 
 
 @bp.post("/sessions/<session_id>/logoff")
 def log_off(session_id: str) -> Response:
     """End one session at once: its seat frees and its tokens stop working here now."""
-    state = _state()
-    session = None
-    if SAFE_NAME.fullmatch(session_id):
-        session = state.store.end_session(session_id, time.time())
-    if session is None:
-        raise NotFoundError("That session has already ended.")
-    _session_ended(_audit(), session)
+    try:
+        (session,) = session_rules.log_off(
+            _state().store, now=time.time(), session_id=session_id, audit=_audit()
+        )
+    except NotFoundError:
+        raise NotFoundError("That session has already ended.") from None
+    _refuse_here([session.session_id])
     back = request.form.get("back", "")
     if back == "client":
         return _to_client(session.client_id, "logged_off")
