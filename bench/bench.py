@@ -2,9 +2,12 @@
 
     .venv/bin/python bench/bench.py guard      # bearer check in-process, 1 vs 10,000 sessions
     .venv/bin/python bench/bench.py waitress   # guarded vs open under waitress (needs wrk)
-    .venv/bin/python bench/bench.py seats      # seat acquire + release per second, per store
+    .venv/bin/python bench/bench.py seats      # scope=all vs scope=view tokens/s at N live sessions
+    .venv/bin/python bench/bench.py pairs      # seat acquire + release per second, per store
     .venv/bin/python bench/bench.py tokens     # token and guarded requests per second, per store
     .venv/bin/python bench/bench.py all
+
+    .venv/bin/python bench/vs_authlib.py       # ours vs Authlib's documented app, waitress + wrk
 
 Everything compared is measured side by side in one run; quote the ratios.
 """
@@ -264,7 +267,105 @@ def bench_waitress(seconds: int = 5, rounds: int = 5) -> None:
         server.wait()
 
 
-def bench_seats(n: int = 2000) -> None:
+#: Live seat-holding sessions present while ``seats`` measures; each step adds rows.
+SEAT_STEPS = (10, 10_000, 50_000, 100_000)
+
+
+def add_live_sessions(store: t.Any, count: int, first: int, now: float) -> None:
+    """Insert ``count`` live seat-holding sessions at once (bench only).
+
+    One multi-row insert, with the held-seats counter moved by as much, through the
+    store's own statements: one ``start_session`` per row would take minutes on a
+    server. Other stores get ``start_session`` calls.
+    """
+    from flask_tokenguard.stores import records
+    from flask_tokenguard.stores import sqlite as sqlite_store
+
+    rows = [
+        TokenSession(f"pre{i}", "pre", "pre", "all", True, f"pre-h{i}", now, now + 3600)
+        for i in range(first, first + count)
+    ]
+    if hasattr(store, "_q"):
+        q = store._q
+        with store._tx() as conn:
+            store._lock_pool(conn)
+            for start in range(0, len(rows), 5000):
+                chunk = rows[start : start + 5000]
+                conn.execute(q.insert_session, [records.session_record(s) for s in chunk])
+            if hasattr(q, "add_seats"):  # a checkout before the counter has none
+                conn.execute(q.add_seats, {"b_delta": len(rows)})
+        if store._backend == "postgresql":
+            # What autovacuum does after a bulk load, only sooner: without statistics
+            # the planner takes the sweep's range for a third of the table and scans
+            # all of it.
+            prefix = f"{store._quoted_schema()}." if store._schema else ""
+            with store._tx() as conn:
+                conn.exec_driver_sql(f"ANALYZE {prefix}tg_sessions")
+    elif isinstance(store, sqlite_store.SQLiteStore):
+        with store._write() as conn:
+            conn.executemany(
+                sqlite_store._INSERT_SESSION, [records.session_record(s) for s in rows]
+            )
+            if hasattr(sqlite_store, "_ADD_SEATS_HELD"):
+                conn.execute(sqlite_store._ADD_SEATS_HELD, (len(rows),))
+    else:
+        for session in rows:
+            store.start_session(session, None, now)
+
+
+def bench_seats(n: int = 150, rounds: int = 3) -> None:
+    """Token requests for scope=all (a seat) and scope=view (none), at N live seats."""
+    print(
+        f"== tokens/s for scope=all and scope=view with N live seat-holding sessions,"
+        f" in-process, {rounds} alternating blocks of {n}"
+    )
+    tmp = tempfile.mkdtemp()
+    stores: dict[str, tuple[str, dict[str, t.Any]]] = {
+        "memory": ("memory://", {}),
+        "sqlite": (f"sqlite:///{tmp}/seats.sqlite3", {}),
+    }
+    run = uuid.uuid4().hex[:8]
+    stores.update({name: (url, opts(run)) for name, (url, opts) in SERVERS.items()})
+    only = os.environ.get("BENCH_STORES")
+    for name, (url, options) in stores.items():
+        if only and name not in only.split(","):
+            continue
+        try:
+            app = make_app(url, **options)
+            store = app.extensions["tokenguard"].store(app)
+            store.check()
+        except Exception as exc:  # noqa: BLE001 - report and go on to the next store
+            print(f"  {name:10s} unavailable: {exc}")
+            continue
+        store.reset()
+        client_id, secret = new_client(app)
+        get_token(app, client_id, secret)  # first key generation out of the timing
+        now, present = time.time(), 0
+        firsts: dict[str, float] = {}
+        for target in SEAT_STEPS:
+            add_live_sessions(store, target - present, present, now)
+            present = target
+            rates: dict[str, list[float]] = {"all": [], "view": []}
+            for _ in range(rounds):
+                for scope in ("all", "view"):
+                    start = time.perf_counter()
+                    for _ in range(n):
+                        get_token(app, client_id, secret, scope=scope)
+                    rates[scope].append(n / (time.perf_counter() - start))
+            ratio = statistics.median(
+                a / v for a, v in zip(rates["all"], rates["view"], strict=True)
+            )
+            all_rate, view_rate = statistics.median(rates["all"]), statistics.median(rates["view"])
+            firsts.setdefault("all", all_rate)
+            print(
+                f"  {name:10s} N={target:>7,}  all {all_rate:6.0f}/s  view {view_rate:6.0f}/s"
+                f"  all/view {ratio:.2f}  all vs N=10 {all_rate / firsts['all']:.2f}"
+            )
+        getattr(store, "drop", store.reset)()
+        store.close()
+
+
+def bench_pairs(n: int = 2000) -> None:
     print(f"== seat acquire + release (start_session + end_session), {n} pairs")
     tmp = tempfile.mkdtemp()
     stores: dict[str, tuple[str, dict[str, t.Any]]] = {
@@ -329,6 +430,7 @@ if __name__ == "__main__":
         "guard": bench_guard,
         "waitress": bench_waitress,
         "seats": bench_seats,
+        "pairs": bench_pairs,
         "tokens": bench_tokens,
     }
     for name, bench in benches.items():

@@ -12,6 +12,10 @@ Concurrency:
   has to wait goes through the busy handler (``busy_timeout``). A deferred transaction
   that reads and then writes would instead fail at once with ``SQLITE_BUSY`` when
   another writer got in between, without ever calling the busy handler.
+- Seats are counted by a counter row (``tg_counters.seats_held``: seat-holding rows,
+  expired ones included until swept), changed under the write lock by whatever adds,
+  ends, replaces or sweeps a seat holder, so a seat start reads one row instead of
+  counting the live sessions.
 - One connection per thread: a ``sqlite3`` connection must not be used by two threads
   at once, and per-thread connections need no pool.
 
@@ -171,6 +175,7 @@ _SCHEMA = (
     *_FAILURES_SCHEMA,
     *_V3_SCHEMA,
     "INSERT OR IGNORE INTO tg_counters (name, value) VALUES ('revocation_seq', 0)",
+    "INSERT OR IGNORE INTO tg_counters (name, value) VALUES ('seats_held', 0)",
     f"INSERT OR IGNORE INTO tg_meta (name, value) VALUES ('schema_version', {SCHEMA_VERSION})",
     f"INSERT OR IGNORE INTO tg_schema_version (id, version) VALUES (1, {SCHEMA_VERSION})",
 )
@@ -197,12 +202,15 @@ _MIGRATE_1_TO_2 = (
     "UPDATE tg_meta SET value = 2 WHERE name = 'schema_version'",
 )
 
-#: Version 2 to 3: clients' seat caps, admin users, admin sessions and events. Old
-#: clients get no cap of their own (NULL) and old users are no administrators.
+#: Version 2 to 3: clients' seat caps, admin users, admin sessions and events, and the
+#: held-seats counter, computed from the sessions. Old clients get no cap of their own
+#: (NULL) and old users are no administrators.
 _MIGRATE_2_TO_3 = (
     "ALTER TABLE tg_clients ADD COLUMN max_seats INTEGER",
     "ALTER TABLE tg_users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0",
     *_V3_SCHEMA,
+    "INSERT OR REPLACE INTO tg_counters (name, value)"
+    " SELECT 'seats_held', count(*) FROM tg_sessions WHERE holds_seat = 1",
     "UPDATE tg_schema_version SET version = 3 WHERE id = 1",
     "UPDATE tg_meta SET value = 3 WHERE name = 'schema_version'",
 )
@@ -233,6 +241,10 @@ _GET_V1_SCHEMA_VERSION = "SELECT value FROM tg_meta WHERE name = 'schema_version
 _GET_SEQ = "SELECT value FROM tg_counters WHERE name = 'revocation_seq'"
 _ADD_TO_SEQ = "UPDATE tg_counters SET value = value + ? WHERE name = 'revocation_seq'"
 _ZERO_SEQ = "UPDATE tg_counters SET value = 0 WHERE name = 'revocation_seq'"
+_GET_SEATS_HELD = "SELECT value FROM tg_counters WHERE name = 'seats_held'"
+_SET_SEATS_HELD = "UPDATE tg_counters SET value = ? WHERE name = 'seats_held'"
+_ADD_SEATS_HELD = "UPDATE tg_counters SET value = value + ? WHERE name = 'seats_held'"
+_ZERO_SEATS_HELD = "UPDATE tg_counters SET value = 0 WHERE name = 'seats_held'"
 #: The revocation epoch is a random number in the counters table, beside the counter.
 _GET_EPOCH = "SELECT value FROM tg_counters WHERE name = 'revocation_epoch'"
 _CREATE_EPOCH = "INSERT OR IGNORE INTO tg_counters (name, value) VALUES ('revocation_epoch', ?)"
@@ -287,8 +299,10 @@ _LIST_USERS = f"SELECT {_USER_COLUMNS} FROM tg_users ORDER BY username"
 _SESSION_COLUMNS = ", ".join(records.SESSION_COLUMNS)
 _SESSION_VALUES = ", ".join(f":{c}" for c in records.SESSION_COLUMNS)
 _S_SESSION_COLUMNS = ", ".join(f"s.{c.strip()}" for c in _SESSION_COLUMNS.split(","))
-#: Deleting a session cascades to its used refresh hashes.
-_SWEEP_SESSIONS = "DELETE FROM tg_sessions WHERE expires_at <= ?"
+#: Deleting a session cascades to its used refresh hashes; the cascade is not in the
+#: statement's change count, so the seat sweep's count is of seats alone.
+_SWEEP_SEATS = "DELETE FROM tg_sessions WHERE holds_seat = 1 AND expires_at <= ?"
+_SWEEP_FREE = "DELETE FROM tg_sessions WHERE holds_seat = 0 AND expires_at <= ?"
 _COUNT_SEATS = "SELECT count(*) FROM tg_sessions WHERE holds_seat = 1 AND expires_at > ?"
 _EARLIEST_SEAT_EXPIRY = (
     "SELECT min(expires_at) FROM tg_sessions WHERE holds_seat = 1 AND expires_at > ?"
@@ -586,6 +600,7 @@ class SQLiteStore(Store):
                 conn.execute(f"DELETE FROM {table}")  # noqa: S608 - constant names
             # A counter that restarts starts a new epoch, in the same transaction.
             conn.execute(_ZERO_SEQ)
+            conn.execute(_ZERO_SEATS_HELD)
             conn.execute(_RENEW_EPOCH, (new_epoch(),))
 
     def claim_once(self, name: str) -> bool:
@@ -697,27 +712,57 @@ class SQLiteStore(Store):
         with self._write() as conn:
             # Sweep, count, replace and insert under one write lock: no other thread or
             # process can take a seat between our counts and our insert.
-            conn.execute(_SWEEP_SESSIONS, (before,))
+            swept = conn.execute(_SWEEP_SEATS, (before,)).rowcount
+            conn.execute(_SWEEP_FREE, (before,))
             conn.execute(_PURGE_REVOKED, (now,))
-            replaced: list[TokenSession] = []
-            if session.holds_seat:
-                if client_cap is not None:
-                    key = (session.client_id, before)
-                    (mine,) = conn.execute(_COUNT_CLIENT_SEATS, key).fetchone()
-                    excess = int(mine) - client_cap + 1
-                    if excess > 0:
-                        if not replace_oldest or client_cap <= 0:
-                            return SeatOutcome(False, "client")
-                        rows = conn.execute(_OLDEST_CLIENT_SEATS, (*key, excess)).fetchall()
-                        replaced = [records.session_from(row) for row in rows]
-                if seat_limit is not None:
-                    (held,) = conn.execute(_COUNT_SEATS, (before,)).fetchone()
-                    # Decided before anything ends, so that a refusal changes nothing.
-                    if int(held) - len(replaced) >= seat_limit:
-                        return SeatOutcome(False, "pool")
-                _end(conn, replaced, now)
-            conn.execute(_INSERT_SESSION, records.session_record(session))
-            return SeatOutcome(True, None, tuple(replaced))
+            if not session.holds_seat:
+                if swept:
+                    conn.execute(_ADD_SEATS_HELD, (-swept,))
+                conn.execute(_INSERT_SESSION, records.session_record(session))
+                return SeatOutcome(True, None)
+            (counter,) = conn.execute(_GET_SEATS_HELD).fetchone()
+            held = int(counter) - swept
+            outcome = self._take_seat(
+                conn, session, held, seat_limit, before, client_cap, now, replace_oldest
+            )
+            if outcome.started:
+                held += 1 - len(outcome.replaced)
+            if held != int(counter):
+                conn.execute(_SET_SEATS_HELD, (held,))
+            return outcome
+
+    @staticmethod
+    def _take_seat(
+        conn: sqlite3.Connection,
+        session: TokenSession,
+        held: int,
+        seat_limit: int | None,
+        before: float,
+        client_cap: int | None,
+        now: float,
+        replace_oldest: bool,
+    ) -> SeatOutcome:
+        """Insert a seat holder if the caps allow, replacing the client's oldest if asked.
+
+        In ``start_session``'s write transaction, after the sweep; ``held`` is the
+        counter then. The caller updates the counter.
+        """
+        replaced: list[TokenSession] = []
+        if client_cap is not None:
+            key = (session.client_id, before)
+            (mine,) = conn.execute(_COUNT_CLIENT_SEATS, key).fetchone()
+            excess = int(mine) - client_cap + 1
+            if excess > 0:
+                if not replace_oldest or client_cap <= 0:
+                    return SeatOutcome(False, "client")
+                rows = conn.execute(_OLDEST_CLIENT_SEATS, (*key, excess)).fetchall()
+                replaced = [records.session_from(row) for row in rows]
+        # Decided before anything ends, so that a refusal changes nothing.
+        if seat_limit is not None and held - len(replaced) >= seat_limit:
+            return SeatOutcome(False, "pool")
+        _end(conn, replaced, now)
+        conn.execute(_INSERT_SESSION, records.session_record(session))
+        return SeatOutcome(True, None, tuple(replaced))
 
     def earliest_seat_expiry(self, now: float, client_id: str | None = None) -> float | None:
         conn = self._connection()
@@ -775,6 +820,8 @@ class SQLiteStore(Store):
                 return None
             session = records.session_from(row)
             _end(conn, [session], now)
+            if session.holds_seat:
+                conn.execute(_ADD_SEATS_HELD, (-1,))
             return session if session.is_live(now) else None
 
     def end_sessions(self, client_id: str | None, now: float) -> int:
@@ -786,6 +833,9 @@ class SQLiteStore(Store):
                 rows = conn.execute(_CLIENT_SESSIONS, (client_id,)).fetchall()
             sessions = [records.session_from(row) for row in rows]
             _end(conn, sessions, now)
+            seats = sum(1 for s in sessions if s.holds_seat)
+            if seats:
+                conn.execute(_ADD_SEATS_HELD, (-seats,))
             return sum(1 for s in sessions if s.is_live(now))
 
     def list_sessions(self, client_id: str | None, now: float) -> list[TokenSession]:
@@ -955,7 +1005,10 @@ def _advance_seq(conn: sqlite3.Connection, count: int) -> int:
 
 
 def _end(conn: sqlite3.Connection, sessions: list[TokenSession], now: float) -> None:
-    """Delete ``sessions`` and revoke their ids, in the caller's write transaction."""
+    """Delete ``sessions`` and revoke their ids, in the caller's write transaction.
+
+    The caller takes the ended seats off the counter.
+    """
     if not sessions:
         return
     first = _advance_seq(conn, len(sessions)) - len(sessions) + 1

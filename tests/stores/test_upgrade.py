@@ -118,6 +118,24 @@ def assert_version_3_works(store: Store) -> None:
     assert store.end_admin_session(admin.session_hash) is not None
     store.add_event({"time": "t1", "event": "upgraded"})
     assert store.recent_events() == [{"time": "t1", "event": "upgraded"}]
+    # The held-seats counter, computed by the migration, kept exact since.
+    assert seats_counter(store) == seat_rows(store) == 2
+
+
+def seats_counter(store: Store) -> int:
+    """The held-seats counter: SQL ``tg_pool.seats``, SQLite ``tg_counters``."""
+    anystore = t.cast(t.Any, store)
+    if hasattr(anystore, "_q"):
+        with anystore._tx() as conn:
+            return int(conn.execute(anystore._q.get_seats).scalar_one())
+    with contextlib.closing(sqlite3.connect(anystore.path)) as conn:
+        query = "SELECT value FROM tg_counters WHERE name = 'seats_held'"
+        return int(conn.execute(query).fetchone()[0])
+
+
+def seat_rows(store: Store) -> int:
+    """Seat-holding rows of ``tg_sessions``, expired or not."""
+    return len([s for s in store.list_sessions(None, 0.0) if s.holds_seat])
 
 
 def test_sqlite_file_of_version_1_is_migrated(tmp_path: Path) -> None:

@@ -45,10 +45,12 @@ def migrate_1_to_2(store: MigratingStore) -> None:
 
 
 def migrate_2_to_3(store: MigratingStore) -> None:
-    """Version 2 to 3: clients' seat caps, admin users, admin sessions and events.
+    """Version 2 to 3: clients' seat caps, admin users, admin sessions and events, and
+    the held-seats counter in the pool row.
 
     Old clients get no cap of their own (NULL); old users are no administrators (the
-    column's default fills their rows).
+    column's default fills their rows). The counter is computed from the sessions
+    under the pool lock.
     """
     import sqlalchemy as sa
     from sqlalchemy.schema import CreateColumn
@@ -57,7 +59,11 @@ def migrate_2_to_3(store: MigratingStore) -> None:
     prefix = f"{store._quoted_schema()}." if store._schema is not None else ""
     with store._engine.begin() as conn:
         inspector = sa.inspect(conn)
-        for table, column in ((q.clients, "max_seats"), (q.users, "admin")):
+        for table, column in (
+            (q.clients, "max_seats"),
+            (q.users, "admin"),
+            (q.pool, "seats"),
+        ):
             present = {c["name"] for c in inspector.get_columns(table.name, schema=store._schema)}
             if column not in present:
                 # "ADD name type ...": every engine takes ADD without COLUMN.
@@ -68,6 +74,11 @@ def migrate_2_to_3(store: MigratingStore) -> None:
             index.create(conn, checkfirst=True)
         q.admin_sessions.create(conn, checkfirst=True)
         q.events.create(conn, checkfirst=True)
+    with store._engine.begin() as conn:
+        # The lock first, as every seat path takes it: the count cannot go stale.
+        conn.execute(q.lock_pool)
+        seats = conn.execute(q.count_seat_rows).scalar_one()
+        conn.execute(q.set_seats, {"b_seats": seats})
     # New tables on a MySQL database the store did not create take its collation.
     use_no_pad_collation(store)
 

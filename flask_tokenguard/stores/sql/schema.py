@@ -282,8 +282,15 @@ class SQL:
 
         # -- locks: a write on one row is an exclusive row lock on every engine
         self.lock_pool = pool.update().where(pool.c.id == 1).values(version=pool.c.version + 1)
-        #: The lock, and the held-seats counter it guards, in one round trip.
-        self.lock_pool_returning = self.lock_pool.returning(pool.c.seats)
+        #: A seat start's lock: counts its seat in advance (a refusal puts it back)
+        #: and returns the counter, so that the usual start is this statement, the
+        #: sweep and the insert.
+        self.take_seat_lock = (
+            pool.update()
+            .where(pool.c.id == 1)
+            .values(version=pool.c.version + 1, seats=pool.c.seats + 1)
+        )
+        self.take_seat_lock_returning = self.take_seat_lock.returning(pool.c.seats)
         self.get_seats = sa.select(pool.c.seats).where(pool.c.id == 1)
         #: Only under the pool lock, which the caller took first.
         self.set_seats = pool.update().where(pool.c.id == 1).values(seats=bp("b_seats"))
@@ -292,7 +299,9 @@ class SQL:
         )
         #: The counter computed from the rows (the migration that adds it).
         self.count_seat_rows = (
-            sa.select(sa.func.count()).select_from(sessions).where(sessions.c.holds_seat == sa.true())
+            sa.select(sa.func.count())
+            .select_from(sessions)
+            .where(sessions.c.holds_seat == sa.true())
         )
         self.bump_seq = (
             counters.update().where(counters.c.name == SEQ).values(value=counters.c.value + 1)
@@ -414,19 +423,20 @@ class SQL:
         )
 
         #: Ending sessions by one id, by client or all:
-        #: (lock rows, select, prune revoked, delete).
-        self.end: dict[str, tuple[sa.Update, sa.Select[t.Any], sa.Delete, sa.Delete]] = {}
+        #: (lock rows, select, prune revoked); the rows picked go by ``delete_ids``.
+        self.end: dict[str, tuple[sa.Update, sa.Select[t.Any], sa.Delete]] = {}
+        by_ids = sessions.c.session_id.in_(bp("b_ids", expanding=True))
         filters: dict[str, sa.ColumnElement[bool] | None] = {
             "session": sessions.c.session_id == bp("b_key"),
             "client": sessions.c.client_id == bp("b_key"),
             "all": None,
             # Seats replaced by a capped start (their ids, picked under the pool lock).
-            "ids": sessions.c.session_id.in_(bp("b_ids", expanding=True)),
+            "ids": by_ids,
         }
         #: Deletes what ``pick`` returned, by id: a seat-less start takes no pool lock,
         #: so a session inserted between the pick and a delete by client would go
         #: unrevoked, and the counter would lose track of it.
-        self.delete_ids = sessions.delete().where(filters["ids"])
+        self.delete_ids = sessions.delete().where(by_ids)
         for kind, where in filters.items():
             # A write that changes nothing, for its row locks: a refresh rotation that
             # commits a later expiry between our read and our delete would otherwise
@@ -434,10 +444,8 @@ class SQL:
             lock = sessions.update().values(expires_at=sessions.c.expires_at)
             pick = sa.select(sessions)
             ids = sa.select(sessions.c.session_id)
-            drop = sessions.delete()
             if where is not None:
-                lock, pick = lock.where(where), pick.where(where)
-                ids, drop = ids.where(where), drop.where(where)
+                lock, pick, ids = lock.where(where), pick.where(where), ids.where(where)
             # Prune expired revocations and any earlier entry under the same ids, so the
             # inserts that follow cannot collide (the counter lock keeps others out).
             prune = revoked.delete().where(
@@ -446,7 +454,7 @@ class SQL:
                     revoked.c.token_id.in_(ids.scalar_subquery()),
                 )
             )
-            self.end[kind] = (lock, pick, prune, drop)
+            self.end[kind] = (lock, pick, prune)
 
         # -- revocation
         self.prune_revoked = revoked.delete().where(

@@ -9,6 +9,12 @@ One class serves every server engine, so the seat-locking design is written once
 - transactions run at READ COMMITTED, so each statement after the lock takes a fresh
   snapshot and sees what the previous lock holder committed (InnoDB defaults to
   REPEATABLE READ, under which the count would read a stale snapshot);
+- the pool row also holds the held-seats counter (``tg_pool.seats``: seat-holding
+  rows, expired ones included until swept), changed only under its lock by whatever
+  adds, ends, replaces or sweeps a seat holder, so a seat start reads one row instead
+  of counting the live sessions. A session that holds no seat never takes the pool
+  lock: its insert commits on its own (PostgreSQL can group such commits), and it
+  sweeps only expired seat-less rows, now and then, which no seat path touches;
 - revocations write the ``revocation_seq`` counter row first, which both serializes
   revokers and hands out the sequence number stored with the revoked ids. Beside it,
   the ``revocation_epoch`` row holds a random number that ``reset()`` renews in the
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -84,6 +91,11 @@ _DEADLOCK_SQLSTATES = frozenset({"40P01", "40001"})
 _DEADLOCK_CODES = frozenset({1213, *_DEADLOCK_SQLSTATES})
 #: One ``record_failure`` in this many that starts a window also purges expired rows.
 _FAILURE_PURGE_EVERY = 16
+#: Every this many seat-less starts of a store, one also sweeps expired seat-less
+#: sessions.
+_FREE_SWEEP_EVERY = 16
+#: Ids per ``DELETE ... IN (...)`` when ending many sessions (drivers cap parameters).
+_IDS_PER_DELETE = 500
 
 
 _SQL_LOCK = threading.Lock()
@@ -169,6 +181,8 @@ class SQLAlchemyStore(Store):
         self._setup_lock = threading.Lock()
         #: Whether UPDATE ... RETURNING saves a round trip; known once connected.
         self._returning = False
+        #: Seat-less starts so far; every ``_FREE_SWEEP_EVERY``-th sweeps (atomic in CPython).
+        self._free_starts = itertools.count()
         forget_after_fork(self)
 
     @property
@@ -229,6 +243,19 @@ class SQLAlchemyStore(Store):
         # The lock every seat, client and key change queues on (see module docstring).
         if conn.execute(self._q.lock_pool).rowcount != 1:
             raise StoreError("tg_pool has no row 1; the store's seed rows are missing")
+
+    def _take_seat_lock(self, conn: Connection) -> int:
+        """Take the pool lock for a seat start: the counter, this seat counted already."""
+        q = self._q
+        if self._returning:
+            value = conn.execute(q.take_seat_lock_returning).scalar_one_or_none()
+        elif conn.execute(q.take_seat_lock).rowcount == 1:
+            value = conn.execute(q.get_seats).scalar_one_or_none()
+        else:
+            value = None
+        if value is None:
+            raise StoreError("tg_pool has no row 1; the store's seed rows are missing")
+        return int(value)
 
     def _bump_seq(self, conn: Connection) -> int:
         """Lock the counter row by writing it, and return the new sequence number."""
@@ -511,35 +538,62 @@ class SQLAlchemyStore(Store):
         q = self._q
         # Seats are reclaimed only once expired on every host's clock (see ``Store``).
         before = {"now": now - max(skew, 0.0)}
+        if not session.holds_seat:
+            # No pool lock: nothing about seats changes (see the module docstring).
+            with self._tx() as conn:
+                conn.execute(q.insert_session, records.session_record(session))
+            # Counted, not drawn: a request's round trips stay predictable (tests).
+            if next(self._free_starts) % _FREE_SWEEP_EVERY == _FREE_SWEEP_EVERY - 1:
+                self._sweep_free(before)
+            return SeatOutcome(True, None)
         replaced: list[TokenSession] = []
         with self._tx() as conn:
             # 1. Lock: concurrent acquirers queue here, across processes and hosts.
-            self._lock_pool(conn)
-            # 2. Sweep: expired seats are free (used hashes go by cascade).
-            conn.execute(q.sweep_sessions, before)
-            if session.holds_seat:
-                # 3. Count: READ COMMITTED, so this sees the previous holder's commit.
-                victims: list[str] = []
-                if client_cap is not None:
-                    mine = {**before, "b_client_id": session.client_id}
-                    excess = conn.execute(q.count_client_seats, mine).scalar_one() - client_cap + 1
-                    if excess > 0:
-                        if not replace_oldest or client_cap <= 0:
-                            return SeatOutcome(False, "client")
+            counter = self._take_seat_lock(conn)
+            held = counter - 1  # counted in advance by the lock
+            # 2. Sweep: expired seats are free (used hashes go by cascade, which the
+            # row count leaves out).
+            held -= conn.execute(q.sweep_seats, before).rowcount
+            # 3. Check the caps; the counter needs no count of the live sessions.
+            victims: list[str] = []
+            refused: t.Literal["pool", "client"] | None = None
+            if client_cap is not None:
+                mine = {**before, "b_client_id": session.client_id}
+                excess = conn.execute(q.count_client_seats, mine).scalar_one() - client_cap + 1
+                if excess > 0:
+                    if not replace_oldest or client_cap <= 0:
+                        refused = "client"
+                    else:
                         ids = conn.execute(q.client_seat_ids, mine).scalars().all()
                         victims = list(ids[:excess])
-                if seat_limit is not None:
-                    held = conn.execute(q.count_seats, before).scalar_one()
-                    # Decided before anything ends, so that a refusal changes nothing.
-                    if held - len(victims) >= seat_limit:
-                        return SeatOutcome(False, "pool")
+            # Decided before anything ends, so that a refusal changes nothing.
+            if refused is None and seat_limit is not None and held - len(victims) >= seat_limit:
+                refused = "pool"
+            if refused is None:
                 if victims:
                     # Under the pool lock nobody else ends or sweeps these rows.
                     ended = self._end_in(conn, "ids", {"b_ids": victims, "now": now}, now)
                     replaced = sorted(ended, key=lambda s: (s.created_at, s.session_id))
-            # 4. Take the seat; the commit releases the lock.
-            conn.execute(q.insert_session, records.session_record(session))
+                    held -= len(replaced)
+                # 4. Take the seat; the commit releases the lock.
+                conn.execute(q.insert_session, records.session_record(session))
+                held += 1
+            if held != counter:
+                conn.execute(q.set_seats, {"b_seats": held})
+        if refused is not None:
+            return SeatOutcome(False, refused)
         return SeatOutcome(True, None, tuple(replaced))
+
+    def _sweep_free(self, before: dict[str, float]) -> None:
+        """Delete expired seat-less sessions, without the pool lock; best effort.
+
+        No seat path deletes seat-less rows by expiry, so sweepers never wait on each
+        other; an end of many sessions may, and then one of the two is rolled back
+        (a deadlock): if it is this sweep, a later one does the work.
+        """
+        with contextlib.suppress(StoreError):
+            with self._tx() as conn:
+                conn.execute(self._q.sweep_free, before)
 
     def earliest_seat_expiry(self, now: float, client_id: str | None = None) -> float | None:
         q = self._q
@@ -614,13 +668,19 @@ class SQLAlchemyStore(Store):
             # Lock order: pool, session rows, counter, revoked rows (module docstring).
             self._lock_pool(conn)
             ended = self._end_in(conn, kind, {"b_key": key, "now": now}, now)
+            seats = sum(1 for s in ended if s.holds_seat)
+            if seats:
+                conn.execute(self._q.add_seats, {"b_delta": -seats})
         return [s for s in ended if s.is_live(now)]
 
     def _end_in(
         self, conn: Connection, kind: str, params: dict[str, t.Any], now: float
     ) -> list[TokenSession]:
-        """End the sessions ``kind`` picks in ``conn`` (pool row locked); return them all."""
-        lock, pick, prune, drop = self._q.end[kind]
+        """End the sessions ``kind`` picks in ``conn`` (pool row locked); return them all.
+
+        The caller takes the ended seats off the counter.
+        """
+        lock, pick, prune = self._q.end[kind]
         # Lock the rows before reading them: a concurrent rotation (which takes no
         # pool lock) either committed before the lock, and the read below sees its
         # expiry (READ COMMITTED), or waits and then finds the row gone. A plain
@@ -632,7 +692,10 @@ class SQLAlchemyStore(Store):
             return []
         seq = self._bump_seq(conn)
         conn.execute(prune, params)
-        conn.execute(drop, params)
+        ids = [s.session_id for s in ended]
+        for first in range(0, len(ids), _IDS_PER_DELETE):
+            chunk = ids[first : first + _IDS_PER_DELETE]
+            conn.execute(self._q.delete_ids, {"b_ids": chunk})
         conn.execute(
             self._q.insert_revoked,
             [

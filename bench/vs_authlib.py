@@ -1,0 +1,197 @@
+"""Ours against Authlib's documented app (``authlib_app.py``), under waitress, side by side.
+
+    .venv/bin/python bench/vs_authlib.py [--stores sqlite,postgresql] [--rounds 3] [--seconds 4]
+
+Per store, both apps run in their own process (waitress threads=4) on that engine: ours
+with ``TOKENGUARD_STORE_URL`` (``sqlite:///...`` or a fresh PostgreSQL schema), Authlib's
+with its SQLAlchemy models on the same kind of database. wrk (-t2 -c16, as
+``compare.py``) alternates between the two, round by round, on ``/open``, ``/guarded``
+(a bearer token for scope ``view``) and ``POST /token`` (client_credentials, scope
+``view``). Printed: requests/s per app and the median of the per-round ratios
+ours/Authlib, the figure to quote. Authlib issues opaque tokens that it stores and
+looks up on every guarded request; ours issues signed JWTs (RS256 by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import typing as t
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare import _free_port  # noqa: E402 - the folder is put on the path just above
+from compare import _wrk  # noqa: E402
+from compare import _WRK_POST  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+POSTGRESQL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+_OURS = """
+import json, logging, sys
+logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+from flask import Flask
+from flask_tokenguard import TokenGuard, require_token
+from waitress import serve
+
+app = Flask("ours")
+app.config.update(
+    TOKENGUARD_STORE_URL=sys.argv[1],
+    TOKENGUARD_STORE_OPTIONS=json.loads(sys.argv[3]),
+    TOKENGUARD_LICENSES=1_000_000,
+    TOKENGUARD_ISSUER="http://127.0.0.1",
+)
+TokenGuard(app)
+
+@app.get("/open")
+def open_route():
+    return {"ok": True}
+
+@app.get("/guarded")
+@require_token("view")
+def guarded():
+    return {"ok": True}
+
+result = app.test_cli_runner().invoke(args=["tokenguard", "create-client", "bench", "--json"])
+print(json.dumps(json.loads(result.output)), flush=True)
+serve(app, host="127.0.0.1", port=int(sys.argv[2]), threads=4, _quiet=True)
+"""
+
+
+class App:
+    """One app under waitress in a subprocess, with its client's credentials."""
+
+    def __init__(self, argv: list[str], workdir: Path) -> None:
+        self.port = _free_port()
+        env = {**os.environ, "AUTHLIB_INSECURE_TRANSPORT": "1"}
+        argv = [a.replace("{port}", str(self.port)) for a in argv]
+        self.process = subprocess.Popen(
+            argv, env=env, cwd=workdir, stdout=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"{argv[:3]} did not start")
+        creds = json.loads(line)
+        self.client = (creds["client_id"], creds["client_secret"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        _wait_for(self.port)
+
+    def token(self) -> str:
+        import requests
+
+        response = requests.post(
+            self.url + "/token",
+            data={"grant_type": "client_credentials", "scope": "view"},
+            auth=self.client,
+            timeout=10,
+        )
+        response.raise_for_status()
+        token: str = response.json()["access_token"]
+        return token
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def _wait_for(port: int) -> None:
+    import socket
+    import time
+
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
+def _apps(store: str, tmp: Path) -> tuple[dict[str, App], t.Callable[[], None]]:
+    """Ours and Authlib's on ``store`` ("sqlite" or "postgresql"), and their clean-up."""
+    run = uuid.uuid4().hex[:8]
+    (tmp / "ours").mkdir()
+    (tmp / "authlib").mkdir()
+    if store == "sqlite":
+        ours = [f"sqlite:///{tmp / 'ours' / 'store.sqlite3'}", "{port}", "{}"]
+        theirs = [f"sqlite:///{tmp / 'authlib' / 'authlib.sqlite3'}", "{port}"]
+        schemas: list[str] = []
+    else:
+        schemas = [f"tgbench_ours_{run}", f"tgbench_authlib_{run}"]
+        ours = [POSTGRESQL, "{port}", json.dumps({"schema": schemas[0]})]
+        theirs = [POSTGRESQL, "{port}", schemas[1]]
+    apps = {
+        "ours": App([sys.executable, "-c", _OURS, *ours], tmp / "ours"),
+        "authlib": App([sys.executable, str(HERE / "authlib_app.py"), *theirs], tmp / "authlib"),
+    }
+
+    def clean_up() -> None:
+        for app in apps.values():
+            app.stop()
+        if schemas:
+            import sqlalchemy as sa
+
+            with sa.create_engine(POSTGRESQL).begin() as conn:
+                for schema in schemas:
+                    conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+    return apps, clean_up
+
+
+def main(argv: t.Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--stores", default="sqlite,postgresql")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=4)
+    args = parser.parse_args(argv)
+    print(f"wrk -t2 -c16, {args.rounds} alternating rounds of {args.seconds} s; waitress threads=4")
+    for store in args.stores.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            apps, clean_up = _apps(store, Path(tmp))
+            try:
+                scripts = {}
+                for name, app in apps.items():
+                    basic = base64.b64encode(":".join(app.client).encode()).decode()
+                    script = Path(tmp) / f"{name}.lua"
+                    script.write_text(_WRK_POST.format(basic=basic))
+                    scripts[name] = script
+                tokens = {name: app.token() for name, app in apps.items()}
+                guarded = {n: ["-H", f"Authorization: Bearer {tk}"] for n, tk in tokens.items()}
+                posts = {n: ["-s", str(script)] for n, script in scripts.items()}
+                paths: dict[str, dict[str, list[str]]] = {
+                    "open": {name: [] for name in apps},
+                    "guarded": guarded,
+                    "token": posts,
+                }
+                rates: dict[tuple[str, str], list[float]] = {}
+                for _ in range(args.rounds):
+                    for path, extra in paths.items():
+                        for name in ("ours", "authlib"):
+                            url = apps[name].url + ("/token" if path == "token" else f"/{path}")
+                            rate = _wrk(url, args.seconds, extra[name])
+                            rates.setdefault((path, name), []).append(rate)
+                print(f"  {store}:")
+                for path in paths:
+                    ours, theirs = rates[(path, "ours")], rates[(path, "authlib")]
+                    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+                    print(
+                        f"    {path:8s} ours {statistics.median(ours):7.0f}/s"
+                        f"  authlib {statistics.median(theirs):7.0f}/s"
+                        f"  ours/authlib {statistics.median(ratios):.2f}"
+                        f" (rounds {', '.join(f'{r:.2f}' for r in ratios)})"
+                    )
+            finally:
+                clean_up()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
