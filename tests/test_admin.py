@@ -482,7 +482,7 @@ def test_client_page_and_unknown_client(admin: t.Any) -> None:
         assert f">{text}</button>" in page
     missing = admin.get("/admin/clients/tg_nothing")
     assert missing.status_code == 404
-    assert "no client" in missing.get_data(as_text=True)
+    assert "There is no such client." in missing.get_data(as_text=True)
     assert admin.get("/admin/clients/not%20safe").status_code == 404
 
 

@@ -154,6 +154,33 @@ def test_create_client_refuses_bad_options(app: Flask, args: list[str]) -> None:
     assert cli(app, "list-clients") == []
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("n" * 256, id="too-long"),
+        pytest.param("a\x00b", id="nul"),
+        pytest.param("two\nlines", id="newline"),
+        pytest.param("evil\u202egnp.exe", id="right-to-left-override"),
+    ],
+)
+def test_create_and_update_client_refuse_unfit_display_names(app: Flask, name: str) -> None:
+    # On PostgreSQL such a name failed in the driver and was answered as an outage (503).
+    result = run(app, "create-client", name, "--json")
+    assert_fails(result)
+    assert "display name" in result.stderr
+    assert cli(app, "list-clients") == []
+    client_id = register(app, "fine")["client_id"]
+    assert_fails(run(app, "update-client", client_id, "--name", name, "--json"))
+    assert [c["name"] for c in cli(app, "list-clients")] == ["fine"]
+
+
+def test_create_client_keeps_a_long_unicode_display_name(app: Flask) -> None:
+    name = "Zürich Lager 📦 " + "x" * 240
+    assert len(name) == 255
+    register(app, name)
+    assert [c["name"] for c in cli(app, "list-clients")] == [name]
+
+
 def test_create_client_refuses_duplicate_alias(app: Flask) -> None:
     register(app, "first", "--alias", "shared")
     assert_fails(run(app, "create-client", "second", "--alias", "shared", "--json"))

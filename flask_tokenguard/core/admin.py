@@ -8,11 +8,21 @@ slip past the threshold and a throttled guess costs no hash.
 The browser holds a random 256-bit session id in a cookie; the store keeps only its
 SHA-256 (``AdminSession.session_hash``), so a copy of the store signs nobody in. The
 session ends after ``TOKENGUARD_ADMIN_SESSION_TTL`` idle seconds, each request extending it.
+
+A built-in administrator's cookie also carries a tag of the password hash it signed in
+with, keyed by the cookie's own random part, and every request checks the user is still
+there, still an administrator and still has that password: ``delete-user`` and
+``set-password`` (or a name created again) end the console sessions too, without the store
+having to find them. With ``@guard.admin_verifier`` the app owns its users, so only the
+idle timeout and "Sign out" end a session.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
+import hmac
 import typing as t
 
 from ..errors import LockedOutError
@@ -98,9 +108,22 @@ def _failed(audit: Audit | None, username: str, reason: str) -> None:
         audit.emit(events.ADMIN_SIGN_IN_FAILED, subject=username or None, reason=reason)
 
 
-def start_admin_session(store: Store, username: str, *, ttl: float, now: float) -> SignIn:
-    """Start a server-side admin session for ``username``; return it with its cookie value."""
-    cookie_value = new_secret()
+def _password_tag(nonce: str, password_hash: str) -> str:
+    # Keyed by the cookie's secret part: the tag tells nothing about the hash without it.
+    digest = hmac.new(nonce.encode(), password_hash.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode()[:22]
+
+
+def start_admin_session(
+    store: Store, username: str, *, ttl: float, now: float, password_hash: str = ""
+) -> SignIn:
+    """Start a server-side admin session for ``username``; return it with its cookie value.
+
+    ``password_hash`` is the built-in user's current hash ("" for an app's verifier): the
+    cookie is bound to it, so a password change ends the session.
+    """
+    nonce = new_secret()
+    cookie_value = f"{nonce}.{_password_tag(nonce, password_hash)}"
     session = AdminSession(
         session_hash=hash_secret(cookie_value),
         username=username,
@@ -112,12 +135,28 @@ def start_admin_session(store: Store, username: str, *, ttl: float, now: float) 
 
 
 def resume_admin_session(
-    store: Store, cookie_value: str | None, *, ttl: float, now: float
+    store: Store, cookie_value: str | None, *, ttl: float, now: float, built_in: bool
 ) -> AdminSession | None:
-    """The live admin session a cookie names, its idle lifetime extended; None if none."""
+    """The live admin session a cookie names, its idle lifetime extended; None if none.
+
+    With ``built_in`` (no ``admin_verifier``), a session whose user was deleted, is no
+    administrator any more or has another password is ended here and is None.
+    """
     if not cookie_value or len(cookie_value) > MAX_CREDENTIAL_LENGTH:
         return None
-    return store.touch_admin_session(hash_secret(cookie_value), now, now + ttl)
+    session = store.touch_admin_session(hash_secret(cookie_value), now, now + ttl)
+    if session is None or not built_in:
+        return session
+    user = store.get_user(session.username)
+    nonce, _, tag = cookie_value.partition(".")
+    if (
+        user is None
+        or not user.admin
+        or not hmac.compare_digest(tag.encode(), _password_tag(nonce, user.password_hash).encode())
+    ):
+        store.end_admin_session(session.session_hash)
+        return None
+    return session
 
 
 def end_admin_session(store: Store, cookie_value: str | None) -> AdminSession | None:

@@ -137,10 +137,21 @@ def _check_max_seats(max_seats: int | None) -> int | None:
     return max_seats
 
 
+#: The longest display name, in characters (every store's column holds it).
+MAX_NAME_LENGTH = 255
+
+
 def _check_display_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise AdminInputError("a client needs a display name")
-    return name.strip()
+    name = name.strip()
+    if len(name) > MAX_NAME_LENGTH:
+        raise AdminInputError(f"a display name has at most {MAX_NAME_LENGTH} characters")
+    # No control or format characters (NUL, line breaks, right-to-left overrides): a name
+    # is shown to people in listings, pages and logs and must read as what it is.
+    if not name.isprintable():
+        raise AdminInputError("a display name may not hold control or format characters")
+    return name
 
 
 def create_client(

@@ -30,6 +30,8 @@ from flask import Response
 from flask import url_for
 from itsdangerous import BadSignature
 from itsdangerous import URLSafeTimedSerializer
+from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import NotFound
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ...core import admin as admin_rules
@@ -156,6 +158,43 @@ def _check_csrf(key: str | None, salt: str, expected: str) -> None:
         raise CsrfError() from None
 
 
+def _resume(cookie: str | None, now: float) -> AdminSession | None:
+    state = _state()
+    return admin_rules.resume_admin_session(
+        state.store,
+        cookie,
+        ttl=state.settings.admin_session_ttl,
+        now=now,
+        built_in=state.admin_verifier is None,
+    )
+
+
+def _is_console_path() -> bool:
+    return request.path.startswith(f"{_state().settings.url_prefix}/admin/")
+
+
+@bp.before_app_request
+def _unrouted() -> Response | None:
+    """A console URL no route takes (or not with this method): the sign-in page without a
+    session, else the console's own 404 or 405 page, never the app's bare one."""
+    routing = request.routing_exception
+    if not isinstance(routing, (NotFound, MethodNotAllowed)) or not _is_console_path():
+        return None
+    check_https(_state().settings, request.environ)
+    session = _resume(request.cookies.get(SESSION_COOKIE), time.time())
+    if session is None:
+        return _see_other(url_for("tokenguard_admin.sign_in"))
+    g._tokenguard_admin = session
+    g._tokenguard_admin_cookie = request.cookies.get(SESSION_COOKIE)
+    if isinstance(routing, MethodNotAllowed):
+        response = _page(
+            "error.html", 405, title="Not allowed", message="This page does not take that request."
+        )
+        response.headers["Allow"] = ", ".join(sorted(routing.valid_methods or ()))
+        return response
+    return _page("error.html", 404, title="Not found", message="There is no such page.")
+
+
 @bp.before_request
 def _require_admin() -> Response | None:
     state = _state()
@@ -165,9 +204,7 @@ def _require_admin() -> Response | None:
         return None
     cookie = request.cookies.get(SESSION_COOKIE)
     now = time.time()
-    session = admin_rules.resume_admin_session(
-        state.store, cookie, ttl=state.settings.admin_session_ttl, now=now
-    )
+    session = _resume(cookie, now)
     if session is None:
         return _see_other(url_for("tokenguard_admin.sign_in"))
     g._tokenguard_admin = session
@@ -182,8 +219,13 @@ def _require_admin() -> Response | None:
     return None
 
 
-@bp.after_request
+@bp.after_app_request
 def _security_headers(response: Response) -> Response:
+    # App-wide, for the console's pages and for its unrouted paths (404, 405), which no
+    # blueprint hook sees; the app's own routes are left alone at the cost of one check.
+    routed_here = request.blueprint == bp.name
+    if not routed_here and (request.url_rule is not None or not _is_console_path()):
+        return response
     for name, value in _SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     return response
@@ -229,7 +271,13 @@ def _csrf_failed(error: CsrfError) -> Response:
 
 @bp.errorhandler(NotFoundError)
 def _not_found(error: NotFoundError) -> Response:
-    return _page("error.html", 404, title="Not found", message=_message(error))
+    # A fixed text, not the error's: that one quotes the URL, which anyone can write.
+    message = (
+        _message(error)
+        if request.endpoint == "tokenguard_admin.log_off"
+        else "There is no such client. It may have been deleted or given a new id."
+    )
+    return _page("error.html", 404, title="Not found", message=message)
 
 
 @bp.errorhandler(StoreError)
@@ -276,13 +324,7 @@ def sign_in() -> Response:
     state = _state()
     if request.method == "GET":
         now = time.time()
-        current = admin_rules.resume_admin_session(
-            state.store,
-            request.cookies.get(SESSION_COOKIE),
-            ttl=state.settings.admin_session_ttl,
-            now=now,
-        )
-        if current is not None:
+        if _resume(request.cookies.get(SESSION_COOKIE), now) is not None:
             return _see_other(url_for("tokenguard_admin.clients_page"))
         return _sign_in_page()
     _check_csrf(request.cookies.get(SIGN_IN_COOKIE), _SIGN_IN_SALT, "sign-in")
@@ -314,8 +356,15 @@ def sign_in() -> Response:
         return _sign_in_page(401, "The user name or password is wrong.", username)
     # A new session id at every sign-in (no fixation); the one this browser held ends.
     admin_rules.end_admin_session(state.store, request.cookies.get(SESSION_COOKIE))
+    # A built-in administrator's session is bound to the password hash it signed in with
+    # (read after the check, which may have rehashed it).
+    user = None if state.admin_verifier is not None else state.store.get_user(username)
     signed_in = admin_rules.start_admin_session(
-        state.store, username, ttl=state.settings.admin_session_ttl, now=now
+        state.store,
+        username,
+        ttl=state.settings.admin_session_ttl,
+        now=now,
+        password_hash="" if user is None else user.password_hash,
     )
     audit.emit(events.ADMIN_SIGNED_IN, admin=username)
     response = _see_other(url_for("tokenguard_admin.clients_page"))
@@ -411,7 +460,8 @@ def _max_seats(text: str) -> int | None:
     text = text.strip()
     if not text:
         return None
-    if not text.isdigit() or len(text) > 9:
+    # ASCII only: str.isdigit() also takes "²" (which int() refuses) and other scripts' digits.
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
         raise AdminInputError("Max seats must be a whole number of 0 or more, or empty")
     return int(text)
 
