@@ -200,6 +200,19 @@ class RedisProcess:
             self.process.kill()
             self.process.wait(timeout=10)
 
+    @contextlib.contextmanager
+    def paused(self) -> t.Iterator[None]:
+        """SIGSTOP the process for the ``with`` block (a hung host): it answers nothing, and
+        its peers see no closed connection; SIGCONT after, however the block ends."""
+        if not self.alive or self.process is None:
+            raise TopologyError(f"{self.name} is not running")
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            if self.alive:
+                self.process.send_signal(signal.SIGCONT)
+
 
 def _redis_server_args(node: RedisProcess, *extra: str) -> list[str]:
     return [
@@ -223,21 +236,38 @@ def _redis_server_args(node: RedisProcess, *extra: str) -> list[str]:
     ]
 
 
-def _node_caught_up(node: RedisProcess, replicas: int) -> bool:
-    """Whether ``node`` is a master with ``replicas`` replicas at its offset (one connection)."""
-    client = node.client()
-    try:
-        return _replication_caught_up(client, replicas)
-    finally:
-        client.close()
+def _caught_up(node: RedisProcess, replicas: int) -> t.Callable[[], bool]:
+    """A condition for ``_wait``: ``node`` is a master whose ``replicas`` online replicas
+    acknowledged every write it held when first polled.
+
+    Not its newest offset: under a steady write load the replicas (which acknowledge once
+    a second) always trail that one a little, and the wait would never end.
+    """
+    target: list[int] = []
+
+    def condition() -> bool:
+        client = node.client()
+        try:
+            return _replication_caught_up(client, replicas, target)
+        finally:
+            client.close()
+
+    return condition
 
 
-def _replication_caught_up(primary: redis.Redis, replicas: int) -> bool:
-    """Whether ``primary`` has at least ``replicas`` online replicas at its current offset."""
+def _replication_caught_up(
+    primary: redis.Redis, replicas: int, target: list[int] | None = None
+) -> bool:
+    """Whether ``primary`` has at least ``replicas`` online replicas at its offset (the one
+    in ``target``, which the first call fills in, when given)."""
     info = primary.info("replication")
     if info.get("role") != "master":
         return False
     offset = int(info["master_repl_offset"])
+    if target is not None:
+        if not target:
+            target.append(offset)
+        offset = target[0]
     caught_up = 0
     for key, value in info.items():
         if re.fullmatch(r"slave\d+", key) and isinstance(value, dict):
@@ -315,7 +345,7 @@ class SentinelTopology:
         for sentinel in self.sentinel_processes:
             sentinel.wait_ready()
         _wait(
-            lambda: _node_caught_up(primary, 2),
+            _caught_up(primary, 2),
             15,
             "both replicas to be in sync with the primary",
         )
@@ -343,6 +373,11 @@ class SentinelTopology:
             for client in sentinel.sentinels:
                 client.close()
         return (str(host), int(port))
+
+    def replica_servers(self) -> list[RedisProcess]:
+        """The live servers other than the current primary."""
+        primary = self.primary_address()
+        return [s for s in self.servers if s.alive and s.address != primary]
 
     def server_at(self, address: Address) -> RedisProcess:
         for server in self.servers:
@@ -402,7 +437,7 @@ class SentinelTopology:
         new_primary = self.server_at(found[0])
         remaining = max(0, sum(1 for s in self.servers if s.alive) - 1)
         _wait(
-            lambda: _node_caught_up(new_primary, remaining),
+            _caught_up(new_primary, remaining),
             timeout,
             f"{remaining} replica(s) to follow the new primary",
             0.1,
@@ -414,7 +449,7 @@ class SentinelTopology:
         primary = self.server_at(self.primary_address())
         remaining = sum(1 for s in self.servers if s.alive) - 1
         _wait(
-            lambda: _node_caught_up(primary, remaining),
+            _caught_up(primary, remaining),
             timeout,
             "the replicas to catch up",
         )
@@ -430,7 +465,7 @@ class SentinelTopology:
             if not server.alive:
                 server.restart("--replicaof", HOST, str(primary.port))
         _wait(
-            lambda: _node_caught_up(primary, len(self.servers) - 1),
+            _caught_up(primary, len(self.servers) - 1),
             timeout,
             "the restarted server to replicate from the new primary",
             0.1,
@@ -545,6 +580,22 @@ class ClusterTopology:
         finally:
             client.close()
         raise TopologyError(f"no node serves slot {slot}")
+
+    def replicas_of(self, key: str) -> list[RedisProcess]:
+        """The live replicas of the master serving ``key``'s slot now (once they show)."""
+        via = next(node for node in self.nodes if node.alive)
+        client = via.client()
+        try:
+            slot = int(_command(client, "CLUSTER KEYSLOT", key))
+        finally:
+            client.close()
+        _wait(
+            lambda: bool(self._slot_owner(slot, via)[1]),
+            10,
+            f"the master of {key!r} to show its replica",
+            0.1,
+        )
+        return [self.node_at(a) for a in self._slot_owner(slot, via)[1] if self.node_at(a).alive]
 
     def master_of(self, key: str) -> Address:
         """The address of the master serving ``key``'s slot now."""

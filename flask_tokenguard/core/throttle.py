@@ -84,9 +84,13 @@ class Throttle:
         """
         if not self.enabled:
             return None, False
-        self._check_address(now)
         key = self._name_key(kind, name)
-        count, until = self.store.failures(key, now)
+        # Both counts in one store call (one round trip on the server stores).
+        (address_count, address_until), (count, until) = self.store.failures_many(
+            [self._address_key(), key], now
+        )
+        if address_count >= self.settings.lockout_threshold:
+            raise LockedOutError(retry_after=address_until - now)
         if count >= self.settings.lockout_threshold:
             raise LockedOutError(retry_after=until - now)
         return key, count > 0

@@ -38,6 +38,8 @@ SCHEME_MODULES: dict[str, str] = {
     "redis": "redis",
     "rediss": "redis",
     "redis+unix": "redis",
+    "redis+sentinel": "redis",
+    "redis+cluster": "redis",
     "postgresql": "sql",
     "postgresql+psycopg": "sql",
     "mysql+pymysql": "sql",
@@ -387,13 +389,18 @@ class Store(abc.ABC):
     def failures(self, key: str, now: float) -> tuple[int, float]:
         """(count, until) for ``key``; (0, 0.0) if none or if ``until <= now``."""
 
+    def failures_many(self, keys: t.Sequence[str], now: float) -> list[tuple[int, float]]:
+        """``failures`` of each key, in order; backends override it to ask once."""
+        return [self.failures(key, now) for key in keys]
+
     @abc.abstractmethod
     def clear_failures(self, key: str) -> None:
         """Forget ``key``'s failures (after a success)."""
 
 
-#: Methods wrapped by ``Store.__init_subclass__``: the abstract API, and ``drop``.
-_API_METHODS = frozenset(Store.__abstractmethods__ - {"__init__"} | {"drop"})
+#: Methods wrapped by ``Store.__init_subclass__``: the abstract API, ``drop`` and the
+#: overridable ``failures_many``.
+_API_METHODS = frozenset(Store.__abstractmethods__ - {"__init__"} | {"drop", "failures_many"})
 
 _Method = t.TypeVar("_Method", bound=t.Callable[..., t.Any])
 

@@ -617,3 +617,98 @@ def test_record_failure_reruns_a_transaction_rolled_back_by_a_deadlock() -> None
     # A lock wait timeout already waited for long: not retried.
     assert not lost_race(wrapped(1205))
     assert not lost_race(StoreError("failed", ConnectionError()))
+
+
+# -- connections the server closed -----------------------------------------------------
+
+
+def _backend_ids(store: SQLAlchemyStore) -> list[int]:
+    """Record the server's id of every connection the store opens from now on."""
+    ids: list[int] = []
+    query = (
+        "SELECT pg_backend_pid()" if store._backend == "postgresql" else "SELECT CONNECTION_ID()"
+    )
+
+    def on_connect(dbapi_connection: t.Any, record: t.Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(query)
+        ids.append(int(cursor.fetchone()[0]))
+        cursor.close()
+        if store._backend != "postgresql":
+            dbapi_connection.commit()  # PyMySQL: end the implicit transaction
+
+    for engine in {store._base_engine, store._base_reader}:
+        sa.event.listen(engine, "connect", on_connect)
+    return ids
+
+
+def _kill(url: str, ids: list[int]) -> None:
+    """Have the server close these connections, as a restart closes them all."""
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.begin() as conn:
+            for backend_id in ids:
+                if engine.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_terminate_backend(:id)"), {"id": backend_id})
+                else:
+                    conn.exec_driver_sql(f"KILL CONNECTION {int(backend_id)}")
+    finally:
+        engine.dispose()
+
+
+def test_connections_the_server_closed_are_replaced_without_a_ping(
+    server_url: str, make_store: t.Callable[..., SQLAlchemyStore]
+) -> None:
+    store = make_store(server_url, schema=new_schema())
+    store.create_client(Client("app", "App"))
+    # No ping per checkout on psycopg and PyMySQL: the socket is looked at instead.
+    assert store._base_engine.pool._pre_ping is False
+    assert store._base_reader.pool._pre_ping is False
+    store.close()
+    ids = _backend_ids(store)
+    assert store.get_client("app") is not None
+    assert store.start_session(make_session("before"), 10, 1000.0).started
+    assert len(ids) == 2  # one pooled connection for reads, one for writes
+    _kill(server_url, ids)
+    time.sleep(0.2)  # the server's goodbye reaches the pooled sockets
+    # Neither the read nor the write fails: both get new connections.
+    assert store.get_client("app") is not None
+    assert store.start_session(make_session("after"), 10, 1000.0).started
+    assert store.seats_in_use(1000.0) == 2
+    assert len(ids) == 4
+
+
+def test_a_read_runs_once_more_when_its_connection_was_lost(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = t.cast("SQLAlchemyStore", store_from_url(sqlite_url))
+    try:
+        store.create_client(Client("app", "App"))
+        real = store._read_once
+        calls: list[bool] = []
+
+        def lose_first(*args: t.Any) -> t.Any:
+            calls.append(True)
+            if len(calls) == 1:
+                raise sa.exc.OperationalError(
+                    "SELECT", {}, Exception("server closed"), connection_invalidated=True
+                )
+            return real(*args)
+
+        monkeypatch.setattr(store, "_read_once", lose_first)
+        assert store.get_client("app") is not None
+        assert len(calls) == 2
+
+        # Any other failure is not retried, and is a StoreError.
+        def fail(*args: t.Any) -> t.Any:
+            calls.append(True)
+            raise sa.exc.OperationalError("SELECT", {}, Exception("syntax"))
+
+        monkeypatch.setattr(store, "_read_once", fail)
+        calls.clear()
+        with pytest.raises(StoreError):
+            store.get_client("app")
+        assert len(calls) == 1
+    finally:
+        store.drop()
+        store.close()

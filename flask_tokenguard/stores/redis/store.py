@@ -1,5 +1,19 @@
 """``redis://``, ``rediss://``, ``redis+unix://``: one store shared by many hosts.
 
+``redis+sentinel://h1:26379,h2:26379/SERVICE[/DB]`` and ``redis+cluster://h1:7000,h2:7001``
+(flask-limiter's spellings) reach a replicated Redis through redis-py's own ``Sentinel``
+and ``RedisCluster``, which find the primary again after a failover.
+
+Acknowledged writes: with the ``replicas`` option, every write that a token response or
+a logoff depends on (starting, rotating and ending sessions, revoking) is followed by
+``WAIT replicas replicas_timeout`` on the same connection (on a cluster, the connection
+to the slot's master). Fewer acknowledgements raise ``StoreError``, after taking back
+what a start or a rotation did (best effort), so that nothing the client was not told
+about stays held. On a replicated URL every script is also resent for up to
+``failover_timeout`` seconds when the connection breaks: the resend reaches the new
+primary and, the scripts being resend-safe (below), either finds its first run there
+or runs now, so the client's answer matches what the new primary holds.
+
 Every primitive that must be atomic is one Lua script (this package's ``*.lua``, run by
 EVALSHA with a fallback to loading it): a script runs with nothing interleaved, and it
 costs one round trip. All keys of a store start with ``key_prefix``, whose hash tag
@@ -35,10 +49,14 @@ import json
 import logging
 import math
 import secrets
+import time
 import typing as t
+from urllib.parse import unquote
+from urllib.parse import urlsplit
 
 from ...errors import ConfigurationError
 from ...errors import ConflictError
+from ...errors import StoreError
 from ...models import AdminSession
 from ...models import Client
 from ...models import SeatOutcome
@@ -73,6 +91,17 @@ SWEEP_LIMIT = 256
 #: Real milliseconds a start's list of replaced sessions is kept for a resend to report.
 REPLACED_KEPT_MS = 60_000
 
+#: URL schemes of replicated topologies, whose client finds a new primary by itself.
+REPLICATED_SCHEMES = ("redis+sentinel", "redis+cluster")
+#: Default ``replicas_timeout``: milliseconds WAIT gives the replicas to acknowledge.
+REPLICAS_TIMEOUT_MS = 1000
+#: Default ``failover_timeout`` on a replicated URL: seconds a write whose connection broke
+#: is resent, enough for Sentinel or Cluster to promote a replica (0 elsewhere).
+FAILOVER_TIMEOUT = 10.0
+#: Default ports of a Sentinel and of a Cluster node, when the URL names none.
+SENTINEL_PORT = 26379
+CLUSTER_PORT = 6379
+
 #: Scripts, each in ``<name>.lua`` of this package with ``lib.lua`` prepended.
 _SCRIPTS = (
     "start_session",
@@ -92,6 +121,7 @@ _SCRIPTS = (
     "record_failure",
     "touch_admin_session",
     "end_admin_session",
+    "unrotate_refresh",
 )
 
 #: Characters that SCAN's MATCH treats as glob syntax.
@@ -133,6 +163,97 @@ def _check_hash_tag(prefix: str) -> None:
             "prefix, which is safe only while every key of the store hashes to one "
             "Cluster slot, and only a hash tag puts them there."
         )
+
+
+class _Endpoints(t.NamedTuple):
+    """What a ``redis+sentinel://`` or ``redis+cluster://`` URL names."""
+
+    hosts: list[tuple[str, int]]
+    path: list[str]
+    credentials: dict[str, str]
+
+
+def _endpoints(url: str, default_port: int) -> _Endpoints:
+    """Split a multi-host URL: ``scheme://[user:password@]h1:p1,h2:p2[/path]``.
+
+    urlsplit cannot read several hosts, so each one is read on its own; options belong in
+    ``TOKENGUARD_STORE_OPTIONS``, hence no query string.
+    """
+    scheme, _, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    path, _, query = path.partition("?")
+    if query:
+        raise ConfigurationError(
+            f"a {scheme}:// URL takes no query string; put options in TOKENGUARD_STORE_OPTIONS"
+        )
+    userinfo, _, hostlist = netloc.rpartition("@")
+    credentials: dict[str, str] = {}
+    if userinfo:
+        username, has_password, password = userinfo.partition(":")
+        if username:
+            credentials["username"] = unquote(username)
+        if has_password:
+            credentials["password"] = unquote(password)
+    hosts = []
+    for item in hostlist.split(","):
+        try:
+            parts = urlsplit(f"//{item.strip()}")
+            host, port = parts.hostname, parts.port
+        except ValueError as exc:
+            raise ConfigurationError(f"bad host in the {scheme}:// URL: {exc}") from None
+        if not host:
+            raise ConfigurationError(f"a {scheme}:// URL needs host:port[,host:port...]")
+        hosts.append((host, port or default_port))
+    return _Endpoints(hosts, [p for p in path.split("/") if p] if slash else [], credentials)
+
+
+def _option_int(value: t.Any, name: str, least: int) -> int:
+    """An integer store option, at least ``least``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigurationError(f"{name} must be an integer >= {least}")
+    return value
+
+
+def _sentinel_client(redis: t.Any, url: str, options: dict[str, t.Any]) -> t.Any:
+    """The primary of ``redis+sentinel://h1:26379,h2:26379/SERVICE[/DB]``.
+
+    redis-py's ``master_for`` asks the Sentinels for the primary on every new connection,
+    and drops a connection to a primary that became a replica, so a failover needs no
+    restart. The Sentinels themselves get the socket timeouts (``sentinel_kwargs``
+    overrides them, e.g. for a Sentinel password).
+    """
+    import redis.sentinel
+
+    endpoints = _endpoints(url, SENTINEL_PORT)
+    if not 1 <= len(endpoints.path) <= 2:
+        raise ConfigurationError(
+            "a redis+sentinel:// URL names the service: redis+sentinel://h1:26379/SERVICE[/DB]"
+        )
+    service, *db = endpoints.path
+    try:
+        database = int(db[0]) if db else 0
+    except ValueError:
+        raise ConfigurationError("the database of a redis+sentinel:// URL is a number") from None
+    sentinel_kwargs = options.pop("sentinel_kwargs", None)
+    if sentinel_kwargs is None:
+        sentinel_kwargs = {k: v for k, v in options.items() if k.startswith("socket_")}
+    sentinel = redis.sentinel.Sentinel(endpoints.hosts, sentinel_kwargs=sentinel_kwargs)
+    return sentinel.master_for(unquote(service), db=database, **endpoints.credentials, **options)
+
+
+def _cluster_client(redis: t.Any, url: str, options: dict[str, t.Any]) -> t.Any:
+    """A ``RedisCluster`` for ``redis+cluster://h1:7000,h2:7001`` (any nodes; it finds the rest).
+
+    RedisCluster refreshes its slot map when a node fails or answers MOVED. Its own retry
+    (``retry``) replaces the per-connection one, which it does not accept.
+    """
+    import redis.cluster
+
+    endpoints = _endpoints(url, CLUSTER_PORT)
+    if endpoints.path not in ([], ["0"]):
+        raise ConfigurationError("Redis Cluster has database 0 only: redis+cluster://h1:7000,...")
+    nodes = [redis.cluster.ClusterNode(host, port) for host, port in endpoints.hosts]
+    return redis.cluster.RedisCluster(startup_nodes=nodes, **endpoints.credentials, **options)
 
 
 def _session_from(fields: t.Mapping[str, str], session_id: str) -> TokenSession:
@@ -216,11 +337,43 @@ class RedisStore(Store):
             raise ConfigurationError("key_prefix must be a non-empty string")
         _check_hash_tag(prefix)
         self.key_prefix: str = prefix
+        scheme = url.partition("://")[0].lower()
+        self._cluster = scheme == "redis+cluster"
+        #: Replicas that must acknowledge each write a response depends on (0: none asked).
+        self.replicas: int = _option_int(options.pop("replicas", None) or 0, "replicas", 0)
+        #: Milliseconds WAIT gives them; WAIT 0 would block for ever, hence at least 1.
+        self.replicas_timeout: int = _option_int(
+            options.pop("replicas_timeout", REPLICAS_TIMEOUT_MS), "replicas_timeout", 1
+        )
+        failover = options.pop(
+            "failover_timeout", FAILOVER_TIMEOUT if scheme in REPLICATED_SCHEMES else 0.0
+        )
+        if isinstance(failover, bool) or not isinstance(failover, (int, float)) or failover < 0:
+            raise ConfigurationError("failover_timeout must be a number of seconds >= 0")
+        #: Seconds a broken write is resent to find a new primary (see the module docstring).
+        self.failover_timeout: float = float(failover)
+        exceptions = redis.exceptions
+        #: Failures after which a command is resent (``failover_timeout``): the connection
+        #: broke or the node no longer serves the slot. Not a timeout (see below).
+        self._broken: tuple[type[BaseException], ...] = (
+            exceptions.ConnectionError,  # MasterNotFoundError, a primary turned replica
+            exceptions.ClusterDownError,
+            exceptions.TryAgainError,
+            exceptions.AskError,  # and MovedError: the slot has a new master
+            exceptions.ReadOnlyError,
+            exceptions.RedisClusterException,
+        )
+        #: The primary's connected replicas and when that was read (``_wait_for``).
+        self._connected_replicas: tuple[int, float] = (0, -math.inf)
         # A store that hangs is worse than one that fails: bounded waits, then StoreError.
         options.setdefault("socket_connect_timeout", 5.0)
         options.setdefault("socket_timeout", 5.0)
         # PING a connection idle this long before reusing it, to notice a restarted server.
         options.setdefault("health_check_interval", 30)
+        timeout = options["socket_timeout"]
+        if self.replicas and timeout is not None and self.replicas_timeout >= timeout * 1000:
+            # The WAIT's reply would come after the socket gave up on it.
+            raise ConfigurationError("replicas_timeout (ms) must be shorter than socket_timeout")
         if "retry" not in options:
             # Retry only connection failures (a stale pooled socket after a Redis restart),
             # a few times and briefly. Not timeouts, unlike redis-py's default (10 retries
@@ -233,14 +386,24 @@ class RedisStore(Store):
             )
         # Replies are parsed as str throughout.
         options["decode_responses"] = True
-        scheme, sep, rest = url.partition("://")
-        if scheme.lower() == "redis+unix":
+        _, sep, rest = url.partition("://")
+        if scheme == "redis+unix":
             # redis-py spells the socket scheme ``unix://`` (urlunsplit would drop the //).
             url = f"unix{sep}{rest}"
         try:
-            self._client: redis_py.Redis = redis.Redis.from_url(url, **options)
+            if scheme == "redis+sentinel":
+                client = _sentinel_client(redis, url, options)
+            elif self._cluster:
+                client = _cluster_client(redis, url, options)
+            else:
+                client = redis.Redis.from_url(url, **options)
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"bad Redis store URL or options: {exc}") from exc
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+            # RedisCluster reads the slot map at once: no node answered.
+            raise StoreError(f"RedisStore failed: {type(exc).__name__}", exc) from exc
+        # A RedisCluster answers the commands this store sends as a Redis does.
+        self._client: redis_py.Redis = client
         # register_script sends nothing yet; each call is EVALSHA, and on NOSCRIPT (a new or
         # restarted server) redis-py loads the script and retries once.
         self._scripts: dict[str, Script] = {
@@ -249,15 +412,118 @@ class RedisStore(Store):
 
     @property
     def base_exceptions(self) -> tuple[type[BaseException], ...]:
-        """Every redis-py failure (connection, timeout, response) plus raw socket errors."""
-        return (self._redis.exceptions.RedisError, ConnectionError, TimeoutError)
+        """Every redis-py failure (connection, timeout, response, and the Cluster client's
+        own, which are not ``RedisError``: no node for a slot) plus raw socket errors."""
+        exceptions = self._redis.exceptions
+        return (
+            exceptions.RedisError,
+            exceptions.RedisClusterException,
+            ConnectionError,
+            TimeoutError,
+        )
 
     def _key(self, *parts: str) -> str:
         return self.key_prefix + ":".join(parts)
 
     def _run(self, name: str, keys: t.Sequence[str], args: t.Sequence[str | int]) -> t.Any:
-        """Run a script; the prefix is always ARGV[1] where the script builds keys from it."""
-        return self._scripts[name](keys=list(keys), args=list(args))
+        """Run a script; the prefix is always ARGV[1] where the script builds keys from it.
+
+        Resent while the connection breaks, for up to ``failover_timeout``: a request
+        that already rotated a refresh token and then reads the client record again
+        must reach the new primary, or it would fail after the rotation and end a
+        session that its client still holds.
+        """
+        deadline = time.monotonic() + self.failover_timeout
+        while True:
+            try:
+                return self._scripts[name](keys=list(keys), args=list(args))
+            except self._broken:
+                if time.monotonic() >= deadline:
+                    raise
+                self._before_resend()
+
+    def _write(
+        self,
+        name: str,
+        keys: t.Sequence[str],
+        args: t.Sequence[str | int],
+        undo: t.Callable[[t.Any], None] | None = None,
+    ) -> t.Any:
+        """Run a write script that an answer depends on: resent across a failover, and
+        acknowledged by ``replicas`` replicas when asked.
+
+        Only connection failures are resent (a timeout is not: see ``__init__``): the
+        server may have run the script, and a resend that finds its first run answers as
+        it did. ``undo(reply)`` takes back a write that too few replicas acknowledged.
+        """
+        if not self.replicas:
+            return self._run(name, keys, args)
+        deadline = time.monotonic() + self.failover_timeout
+        while True:
+            try:
+                reply, acks = self._acknowledged(name, keys, args)
+                break
+            except self._broken:
+                if time.monotonic() >= deadline:
+                    raise
+                self._before_resend()
+        if int(acks) < self.replicas:
+            if undo is not None:
+                try:
+                    undo(reply)
+                except self.base_exceptions as exc:  # best effort; it expires anyway
+                    logger.warning("could not take back an unacknowledged write: %r", exc)
+            raise StoreError(
+                f"RedisStore: {acks} of {self.replicas} replicas acknowledged the write "
+                f"within {self.replicas_timeout} ms"
+            )
+        return reply
+
+    def _acknowledged(
+        self, name: str, keys: t.Sequence[str], args: t.Sequence[str | int]
+    ) -> tuple[t.Any, int]:
+        """Run a script and WAIT on one connection; return its reply and the replicas' acks.
+
+        WAIT counts the acknowledgements of this connection's own last write, so both go
+        down one pipeline: to the primary (Sentinel, plain Redis), or to the master of the
+        store's one slot (Cluster; a cluster pipeline could retry WAIT elsewhere).
+        """
+        client: t.Any = self._client
+        if self._cluster:
+            client = client.get_redis_connection(client.get_node_from_key(keys[0]))
+        pipe = client.pipeline(transaction=False)
+        # A Script given a pipeline loads itself (SCRIPT LOAD) on that connection if needed.
+        self._scripts[name](keys=list(keys), args=list(args), client=pipe)
+        pipe.wait(self._wait_for(client), self.replicas_timeout)
+        reply, acks = pipe.execute()
+        return reply, int(acks)
+
+    def _wait_for(self, client: t.Any) -> int:
+        """How many acknowledgements to wait for: every connected replica, at least
+        ``replicas`` (the primary's count, read at most once a second).
+
+        ``replicas`` is what must answer for the write to count; waiting for every replica
+        that is up as well means that whichever one a failover promotes holds every write
+        a client was answered for. Waiting for only N of more would let Sentinel promote
+        one that missed the last writes (it picks by the offsets it last saw).
+        """
+        count, read_at = self._connected_replicas
+        now = time.monotonic()
+        if now - read_at >= 1.0:
+            info = client.info("replication")
+            count = int(info.get("connected_slaves", 0))
+            self._connected_replicas = (count, now)
+        return max(self.replicas, count)
+
+    def _before_resend(self) -> None:
+        """Pause before a resend; on a Cluster, re-read the slot map (redis-py's own)."""
+        if self._cluster:
+            client: t.Any = self._client
+            try:
+                client.nodes_manager.initialize()
+            except self.base_exceptions:
+                pass  # no node answers yet: the next attempt tries again
+        time.sleep(0.1)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -279,7 +545,11 @@ class RedisStore(Store):
 
     def close(self) -> None:
         """Disconnect every pooled connection; the pool reconnects on the next call."""
-        self._client.connection_pool.disconnect()
+        client: t.Any = self._client
+        if self._cluster:
+            client.disconnect_connection_pools()  # one pool per node
+        else:
+            client.connection_pool.disconnect()
 
     def reset(self) -> None:
         """Delete every key under this store's prefix (and nothing else)."""
@@ -432,7 +702,9 @@ class RedisStore(Store):
             _epoch_candidate(),
             str(REPLACED_KEPT_MS),
         ]
-        reply = self._run("start_session", keys, args)
+        reply = self._write(
+            "start_session", keys, args, lambda reply: self._unstart(reply, sid, now)
+        )
         if reply[0] != 1:
             return SeatOutcome(False, "client" if reply[1] == "client" else "pool")
         replaced = tuple(
@@ -479,11 +751,18 @@ class RedisStore(Store):
             _num(now),
             _ttl_ms(expires_at, now),
         ]
-        flat = self._run("rotate_refresh", [self._key("session", session_id)], args)
+        key = self._key("session", session_id)
+
+        def undo(flat: t.Any) -> None:
+            if flat:  # the new hash was never handed out: the old one is current again
+                back = [self.key_prefix, session_id, old_hash, new_hash, args[-1]]
+                self._run("unrotate_refresh", [key], back)
+
+        flat = self._write("rotate_refresh", [key], args, undo)
         return None if flat is None else _session_from(_pairs(flat), session_id)
 
-    def end_session(self, session_id: str, now: float) -> TokenSession | None:
-        args = [
+    def _end_session_args(self, session_id: str, now: float) -> list[str]:
+        return [
             self.key_prefix,
             session_id,
             _num(now),
@@ -491,7 +770,16 @@ class RedisStore(Store):
             str(SWEEP_LIMIT),
             _epoch_candidate(),
         ]
-        flat = self._run("end_session", [self._key("session", session_id)], args)
+
+    def _unstart(self, reply: t.Any, session_id: str, now: float) -> None:
+        """End a session whose start too few replicas acknowledged (its seat is free)."""
+        if reply[0] == 1:
+            keys = [self._key("session", session_id)]
+            self._run("end_session", keys, self._end_session_args(session_id, now))
+
+    def end_session(self, session_id: str, now: float) -> TokenSession | None:
+        args = self._end_session_args(session_id, now)
+        flat = self._write("end_session", [self._key("session", session_id)], args)
         if not flat:
             return None
         session = _session_from(_pairs(flat), session_id)
@@ -516,7 +804,7 @@ class RedisStore(Store):
             str(SWEEP_LIMIT),
             _epoch_candidate(),
         ]
-        return int(self._run("end_sessions", keys, args))
+        return int(self._write("end_sessions", keys, args))
 
     def list_sessions(self, client_id: str | None, now: float) -> list[TokenSession]:
         index: t.Iterable[t.Any]
@@ -547,7 +835,7 @@ class RedisStore(Store):
             str(SWEEP_LIMIT),
             _epoch_candidate(),
         ]
-        self._run("revoke", [self._key("revoked")], args)
+        self._write("revoke", [self._key("revoked")], args)
 
     def revocation_seq(self) -> int:
         value = self._client.get(self._key("revocation_seq"))
@@ -627,6 +915,19 @@ class RedisStore(Store):
         if count is None or until is None or float(until) <= now:
             return 0, 0.0
         return int(count), float(until)
+
+    def failures_many(self, keys: t.Sequence[str], now: float) -> list[tuple[int, float]]:
+        # One round trip: the HMGETs in a pipeline (no MULTI: each read stands alone).
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(self._key("failures", key), ["count", "until"])
+        replies = t.cast("list[list[str | None]]", pipe.execute())
+        return [
+            (0, 0.0)
+            if count is None or until is None or float(until) <= now
+            else (int(count), float(until))
+            for count, until in replies
+        ]
 
     def clear_failures(self, key: str) -> None:
         self._client.delete(self._key("failures", key))

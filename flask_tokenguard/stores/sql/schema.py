@@ -516,6 +516,9 @@ class SQL:
             failures.c.key_hash == bp("b_key_hash")
         )
         self.get_live_failures = self.get_failures.where(live_window)
+        self.get_live_failures_many = sa.select(
+            failures.c.key_hash, failures.c.count, failures.c.until
+        ).where(failures.c.key_hash.in_(bp("b_key_hashes", expanding=True)), live_window)
         self.insert_failure = failures.insert()
         self.clear_failures = failures.delete().where(failures.c.key_hash == bp("b_key_hash"))
         self.purge_failures = failures.delete().where(failures.c.until <= now)

@@ -21,6 +21,11 @@ One class serves every server engine, so the seat-locking design is written once
   transaction that restarts the counter (and that the first reader creates on a schema
   older than epochs).
 
+Round trips: a read of one statement runs on a second engine in autocommit (no BEGIN,
+no COMMIT), and neither pool pings its connections at checkout; for psycopg and PyMySQL
+the pooled socket is polled instead (``_drop_closed_connections``), and a read whose
+connection turns out dead runs once more (``_read``). A write is never run twice.
+
 Lock order, to rule out deadlocks: pool row, then session rows, then counter row, then
 revoked rows; failure rows come after the pool row (the opportunistic purge). A writer
 of one session row (refresh rotation) or of one failure row (``record_failure``) takes
@@ -96,6 +101,8 @@ _FAILURE_PURGE_EVERY = 16
 _FREE_SWEEP_EVERY = 16
 #: Ids per ``DELETE ... IN (...)`` when ending many sessions (drivers cap parameters).
 _IDS_PER_DELETE = 500
+#: Drivers whose connection's socket ``_drop_closed_connections`` can find.
+_POLLED_DRIVERS = frozenset({"psycopg", "pymysql"})
 
 
 _SQL_LOCK = threading.Lock()
@@ -151,7 +158,10 @@ class SQLAlchemyStore(Store):
                 f"schema {schema!r} is not usable: letters, digits, '_' and '-' only, "
                 "and not on SQLite"
             )
-        options.setdefault("pool_pre_ping", True)
+        # psycopg and PyMySQL connections are checked at checkout without a round trip
+        # (``_drop_closed_connections``); other drivers ping.
+        polled = backend != "sqlite" and parsed.get_driver_name() in _POLLED_DRIVERS
+        options.setdefault("pool_pre_ping", not polled)
         if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
             if not parsed.database.startswith("file:"):
                 prepare_private_file(os.path.abspath(parsed.database))
@@ -171,10 +181,28 @@ class SQLAlchemyStore(Store):
             raise ConfigurationError(f"Cannot build the SQL store's engine: {exc}") from exc
         if backend == "sqlite":
             self._sqlite_events(engine)
+            reader = engine
+        else:
+            # Single-statement reads: a pool of their own in autocommit, so a read is
+            # one round trip (no BEGIN/COMMIT, no ping; see ``_read``). Its own pool,
+            # because switching a pooled connection's mode costs round trips on MySQL.
+            read_options = {**options, "isolation_level": "AUTOCOMMIT", "pool_pre_ping": False}
+            try:
+                try:
+                    # PyMySQL sends a ROLLBACK even in autocommit, unless told not to.
+                    reader = sa.create_engine(parsed, **read_options, skip_autocommit_rollback=True)
+                except TypeError:  # SQLAlchemy before 2.0.43
+                    reader = sa.create_engine(parsed, **read_options)
+            except (ImportError, TypeError, sa_exc.ArgumentError) as exc:
+                raise ConfigurationError(f"Cannot build the SQL store's engine: {exc}") from exc
+        if polled:
+            for pooled in {engine, reader}:
+                sa.event.listen(pooled, "checkout", _drop_closed_connections)
         self._base_engine: Engine = engine
-        self._engine: Engine = (
-            engine.execution_options(schema_translate_map={None: schema}) if schema else engine
-        )
+        self._base_reader: Engine = reader
+        translate = {"schema_translate_map": {None: schema}} if schema else {}
+        self._engine: Engine = engine.execution_options(**translate) if schema else engine
+        self._reader: Engine = reader.execution_options(**translate) if schema else reader
         self._schema = schema
         self._backend = backend
         self._ready = False
@@ -220,6 +248,7 @@ class SQLAlchemyStore(Store):
     def _forget_connections(self) -> None:
         """After ``fork()``, in the child: SQLAlchemy's recipe, ``dispose(close=False)``."""
         self._base_engine.dispose(close=False)
+        self._base_reader.dispose(close=False)
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -238,6 +267,28 @@ class SQLAlchemyStore(Store):
                     yield conn
             except self._exc.IntegrityError as exc:
                 raise ConflictError("a record with that key exists") from exc
+
+    def _read(self, statement: t.Any, params: t.Mapping[str, t.Any] | None = None) -> list[t.Any]:
+        """The rows of one read-only statement, in one round trip (autocommit).
+
+        The read pool does not ping its connections: one that died with its server
+        unnoticed at checkout fails its statement, SQLAlchemy then invalidates the
+        pool's older connections, and the read runs once more on a new one. Only reads
+        come here, so running one twice is harmless.
+        """
+        if not self._ready:
+            self._setup()
+        with self.wrap_errors():
+            try:
+                return self._read_once(statement, params)
+            except self._exc.DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+            return self._read_once(statement, params)
+
+    def _read_once(self, statement: t.Any, params: t.Mapping[str, t.Any] | None) -> list[t.Any]:
+        with self._reader.connect() as conn:
+            return list(conn.execute(statement, params))
 
     def _lock_pool(self, conn: Connection) -> None:
         # The lock every seat, client and key change queues on (see module docstring).
@@ -357,8 +408,10 @@ class SQLAlchemyStore(Store):
             conn.execute(self._q.ping)
 
     def close(self) -> None:
-        # The pool opens new connections on the next call.
+        # The pools open new connections on the next call.
         self._base_engine.dispose()
+        if self._base_reader is not self._base_engine:
+            self._base_reader.dispose()
 
     def drop(self) -> None:
         """Drop the schema (or database) with every table; without one, drop our tables.
@@ -422,8 +475,7 @@ class SQLAlchemyStore(Store):
             conn.execute(q.insert_key, records.key_record(key))
 
     def signing_keys(self, now: float) -> list[SigningKey]:
-        with self._tx() as conn:
-            keys = [records.key_from(row._mapping) for row in conn.execute(self._q.list_keys)]
+        keys = [records.key_from(row._mapping) for row in self._read(self._q.list_keys)]
         live = [k for k in keys if k.retire_at is None or k.retire_at > now]
         if len(live) != len(keys):
             # Rare, so read-only calls stay one statement; a separate write transaction
@@ -447,8 +499,7 @@ class SQLAlchemyStore(Store):
     def get_client(self, id_or_alias: str) -> Client | None:
         if impossible_key(id_or_alias):
             return None
-        with self._tx() as conn:
-            rows = list(conn.execute(self._q.get_client, {"key": id_or_alias}))
+        rows = self._read(self._q.get_client, {"key": id_or_alias})
         # An id never equals another client's alias, but prefer the id if it ever did.
         rows.sort(key=lambda row: row.client_id != id_or_alias)
         return records.client_from(rows[0]._mapping) if rows else None
@@ -479,10 +530,7 @@ class SQLAlchemyStore(Store):
             return conn.execute(self._q.delete_client, {"b_client_id": client_id}).rowcount > 0
 
     def list_clients(self) -> list[Client]:
-        with self._tx() as conn:
-            clients = [
-                records.client_from(row._mapping) for row in conn.execute(self._q.list_clients)
-            ]
+        clients = [records.client_from(row._mapping) for row in self._read(self._q.list_clients)]
         # Sorted here: database collations order strings differently from Python.
         return sorted(clients, key=lambda c: (c.created_at, c.client_id))
 
@@ -495,9 +543,8 @@ class SQLAlchemyStore(Store):
     def get_user(self, username: str) -> User | None:
         if impossible_key(username):
             return None
-        with self._tx() as conn:
-            row = conn.execute(self._q.get_user, {"b_username": username}).first()
-        return None if row is None else records.user_from(row._mapping)
+        rows = self._read(self._q.get_user, {"b_username": username})
+        return records.user_from(rows[0]._mapping) if rows else None
 
     def update_user(self, user: User) -> bool:
         with self._tx() as conn:
@@ -519,8 +566,7 @@ class SQLAlchemyStore(Store):
             return conn.execute(self._q.delete_user, {"b_username": username}).rowcount > 0
 
     def list_users(self) -> list[User]:
-        with self._tx() as conn:
-            users = [records.user_from(row._mapping) for row in conn.execute(self._q.list_users)]
+        users = [records.user_from(row._mapping) for row in self._read(self._q.list_users)]
         return sorted(users, key=lambda u: u.username)
 
     # -- sessions and seats ------------------------------------------------------------
@@ -597,28 +643,23 @@ class SQLAlchemyStore(Store):
 
     def earliest_seat_expiry(self, now: float, client_id: str | None = None) -> float | None:
         q = self._q
-        with self._tx() as conn:
-            if client_id is None:
-                value = conn.execute(q.earliest_seat, {"now": now}).scalar()
-            elif impossible_key(client_id):
-                return None
-            else:
-                params = {"now": now, "b_client_id": client_id}
-                value = conn.execute(q.earliest_client_seat, params).scalar()
+        if client_id is None:
+            rows = self._read(q.earliest_seat, {"now": now})
+        elif impossible_key(client_id):
+            return None
+        else:
+            rows = self._read(q.earliest_client_seat, {"now": now, "b_client_id": client_id})
+        value = rows[0][0] if rows else None
         return None if value is None else float(value)
 
     def seats_in_use(self, now: float) -> int:
-        with self._tx() as conn:
-            return int(conn.execute(self._q.count_seats, {"now": now}).scalar_one())
+        return int(self._read(self._q.count_seats, {"now": now})[0][0])
 
     def get_session(self, session_id: str, now: float) -> TokenSession | None:
         if impossible_key(session_id):
             return None
-        with self._tx() as conn:
-            row = conn.execute(
-                self._q.get_session, {"b_session_id": session_id, "now": now}
-            ).first()
-        return None if row is None else records.session_from(row._mapping)
+        rows = self._read(self._q.get_session, {"b_session_id": session_id, "now": now})
+        return records.session_from(rows[0]._mapping) if rows else None
 
     def find_refresh(self, refresh_hash: str, now: float) -> tuple[TokenSession, bool] | None:
         if impossible_key(refresh_hash):
@@ -722,12 +763,11 @@ class SQLAlchemyStore(Store):
 
     def list_sessions(self, client_id: str | None, now: float) -> list[TokenSession]:
         q = self._q
-        with self._tx() as conn:
-            if client_id is None:
-                rows = conn.execute(q.list_sessions, {"now": now})
-            else:
-                rows = conn.execute(q.list_client_sessions, {"b_client_id": client_id, "now": now})
-            sessions = [records.session_from(row._mapping) for row in rows]
+        if client_id is None:
+            rows = self._read(q.list_sessions, {"now": now})
+        else:
+            rows = self._read(q.list_client_sessions, {"b_client_id": client_id, "now": now})
+        sessions = [records.session_from(row._mapping) for row in rows]
         return sorted(sessions, key=lambda s: (s.created_at, s.session_id))
 
     # -- revocation --------------------------------------------------------------------
@@ -744,13 +784,14 @@ class SQLAlchemyStore(Store):
             )
 
     def revocation_seq(self) -> int:
-        with self._tx() as conn:
-            return int(conn.execute(self._q.get_seq).scalar_one())
+        rows = self._read(self._q.get_seq)
+        if not rows:
+            raise StoreError("tg_counters has no revocation_seq row")
+        return int(rows[0][0])
 
     def revocation_epoch(self) -> str:
-        q = self._q
-        with self._tx() as conn:
-            value = conn.execute(q.get_epoch).scalar()
+        rows = self._read(self._q.get_epoch)
+        value = rows[0][0] if rows else None
         if value is None:
             # Set-up creates it; only a row deleted by hand since then is missing.
             value = retry(
@@ -848,9 +889,8 @@ class SQLAlchemyStore(Store):
     def recent_events(self, limit: int = 100) -> list[dict[str, str]]:
         if limit <= 0:
             return []
-        with self._tx() as conn:
-            texts = conn.execute(self._q.newest_events.limit(limit)).scalars().all()
-        return [json.loads(text) for text in texts]
+        rows = self._read(self._q.newest_events.limit(limit))
+        return [json.loads(row[0]) for row in rows]
 
     # -- lockout counters --------------------------------------------------------------
 
@@ -926,14 +966,57 @@ class SQLAlchemyStore(Store):
             conn.execute(self._q.purge_failures, {"now": now})
 
     def failures(self, key: str, now: float) -> tuple[int, float]:
-        params = {"b_key_hash": _failure_key_hash(key), "now": now}
-        with self._tx() as conn:
-            row = conn.execute(self._q.get_live_failures, params).first()
-        return (0, 0.0) if row is None else (int(row[0]), float(row[1]))
+        rows = self._read(
+            self._q.get_live_failures, {"b_key_hash": _failure_key_hash(key), "now": now}
+        )
+        return (int(rows[0][0]), float(rows[0][1])) if rows else (0, 0.0)
+
+    def failures_many(self, keys: t.Sequence[str], now: float) -> list[tuple[int, float]]:
+        hashes = [_failure_key_hash(key) for key in keys]
+        if not hashes:
+            return []
+        rows = self._read(
+            self._q.get_live_failures_many, {"b_key_hashes": sorted(set(hashes)), "now": now}
+        )
+        found = {row[0]: (int(row[1]), float(row[2])) for row in rows}
+        return [found.get(h, (0, 0.0)) for h in hashes]
 
     def clear_failures(self, key: str) -> None:
         with self._tx() as conn:
             conn.execute(self._q.clear_failures, {"b_key_hash": _failure_key_hash(key)})
+
+
+def _drop_closed_connections(dbapi_connection: t.Any, record: t.Any, proxy: t.Any) -> None:
+    """Refuse a pooled connection whose server has closed it, without a round trip.
+
+    Between requests the client reads nothing, so a socket with something to read
+    holds the server's goodbye: its FIN after a restart, or a termination notice. The
+    pool then discards the connection and checks out (or opens) another, as after a
+    failed ``pool_pre_ping``. A server that vanished without a word is noticed by the
+    statement that fails instead: reads run once more (``_read``), a write reports
+    ``StoreError``, and either way SQLAlchemy drops the pool's older connections.
+    """
+    import select
+
+    from sqlalchemy.exc import DisconnectionError
+
+    if callable(getattr(dbapi_connection, "fileno", None)):  # psycopg
+        if dbapi_connection.closed:
+            raise DisconnectionError("the connection is closed")
+        fd = dbapi_connection.fileno()
+    else:  # PyMySQL
+        sock = getattr(dbapi_connection, "_sock", None)
+        if sock is None:
+            raise DisconnectionError("the connection is closed")
+        fd = sock.fileno()
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+        readable = bool(poller.poll(0))
+    else:  # Windows
+        readable = bool(select.select([fd], [], [fd], 0) != ([], [], []))
+    if readable:
+        raise DisconnectionError("the server closed the connection")
 
 
 def _admin_from(row: t.Any) -> AdminSession:

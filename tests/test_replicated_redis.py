@@ -1,0 +1,480 @@
+"""The Redis store on replicated topologies: Sentinel and Cluster URLs, acknowledged writes,
+and a failover under token load.
+
+Each topology is started once for the module (``tests/replication.py``), and every test
+works under its own key prefix. Run them with ``pytest -m replication``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import random
+import threading
+import time
+import typing as t
+import uuid
+
+import pytest
+import requests
+
+from flask_tokenguard.errors import ConfigurationError
+from flask_tokenguard.errors import StoreError
+from flask_tokenguard.stores import store_from_url
+from flask_tokenguard.stores.base import Store
+from flask_tokenguard.stores.redis.store import RedisStore
+from tests.helpers import bearer
+from tests.helpers import flask_cli
+from tests.helpers import SampleServer
+from tests.replication import ClusterTopology
+from tests.replication import redis_cluster
+from tests.replication import redis_sentinel
+from tests.replication import SentinelTopology
+from tests.stores import test_admin_records as admin_records
+from tests.stores import test_contract as contract
+from tests.stores import test_seat_caps as seat_caps
+from tests.stores.records import make_session
+from tests.stores.records import NOW
+
+pytestmark = [pytest.mark.replication, pytest.mark.slow]
+
+Topology = SentinelTopology | ClusterTopology
+
+#: Contract tests (``tests/stores``) that must hold on a replicated store too: seats up to
+#: the limit and no further, rotation, ending, revocations, events and admin sessions.
+CONTRACT = [
+    contract.test_reset_deletes_every_record,
+    contract.test_client_round_trips_every_field,
+    contract.test_start_session_grants_seats_up_to_the_limit,
+    contract.test_start_session_refuses_a_seat_at_the_limit,
+    contract.test_rotate_refresh_swaps_the_hash_and_extends_the_session,
+    contract.test_rotate_refresh_fails_with_a_stale_hash,
+    contract.test_find_refresh_reports_a_used_hash_as_not_current,
+    contract.test_end_session_frees_its_seat,
+    contract.test_end_sessions_of_one_client_leaves_the_others,
+    contract.test_revocations_since_returns_only_newer_entries,
+    contract.test_list_sessions_filters_by_client,
+    seat_caps.test_replace_oldest_ends_exactly_the_oldest_seat_holder,
+    admin_records.test_recent_events_are_newest_first,
+    admin_records.test_touch_extends_the_admin_session,
+    admin_records.test_end_admin_session_returns_it_and_ends_it,
+]
+
+
+@pytest.fixture(scope="module")
+def sentinel_topology(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[SentinelTopology]:
+    with redis_sentinel(tmp_path_factory.mktemp("sentinel")) as topology:
+        yield topology
+
+
+@pytest.fixture(scope="module")
+def cluster_topology(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[ClusterTopology]:
+    with redis_cluster(tmp_path_factory.mktemp("cluster")) as topology:
+        yield topology
+
+
+@pytest.fixture(scope="module", params=["sentinel", "cluster"])
+def topology(request: pytest.FixtureRequest) -> Topology:
+    return t.cast(Topology, request.getfixturevalue(f"{request.param}_topology"))
+
+
+@pytest.fixture
+def open_replicated(topology: Topology) -> t.Iterator[t.Callable[..., RedisStore]]:
+    """``open_replicated(**options)``: a store on the topology under a fresh key prefix."""
+    prefix = f"tg:{{{uuid.uuid4().hex[:12]}}}:"
+    opened: list[RedisStore] = []
+
+    def open_store(**options: t.Any) -> RedisStore:
+        store = store_from_url(topology.url, key_prefix=prefix, **options)
+        assert isinstance(store, RedisStore)
+        store.check()
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        store.close()
+    opened[0].drop()
+
+
+@pytest.fixture
+def store(open_replicated: t.Callable[..., RedisStore]) -> RedisStore:
+    return open_replicated()
+
+
+def _replicas_of_store(topology: Topology, store: RedisStore) -> list[t.Any]:
+    if isinstance(topology, SentinelTopology):
+        return topology.replica_servers()
+    return topology.replicas_of(store.key_prefix)
+
+
+@pytest.mark.parametrize("case", CONTRACT, ids=[case.__name__[5:] for case in CONTRACT])
+def test_store_contract_holds(store: Store, case: t.Callable[[Store], None]) -> None:
+    case(store)
+
+
+def test_the_url_reaches_the_topology_through_redis_py(
+    topology: Topology, store: RedisStore
+) -> None:
+    store.start_session(make_session("seen"), 5, NOW)
+    # What the store wrote is on the primary that the topology itself names.
+    if isinstance(topology, SentinelTopology):
+        primary = topology.server_at(topology.primary_address()).client(decode_responses=True)
+    else:
+        primary = topology.node_at(topology.master_of(store.key_prefix)).client(
+            decode_responses=True
+        )
+    try:
+        assert primary.zscore(store.key_prefix + "seats", "seen") is not None
+    finally:
+        primary.close()
+
+
+def test_acknowledged_writes_succeed_while_a_replica_is_up(
+    open_replicated: t.Callable[..., RedisStore],
+) -> None:
+    store = open_replicated(replicas=1)
+    assert store.start_session(make_session("a", refresh_hash="h1"), 2, NOW).started
+    rotated = store.rotate_refresh("a", "h1", "h2", NOW + 100, NOW)
+    assert rotated is not None and rotated.refresh_hash == "h2"
+    store.revoke("jti-1", NOW + 60, NOW)
+    assert "jti-1" in store.revocations_since(0, NOW)[0]
+    assert store.end_session("a", NOW) is not None
+    assert store.seats_in_use(NOW) == 0
+
+
+def test_unacknowledged_writes_fail_fast_and_hold_nothing(
+    topology: Topology, open_replicated: t.Callable[..., RedisStore]
+) -> None:
+    store = open_replicated(replicas=1, replicas_timeout=300)
+    assert store.start_session(make_session("kept", refresh_hash="k1"), 5, NOW).started
+    replicas = _replicas_of_store(topology, store)
+    assert replicas
+    with contextlib.ExitStack() as stack:
+        for replica in replicas:
+            stack.enter_context(replica.paused())
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="0 of 1 replicas"):
+            store.start_session(make_session("lost", refresh_hash="l1"), 5, NOW)
+        with pytest.raises(StoreError, match="0 of 1 replicas"):
+            store.rotate_refresh("kept", "k1", "k2", NOW + 100, NOW)
+        elapsed = time.monotonic() - started
+        # The failed start took its seat back and the failed rotation its new hash.
+        assert store.seats_in_use(NOW) == 1
+        assert store.get_session("lost", NOW) is None
+        found = store.find_refresh("k1", NOW)
+        assert found is not None and found[1] is True
+        assert store.find_refresh("k2", NOW) is None
+    # Each write waited its replicas_timeout, not a socket timeout or longer.
+    assert elapsed < 2.5
+    topology.wait_for_replication()
+    # With the replicas back, the client's retry with the token it holds is a refresh.
+    assert store.rotate_refresh("kept", "k1", "k2", NOW + 100, NOW) is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis+sentinel://127.0.0.1:26379", "names the service"),
+        ("redis+sentinel://127.0.0.1:26379/svc/x", "is a number"),
+        ("redis+sentinel://127.0.0.1:26379/svc?db=1", "no query string"),
+        ("redis+cluster://127.0.0.1:7000/3", "database 0 only"),
+        ("redis+cluster://127.0.0.1:notaport", "bad host"),
+    ],
+)
+def test_bad_replicated_urls_are_configuration_errors(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        store_from_url(url)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"replicas": -1}, "replicas must be an integer"),
+        ({"replicas": "1"}, "replicas must be an integer"),
+        ({"replicas": 1, "replicas_timeout": 0}, "replicas_timeout must be an integer"),
+        ({"replicas": 1, "replicas_timeout": 5000}, "shorter than socket_timeout"),
+        ({"failover_timeout": -1}, "failover_timeout"),
+    ],
+)
+def test_bad_replica_options_are_configuration_errors(
+    options: dict[str, t.Any], message: str
+) -> None:
+    # Refused before any connection: no Sentinel needs to answer.
+    with pytest.raises(ConfigurationError, match=message):
+        store_from_url("redis+sentinel://127.0.0.1:1/tokenguard", **options)
+
+
+class _Load:
+    """Token traffic from worker threads over several sample app processes.
+
+    Each worker holds at most one session: it starts one, refreshes it, and now and then
+    logs it off, and it remembers what the servers answered. A session counts as held
+    from its 200 until a 204 on its logoff (a logoff that got 503 may or may not have
+    happened, so it counts as held by nobody until a retry settles it).
+    """
+
+    def __init__(self, servers: list[SampleServer], auth: tuple[str, str]) -> None:
+        self.servers = servers
+        self.auth = auth
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        #: (monotonic start, monotonic end, kind, status) of every answer.
+        self.answers: list[tuple[float, float, str, int]] = []
+        #: Answers no client may ever get: a 500, a 503 without Retry-After, a held
+        #: session whose refresh or logoff is refused, a broken connection.
+        self.bad: list[str] = []
+        self.held: dict[int, dict[str, str]] = {}
+        self.logged_off: list[dict[str, str]] = []
+        self.most_held = 0
+        self._ids = iter(range(1_000_000))
+
+    def _call(self, kind: str, path: str, i: int, **kwargs: t.Any) -> requests.Response | None:
+        server = self.servers[i % len(self.servers)]
+        started = time.monotonic()
+        try:
+            response = requests.post(server.url + path, timeout=30, **kwargs)
+        except requests.RequestException as exc:
+            with self.lock:
+                self.bad.append(f"{kind}: {exc!r}")
+            return None
+        status = response.status_code
+        with self.lock:
+            self.answers.append((started, time.monotonic(), kind, status))
+            if status >= 500 and status != 503:
+                self.bad.append(f"{kind}: {status} {response.text[:200]}")
+            if status == 503 and not response.headers.get("Retry-After", "").isdigit():
+                self.bad.append(f"{kind}: 503 without a delay-seconds Retry-After")
+        return response
+
+    def worker(self, number: int) -> None:
+        rng = random.Random(number)
+        session: dict[str, str] | None = None
+        key = -1
+        calls = number
+        while not self.stop.is_set():
+            calls += 1
+            if session is None:
+                r = self._call(
+                    "start",
+                    "/token",
+                    calls,
+                    data={"grant_type": "client_credentials"},
+                    auth=self.auth,
+                )
+                if r is not None and r.status_code == 200:
+                    body = r.json()
+                    session = {"refresh": body["refresh_token"], "access": body["access_token"]}
+                    with self.lock:
+                        key = next(self._ids)
+                        self.held[key] = session
+                        self.most_held = max(self.most_held, len(self.held))
+                elif r is not None and r.status_code == 400:
+                    if r.json().get("error") != "license_unavailable":
+                        self.bad.append(f"start: 400 {r.text[:200]}")
+                    time.sleep(0.05)
+            elif session.get("logoff") or rng.random() < 0.2:
+                # Not held from the moment the logoff is sent: its seat may be free before
+                # this thread reads the 204, and another thread may take it meanwhile.
+                with self.lock:
+                    self.held.pop(key, None)
+                r = self._call("logoff", "/logoff", calls, headers=bearer(session["access"]))
+                if r is None or r.status_code == 503:
+                    session["logoff"] = "unsure"  # it may have ended; retried until settled
+                    continue
+                # A retry after a 503 may find the session ended already: 401.
+                ended = r.status_code == 204 or (r.status_code == 401 and session.get("logoff"))
+                with self.lock:
+                    if ended:
+                        self.logged_off.append(session)
+                    else:
+                        self.bad.append(f"logoff: {r.status_code} {r.text[:200]}")
+                session = None
+            else:
+                r = self._call(
+                    "refresh",
+                    "/token",
+                    calls,
+                    data={"grant_type": "refresh_token", "refresh_token": session["refresh"]},
+                    auth=self.auth,
+                )
+                if r is not None and r.status_code == 200:
+                    body = r.json()
+                    session["refresh"], session["access"] = (
+                        body["refresh_token"],
+                        body["access_token"],
+                    )
+                elif r is not None and r.status_code != 503:
+                    with self.lock:
+                        self.bad.append(
+                            f"refresh of a held session: {r.status_code} {r.text[:200]}"
+                        )
+                        self.held.pop(key, None)
+                    session = None
+            time.sleep(rng.uniform(0, 0.02))
+
+    def successes_after(self, moment: float) -> list[float]:
+        """When each 200 to a request sent after ``moment`` arrived."""
+        with self.lock:
+            return sorted(
+                end for start, end, _, status in self.answers if start >= moment and status == 200
+            )
+
+
+def _refresh_until_answered(
+    server: SampleServer, auth: tuple[str, str], token: str
+) -> requests.Response:
+    """POST a refresh, retrying a 503 (its Retry-After says when) for a few seconds."""
+    deadline = time.monotonic() + 15
+    while True:
+        r = requests.post(
+            server.url + "/token",
+            data={"grant_type": "refresh_token", "refresh_token": token},
+            auth=auth,
+            timeout=30,
+        )
+        if r.status_code != 503 or time.monotonic() > deadline:
+            return r
+        time.sleep(0.2)
+
+
+def test_failover_under_load_keeps_seats_sessions_and_logoffs(
+    sentinel_topology: SentinelTopology, sample_server: t.Callable[..., SampleServer]
+) -> None:
+    topology = sentinel_topology
+    prefix = f"tg:{{{uuid.uuid4().hex[:12]}}}:"
+    options = {"replicas": 1, "key_prefix": prefix}
+    env = {
+        "LICENSES": "5",
+        "STORE_OPTIONS": json.dumps(options),
+        "ISSUER": "https://tokens.example.test",
+    }
+    servers = [sample_server(topology.url, **env) for _ in range(3)]
+    creds = flask_cli(topology.url, "create-client", "load", **env)
+    auth = (creds["client_id"], creds["client_secret"])
+    watcher = store_from_url(topology.url, key_prefix=prefix, socket_timeout=1)
+    seats_seen: list[int] = []
+    load = _Load(servers, auth)
+
+    def watch_seats() -> None:
+        while not load.stop.wait(0.1):
+            with contextlib.suppress(StoreError):
+                seats_seen.append(watcher.seats_in_use(time.time()))
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=9)
+    try:
+        futures = [pool.submit(load.worker, n) for n in range(8)]
+        futures.append(pool.submit(watch_seats))
+        time.sleep(2.5)
+        assert load.successes_after(0), load.bad
+        killed_at = time.monotonic()
+        topology.kill_primary()
+        topology.wait_for_new_primary(timeout=30)
+        assert topology.failover_seconds is not None
+        promoted_at = killed_at + topology.failover_seconds
+        # Keep the load on until requests succeed again (or 10 s have passed), and a bit more.
+        deadline = promoted_at + 10
+        while not load.successes_after(promoted_at) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)
+    finally:
+        load.stop.set()
+        pool.shutdown(wait=True)
+    for future in futures:
+        future.result()
+
+    try:
+        assert load.bad == []
+        back = load.successes_after(promoted_at)
+        assert back and back[0] - promoted_at <= 10, "no request succeeded within 10 s"
+        assert load.most_held <= 5
+        assert seats_seen and max(seats_seen) <= 5
+        # Every session a client was given still refreshes, on any process.
+        for n, session in enumerate(load.held.values()):
+            r = _refresh_until_answered(servers[n % 3], auth, session["refresh"])
+            assert r.status_code == 200, r.text
+        # Every session logged off stays ended: its refresh token and access token are dead.
+        time.sleep(1.1)  # TOKENGUARD_REVOCATION_LAG
+        for n, session in enumerate(load.logged_off):
+            r = _refresh_until_answered(servers[n % 3], auth, session["refresh"])
+            assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+            whoami = requests.get(
+                servers[n % 3].url + "/whoami", headers=bearer(session["access"]), timeout=10
+            )
+            assert whoami.status_code == 401
+        assert watcher.seats_in_use(time.time()) <= 5
+        statuses = {status for _, _, _, status in load.answers}
+        print(
+            f"\nfailover: promoted {topology.failover_seconds:.2f} s after the kill, first 200 "
+            f"{back[0] - promoted_at:.2f} s after; {len(load.answers)} answers {sorted(statuses)}, "
+            f"{len(load.held)} held, {len(load.logged_off)} logged off"
+        )
+    finally:
+        watcher.drop()
+        watcher.close()
+        topology.restart_killed()
+
+
+def test_cluster_failover_keeps_acknowledged_sessions_without_a_restart(
+    cluster_topology: ClusterTopology,
+) -> None:
+    topology = cluster_topology
+    prefix = f"tg:{{{uuid.uuid4().hex[:12]}}}:"
+    store = store_from_url(topology.url, key_prefix=prefix, replicas=1, failover_timeout=2.0)
+    assert isinstance(store, RedisStore)
+    try:
+        _cluster_failover(topology, store)
+    finally:
+        topology.restart_killed()
+        store.drop()
+        store.close()
+
+
+def _cluster_failover(topology: ClusterTopology, store: RedisStore) -> None:
+    for i in range(3):
+        assert store.start_session(make_session(f"s{i}", refresh_hash=f"h{i}"), 5, NOW).started
+    assert store.rotate_refresh("s0", "h0", "h0b", NOW + 100, NOW) is not None
+
+    topology.kill_master_of(store.key_prefix)
+    # While the slot has no master, and then while its new master has no replica, a start
+    # fails with StoreError (never another error) and takes nothing.
+    with pytest.raises(StoreError):
+        store.start_session(make_session("during", refresh_hash="d"), 5, NOW)
+    topology.wait_for_promotion(timeout=30)
+
+    def acknowledged_sessions_are_there() -> bool:
+        with contextlib.suppress(StoreError):
+            found = store.find_refresh("h0b", NOW)
+            return (
+                found is not None
+                and found[1]
+                and all(store.get_session(f"s{i}", NOW) for i in range(3))
+            )
+        return False
+
+    # The same store object finds the promoted master through the slot map.
+    _until(acknowledged_sessions_are_there, 10, "the acknowledged sessions on the new master")
+    with pytest.raises(StoreError, match="0 of 1 replicas"):
+        store.start_session(make_session("alone", refresh_hash="a"), 5, NOW)
+    assert store.get_session("alone", NOW) is None
+    assert store.seats_in_use(NOW) == 3
+
+    # Once the killed node is back as the new master's replica, writes are answered again.
+    topology.restart_killed()
+    assert topology.node_at(topology.master_of(store.key_prefix)).alive
+
+    def starts() -> bool:
+        with contextlib.suppress(StoreError):
+            return store.start_session(make_session("after", refresh_hash="x"), 5, NOW).started
+        return False
+
+    _until(starts, 10, "a start acknowledged after the old master rejoined")
+    assert store.seats_in_use(NOW) == 4
+
+
+def _until(condition: t.Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.2)
