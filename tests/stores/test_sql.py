@@ -712,3 +712,26 @@ def test_a_read_runs_once_more_when_its_connection_was_lost(
     finally:
         store.drop()
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        pytest.param(
+            "postgresql://u:pw@h1:5432,h2:5433/db?target_session_attrs=read-write",
+            "postgresql://u:pw@/db?host=h1:5432&host=h2:5433&target_session_attrs=read-write",
+            id="libpq-multi-host",
+        ),
+        pytest.param(
+            "postgresql+psycopg://h1,h2/db",
+            "postgresql+psycopg:///db?host=h1&host=h2",
+            id="no-user",
+        ),
+        pytest.param("postgresql://u@h1:5432/db", "postgresql://u@h1:5432/db", id="one-host"),
+        pytest.param("mysql+pymysql://root@h1/test", "mysql+pymysql://root@h1/test", id="mysql"),
+    ],
+)
+def test_multi_host_postgresql_urls_take_sqlalchemys_form(url: str, expected: str) -> None:
+    from flask_tokenguard.stores.sql.store import _multihost_url
+
+    assert _multihost_url(url) == expected

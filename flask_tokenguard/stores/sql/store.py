@@ -121,6 +121,25 @@ def _sql() -> SQL:
     return _SQL_SHARED
 
 
+def _multihost_url(url: str) -> str:
+    """A libpq multi-host URL (``postgresql://u@h1:5432,h2:5432/db?...``) in the form
+    SQLAlchemy's PostgreSQL dialects take it (``postgresql://u@/db?host=h1:5432&host=...``);
+    any other URL unchanged. libpq then tries the hosts in turn, and with
+    ``target_session_attrs=read-write`` connects only to the one that takes writes."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme.startswith("postgresql"):
+        return url
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if "," not in hosts:
+        return url
+    path, question, query = tail.partition("?")
+    params = [f"host={host}" for host in hosts.split(",") if host]
+    if query:
+        params.append(query)
+    return f"{scheme}://{userinfo}{at}/{path}?{'&'.join(params)}"
+
+
 class SQLAlchemyStore(Store):
     """PostgreSQL (psycopg 3), MySQL/MariaDB (PyMySQL) and SQL Server, via Core.
 
@@ -146,8 +165,8 @@ class SQLAlchemyStore(Store):
         self._q = _sql()
         schema: str | None = options.pop("schema", None)
         try:
-            parsed = sa.make_url(url)
-        except sa_exc.ArgumentError as exc:
+            parsed = sa.make_url(_multihost_url(url))
+        except (sa_exc.ArgumentError, ValueError) as exc:
             raise ConfigurationError(f"TOKENGUARD_STORE_URL is not a database URL: {exc}") from exc
         if parsed.drivername == "postgresql":
             # SQLAlchemy's bare "postgresql" means psycopg2; we ship psycopg 3.
