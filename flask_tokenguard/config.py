@@ -277,12 +277,19 @@ class Settings:
     store_url: str = _setting(
         None,
         _as_optional(_as_str),
-        "`sqlite:///path`, `redis://host:port/db`, `postgresql://user@host/db`, "
-        "`mysql+pymysql://...`, `mssql+pyodbc://...`, `memory://` (one process, tests)",
+        "`sqlite:///path`, `redis://host:port/db`, `postgresql://user@host/db` (several "
+        "hosts: `postgresql://u@h1:5432,h2:5432/db?target_session_attrs=read-write`), "
+        "`mysql+pymysql://...`, `mssql+pyodbc://...`, with failover "
+        "`redis+sentinel://h1:26379[,h2:26379...]/SERVICE[/DB]` and "
+        "`redis+cluster://h1:7000[,h2:7001...]`, `memory://` (one process, tests)",
         shown="`sqlite:///<instance_path>/tokenguard.sqlite3`",
     )
     store_options: t.Mapping[str, t.Any] = _setting(
-        {}, _as_json(dict), "keyword arguments for the store's driver"
+        {},
+        _as_json(dict),
+        "the store's options: `key_prefix` (Redis, with a `{hash tag}`), `schema` (SQL), "
+        "`replicas` and `replicas_timeout` (Redis; see Running replicated); others go to "
+        "the driver",
     )
     url_prefix: str = _setting("", _as_prefix, "prefix of the endpoints")
     access_token_ttl: int = _setting(900, _as_int(1), "access token lifetime, seconds")
