@@ -783,6 +783,9 @@ def test_licenses_without_a_limit(app_factory: t.Callable[..., Flask]) -> None:
     sign_in(http)
     page = http.get("/admin/licenses").get_data(as_text=True)
     assert "0 in use" in page and " of " not in page.split("<h1>Licenses</h1>")[1][:40]
+    # The meter is there all the same (screen readers and tests find it by its label).
+    assert '<label for="licenses-meter">Licenses in use</label>' in page
+    assert '<meter id="licenses-meter" min="0" max="1" value="0">' in page
 
 
 def test_events_page_lists_names_newest_first(admin: t.Any, admin_app: Flask) -> None:

@@ -755,7 +755,7 @@ def test_core_admin_actions_report_their_own_events(app: Flask) -> None:
         {"event": "client.created", "client_id": cid, **who},
         {"event": "user.created", "subject": "alice", **who},
         {"event": "user.updated", "subject": "alice", **who},
-        {"event": "session.ended", "subject": "alice", "session_id": alices,
+        {"event": "session.ended", "client_id": cid, "subject": "alice", "session_id": alices,
          "reason": "user_changed", **who},
         {"event": "client.disabled", "client_id": cid, **who},
         {"event": "session.ended", "client_id": cid, "session_id": own,
@@ -766,7 +766,8 @@ def test_core_admin_actions_report_their_own_events(app: Flask) -> None:
          "reason": "client_changed", **who},
         {"event": "session.ended", "client_id": cid, "subject": cid, "session_id": by_admin,
          "reason": "admin", **who},
-        {"event": "session.ended", "subject": "bob", "session_id": bobs, "reason": "admin", **who},
+        {"event": "session.ended", "client_id": cid, "subject": "bob", "session_id": bobs,
+         "reason": "admin", **who},
         # The update that changed nothing is no event; the rename is one.
         {"event": "client.updated", "client_id": cid, **who},
         {"event": "client.deleted", "client_id": cid, **who},

@@ -506,6 +506,41 @@ def test_update_client_lowering_max_seats_ends_the_oldest_seat_holders(
     assert get_token(http, creds).status_code == 200
 
 
+def test_update_client_rename_ends_nothing_even_above_the_default_cap(
+    app_factory: t.Callable[..., Flask], tmp_path: Path
+) -> None:
+    # Three seats taken, then the default cap is 1: a rename that also sends the unchanged
+    # "no cap of its own" (as the console's form does) must not trim them.
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    app = app_factory(url, LICENSES=10, REVOCATION_LAG=0)
+    http = app.test_client()
+    creds = register(app, "roomy")
+    bodies = [get_token(http, creds).json for _ in range(3)]
+    low = app_factory(url, LICENSES=10, MAX_SEATS_PER_CLIENT=1)
+    renamed = cli(low, "update-client", creds["client_id"], "--name", "Roomy", "--no-max-seats")
+    assert renamed["sessions_ended"] == 0
+    statuses = [http.get("/whoami", headers=bearer(b["access_token"])).status_code for b in bodies]
+    assert statuses == [200, 200, 200]
+
+
+def test_update_client_setting_a_cap_without_a_pool_caps_the_running_sessions(
+    app: Flask,
+) -> None:
+    # No TOKENGUARD_LICENSES: sessions started before the cap hold no seat, and cannot take
+    # one afterwards; they end, so the cap holds from now on.
+    http = app.test_client()
+    creds = register(app, "free")
+    bodies = [get_token(http, creds).json for _ in range(3)]
+    view = get_token(http, creds, scope="view").json
+    capped = cli(app, "update-client", creds["client_id"], "--max-seats", "1")
+    assert capped["sessions_ended"] == 3
+    statuses = [http.get("/whoami", headers=bearer(b["access_token"])).status_code for b in bodies]
+    assert statuses == [401, 401, 401]
+    assert http.get("/whoami", headers=bearer(view["access_token"])).status_code == 200
+    assert get_token(http, creds).status_code == 200
+    assert get_token(http, creds).json["error"] == "license_unavailable"
+
+
 def test_update_client_no_max_seats(app: Flask) -> None:
     creds = register(app, "capped", "--max-seats", "1")
     updated = cli(app, "update-client", creds["client_id"], "--no-max-seats")

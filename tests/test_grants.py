@@ -427,6 +427,30 @@ def test_a_seat_cap_set_during_a_token_request_gets_no_session(app: Flask) -> No
     assert cli(app, "sessions") == []
 
 
+def test_a_seat_cap_raised_during_a_token_request_keeps_the_session(app: Flask) -> None:
+    """Only a lower cap undoes the new session; a raised one leaves room for it."""
+    from flask_tokenguard.core import clients
+
+    public = register(app, "spa", "--public", "--max-seats", "1")
+    store = app.extensions["tokenguard"].store(app)
+    original = sample_app.guard._password_verifier
+
+    @sample_app.guard.password_verifier
+    def raise_meanwhile(username: str, password: str) -> str:
+        clients.update_client(
+            store, public["client_id"], known_scopes=["view", "all"], now=time.time(), max_seats=5
+        )
+        return username
+
+    data = {"grant_type": "password", "username": "carol", "password": "pw"}
+    try:
+        response = app.test_client().post("/token", data={**data, "client_id": public["client_id"]})
+    finally:
+        sample_app.guard._password_verifier = original
+    assert response.status_code == 200, response.get_json()
+    assert [s["subject"] for s in cli(app, "sessions")] == ["carol"]
+
+
 def test_the_password_is_checked_before_the_seat_cap(
     app: Flask, verifier: t.Callable[..., list[str]]
 ) -> None:

@@ -224,6 +224,7 @@ def update_client(
     grants: t.Sequence[str] | _Keep = KEEP,
     max_seats: int | None | _Keep = KEEP,
     default_cap: int | None = None,
+    is_licensed: t.Callable[[str], bool] | None = None,
     audit: Audit | None = None,
 ) -> tuple[Client, list[str]]:
     """Change what is given (``alias=None`` / ``max_seats=None`` remove them), keep the rest.
@@ -236,7 +237,9 @@ def update_client(
       users');
     - a seat cap set or changed: the oldest seat holders beyond it. The cap is
       ``max_seats``, or ``default_cap`` (``TOKENGUARD_MAX_SEATS_PER_CLIENT``) when the
-      client's own is removed.
+      client's own is removed. Sessions that ``is_licensed`` (their scope) says need a
+      seat but that hold none (started while neither a pool nor a cap applied) end too:
+      they cannot take a seat afterwards, and would go on past the cap.
 
     A new name or alias ends nothing. Raises as ``create_client`` does, ``NotFoundError``
     for an unknown client, and ``ConflictError`` if the alias is taken. With ``audit``:
@@ -281,8 +284,12 @@ def update_client(
         )
 
     ending = [s for s in live if unfit(s)]
-    if "max_seats" in changes:
+    if "max_seats" in changes and updated.max_seats != client.max_seats:
         cap = updated.max_seats if updated.max_seats is not None else default_cap
+        if cap is not None and is_licensed is not None:
+            ending += [
+                s for s in live if not s.holds_seat and s not in ending and is_licensed(s.scope)
+            ]
         ending_ids = {s.session_id for s in ending}
         holders = sorted(
             (s for s in live if s.holds_seat and s.session_id not in ending_ids),

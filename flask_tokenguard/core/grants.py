@@ -23,6 +23,7 @@ from ..models import TokenSession
 from . import audit as events
 from .security import kdf_slot
 from .sessions import refresh_session
+from .sessions import seat_cap
 from .sessions import start_session
 from .throttle import Throttle
 from .tokens import issue_access_token
@@ -114,9 +115,20 @@ def _still_valid(context: GrantContext, client: Client, session: TokenSession, n
     sweep saw this session, or this read sees the change.
     """
     current = context.store.get_client(client.client_id)
-    if current is None or _session_terms(current) != _session_terms(client):
+    if (
+        current is None
+        or _session_terms(current) != _session_terms(client)
+        or _cap_lowered(context, client, current)
+    ):
         _end_changed(context, session, now, "client_changed")
         raise InvalidGrantError("The client changed during the request.")
+
+
+def _cap_lowered(context: GrantContext, before: Client, after: Client) -> bool:
+    """Whether the client's seat cap went down (``update-client`` then trims its seats,
+    and may have missed the session this request just started); a raised cap ends none."""
+    old, new = seat_cap(context.settings, before), seat_cap(context.settings, after)
+    return new is not None and (old is None or new < old)
 
 
 def _end_changed(context: GrantContext, session: TokenSession, now: float, reason: str) -> None:
@@ -133,8 +145,8 @@ def _end_changed(context: GrantContext, session: TokenSession, now: float, reaso
 def _session_terms(client: Client) -> tuple[t.Any, ...]:
     """What ends a client's sessions when it changes: not its secret, which
     ``rotate-secret --keep-sessions`` replaces while its sessions go on, nor its name or
-    alias; its seat cap does, since ``update-client`` trims the seats to a lower one."""
-    return (client.enabled, client.grants, client.scopes, client.max_seats)
+    alias; nor its seat cap, of which only a lower one counts (``_cap_lowered``)."""
+    return (client.enabled, client.grants, client.scopes)
 
 
 def _require(params: t.Mapping[str, str], name: str) -> str:

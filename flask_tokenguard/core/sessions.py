@@ -45,12 +45,17 @@ def seat_cap(settings: Settings, client: Client) -> int | None:
     return client.max_seats if client.max_seats is not None else settings.max_seats_per_client
 
 
+def is_licensed(settings: Settings, scope: str) -> bool:
+    """True if ``scope`` names (or implies) a licensed scope (``TOKENGUARD_LICENSED_SCOPES``)."""
+    return bool(settings.expand_scopes(scope.split()) & settings.licensed_scopes)
+
+
 def needs_seat(settings: Settings, scope: str, cap: int | None = None) -> bool:
     """True if a session with ``scope`` must hold a seat: it names a licensed scope and
     there is a pool (``TOKENGUARD_LICENSES``) or a cap (``cap``) to count it against."""
     if settings.licenses is None and cap is None:
         return False
-    return bool(settings.expand_scopes(scope.split()) & settings.licensed_scopes)
+    return is_licensed(settings, scope)
 
 
 class NewSession(t.NamedTuple):

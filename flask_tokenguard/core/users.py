@@ -141,7 +141,11 @@ def end_user_sessions(
         ended.append(done)
         if audit is not None:
             audit.emit(
-                events.SESSION_ENDED, subject=username, session_id=done.session_id, reason=reason
+                events.SESSION_ENDED,
+                client_id=done.client_id,
+                subject=username,
+                session_id=done.session_id,
+                reason=reason,
             )
     return ended
 

@@ -246,6 +246,7 @@ def update_client(
         known_scopes=list(state.settings.scopes),
         now=time.time(),
         default_cap=state.settings.max_seats_per_client,
+        is_licensed=functools.partial(session_rules.is_licensed, state.settings),
         audit=_audit(),
         **changes,
     )

@@ -17,6 +17,7 @@ redirect, never stored, ``Cache-Control: no-store`` on every page).
 
 from __future__ import annotations
 
+import functools
 import time
 import typing as t
 
@@ -567,6 +568,7 @@ def save_client(client_id: str) -> Response:
             grants=grants,
             max_seats=_max_seats(values["max_seats"]),
             default_cap=state.settings.max_seats_per_client,
+            is_licensed=functools.partial(session_rules.is_licensed, state.settings),
             audit=_audit(),
         )
     except (AdminInputError, ConflictError) as exc:
