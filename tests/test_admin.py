@@ -913,3 +913,19 @@ def test_cookie_is_secure_behind_a_trusted_proxy_under_any_server(
     plain = http.get("/admin/sign-in", environ_base={"REMOTE_ADDR": "10.0.0.1"})
     assert plain.status_code == 400  # the proxy said http: refused, no cookie
     assert "Set-Cookie" not in plain.headers
+
+
+def test_cookie_is_secure_behind_the_proxy_even_without_the_https_rule(
+    app_factory: t.Callable[..., Flask],
+) -> None:
+    # TOKENGUARD_REQUIRE_HTTPS off does not make an HTTPS browser's cookie a plain one.
+    app = app_factory(ADMIN_ENABLED=True, TRUSTED_PROXY="10.0.0.1", REQUIRE_HTTPS=False)
+    http = app.test_client()
+    proxied = {
+        "environ_base": {"REMOTE_ADDR": "10.0.0.1"},
+        "headers": {"X-Forwarded-Proto": "https"},
+    }
+    page = http.get("/admin/sign-in", **proxied)
+    assert page.status_code == 200 and "; Secure" in page.headers["Set-Cookie"]
+    plain = app.test_client().get("/admin/sign-in", environ_base={"REMOTE_ADDR": "10.0.0.1"})
+    assert plain.status_code == 200 and "; Secure" not in plain.headers["Set-Cookie"]

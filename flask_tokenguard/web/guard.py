@@ -67,27 +67,36 @@ def is_loopback(address: str | None) -> bool:
     return (mapped or ip).is_loopback
 
 
-def check_https(settings: Settings, environ: t.Mapping[str, t.Any]) -> None:
-    """Refuse plain HTTP unless it comes from loopback with no proxy in front.
+def is_https(settings: Settings, environ: t.Mapping[str, t.Any]) -> bool:
+    """Whether the request came over HTTPS, as far as this server can tell.
 
     Under our waitress runner the trusted proxy's ``X-Forwarded-Proto``/``-For`` were
     already applied to ``wsgi.url_scheme`` and ``REMOTE_ADDR``. Under another server the
     peer is still the proxy itself, so its ``X-Forwarded-Proto`` is read here, and
-    only when the peer is exactly that address. With a proxy configured the loopback
-    exemption is off, because a proxy on the same host makes every request loopback.
+    only when the peer is exactly that address.
     """
-    if not settings.require_https or environ.get("wsgi.url_scheme") == "https":
-        return
-    remote_addr = environ.get("REMOTE_ADDR")
+    if environ.get("wsgi.url_scheme") == "https":
+        return True
     proxy = settings.trusted_proxy
-    if proxy is None:
-        if is_loopback(remote_addr):
-            return
-    elif remote_addr == proxy and "x-forwarded-proto" in settings.trusted_proxy_headers:
-        forwarded = environ.get("HTTP_X_FORWARDED_PROTO", "")
-        # The proxy appends its own value last; earlier ones came from the client.
-        if forwarded.rsplit(",", 1)[-1].strip().lower() == "https":
-            return
+    if proxy is None or environ.get("REMOTE_ADDR") != proxy:
+        return False
+    if "x-forwarded-proto" not in settings.trusted_proxy_headers:
+        return False
+    forwarded = environ.get("HTTP_X_FORWARDED_PROTO", "")
+    # The proxy appends its own value last; earlier ones came from the client.
+    return bool(forwarded.rsplit(",", 1)[-1].strip().lower() == "https")
+
+
+def check_https(settings: Settings, environ: t.Mapping[str, t.Any]) -> None:
+    """Refuse plain HTTP unless it comes from loopback with no proxy in front.
+
+    With a proxy configured the loopback exemption is off, because a proxy on the same
+    host makes every request loopback.
+    """
+    if not settings.require_https or is_https(settings, environ):
+        return
+    if settings.trusted_proxy is None and is_loopback(environ.get("REMOTE_ADDR")):
+        return
     raise HTTPSRequiredError()
 
 

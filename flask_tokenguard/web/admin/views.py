@@ -52,7 +52,7 @@ from ...models import AdminSession
 from ...models import Client
 from ...models import TokenSession
 from ..guard import check_https
-from ..guard import is_loopback
+from ..guard import is_https
 from ..state import AppState
 from ..state import current_state
 
@@ -108,14 +108,8 @@ def _cookie_path() -> str:
 
 
 def _over_https() -> bool:
-    if request.is_secure:
-        return True
-    # Under a server that does not apply the proxy's X-Forwarded-Proto itself, a request
-    # that passed the HTTPS rule without the loopback exemption came over HTTPS all the same.
-    settings = _state().settings
-    return settings.require_https and (
-        settings.trusted_proxy is not None or not is_loopback(request.remote_addr)
-    )
+    # Also behind the trusted proxy under a server that does not apply its headers.
+    return is_https(_state().settings, request.environ)
 
 
 def _set_cookie(response: Response, name: str, value: str) -> None:
