@@ -298,6 +298,10 @@ class MemoryStore(Store):
 
     def start_admin_session(self, session: AdminSession) -> None:
         with self._lock:
+            # Sessions nobody signed out of go when the next one starts, as on SQL.
+            self._admin_sessions = {
+                h: s for h, s in self._admin_sessions.items() if s.expires_at > session.created_at
+            }
             self._admin_sessions[session.session_hash] = session
 
     def touch_admin_session(
