@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import time
 import typing as t
+from pathlib import Path
 
 import pytest
 from flask import Flask
 
+import sample_app
+from tests.backends import BACKENDS
+from tests.backends import isolated_store
 from tests.helpers import basic
 from tests.helpers import cli
 from tests.helpers import Clock
@@ -88,3 +94,115 @@ def test_lockout_zero_never_locks(app_factory: t.Callable[..., Flask]) -> None:
     for _ in range(12):
         _password(client, public["client_id"], password="guess")
     _ok(_password(client, public["client_id"]))
+
+
+# -- the per-address count, reserved before the check ------------------------------------
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> t.Iterator[tuple[str, dict[str, t.Any]]]:
+    with isolated_store(request.param, tmp_path) as url_and_options:
+        yield url_and_options
+
+
+def _counting_verifier(monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> list[str]:
+    """Install a password check on the sample app that accepts alice/wonderland and
+    records each name it checks (after ``delay`` seconds, so parallel checks overlap)."""
+    calls: list[str] = []
+
+    def check(username: str, password: str) -> str | None:
+        calls.append(username)
+        time.sleep(delay)
+        return "alice" if (username, password) == ("alice", "wonderland") else None
+
+    monkeypatch.setattr(sample_app.guard, "_password_verifier", check)
+    return calls
+
+
+def test_parallel_guesses_with_distinct_names_check_at_most_the_threshold(
+    app_factory: t.Callable[..., Flask],
+    backend: tuple[str, dict[str, t.Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One address, a different name per attempt: only the address's count can stop them,
+    # so it must be reserved before the check like the name's.
+    url, options = backend
+    app = app_factory(url, STORE_OPTIONS=options, LOCKOUT_THRESHOLD=4, KDF_CONCURRENCY=16)
+    public = register(app, "spa", "--public")
+    calls = _counting_verifier(monkeypatch, delay=0.3)
+
+    def guess(i: int) -> t.Any:
+        return _password(app.test_client(), public["client_id"], f"user{i}", "guess")
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(guess, range(16)))
+    assert len(calls) == 4
+    assert sorted(r.status_code for r in responses) == [400] * 4 + [429] * 12
+    throttled = [r for r in responses if r.status_code == 429]
+    assert all(r.get_json()["error"] == "slow_down" for r in throttled)
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in throttled)
+
+
+def test_successes_from_one_address_are_never_throttled(
+    app_factory: t.Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An office behind one address signs in all day: each success gives its reservation back.
+    app = app_factory(LOCKOUT_THRESHOLD=3, LOCKOUT_SECONDS=600)
+    public = register(app, "spa", "--public")
+    calls = _counting_verifier(monkeypatch)
+    client = app.test_client()
+    for _ in range(9):
+        _ok(_password(client, public["client_id"]))
+    assert len(calls) == 9
+    # The address's budget is intact: three wrong guesses are still checked, then it stops.
+    for i in range(3):
+        assert _password(client, public["client_id"], f"user{i}", "guess").status_code == 400
+    assert _password(client, public["client_id"]).status_code == 429
+    assert len(calls) == 12
+
+
+def test_parallel_successes_from_one_address_are_never_throttled(
+    app_factory: t.Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Parallel successes overlap, each holding a reservation while it checks; only more
+    # than the threshold in flight at once could be refused, so they run threshold wide.
+    app = app_factory(LOCKOUT_THRESHOLD=3, KDF_CONCURRENCY=3)
+    public = register(app, "spa", "--public")
+    calls = _counting_verifier(monkeypatch, delay=0.05)
+
+    def sign_in(_: int) -> int:
+        return int(_password(app.test_client(), public["client_id"]).status_code)
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        statuses = list(pool.map(sign_in, range(9)))
+    assert statuses == [200] * 9
+    assert len(calls) == 9
+
+
+def test_a_name_refusal_costs_the_address_nothing(
+    app_factory: t.Callable[..., Flask], clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A refusal by the name's count checks nothing, so the address gets its count back:
+    # one locked name does not use up the address's budget for the others.
+    app = app_factory(LOCKOUT_THRESHOLD=3, LOCKOUT_SECONDS=120)
+    public = register(app, "spa", "--public")
+    calls = _counting_verifier(monkeypatch)
+    client = app.test_client()
+    client_id = public["client_id"]
+    assert _password(client, client_id, "carol", "guess").status_code == 400  # address: 1
+    clock(100)
+    for _ in range(2):  # bob's window starts 100 s after the address's
+        assert _password(client, client_id, "bob", "guess").status_code == 400
+    clock(21)  # the address's window has ended, bob's (at 2) has not
+    assert _password(client, client_id, "bob", "guess").status_code == 400  # address: 1
+    for _ in range(5):
+        refused = _password(client, client_id, "bob", "guess")
+        assert refused.status_code == 429 and refused.get_json()["error"] == "slow_down"
+    assert calls == ["carol", "bob", "bob", "bob"]
+    # The address is still at 1: two more checks are allowed, then it stops.
+    assert _password(client, client_id, "carol", "guess").status_code == 400
+    _ok(_password(client, client_id))
+    assert _password(client, client_id, "dave", "guess").status_code == 400
+    assert _password(client, client_id, "erin", "guess").status_code == 429

@@ -6,13 +6,21 @@ remote address alone, both against ``TOKENGUARD_LOCKOUT_THRESHOLD`` within
 ``Retry-After`` and its secret or password is not checked, so guessing stops costing the
 server CPU; the same name from another address is not affected.
 
-For a password, the per-name count is reserved atomically before the KDF runs
+For a password, both counts are reserved atomically before the KDF runs
 (``Store.record_failure`` counts and answers in one step), so parallel guesses cannot
-slip past it; a success clears it. A client secret is a 256-bit value checked with one
-SHA-256, where a parallel burst gains nothing, and a client's own requests arrive in
-parallel all day: its counts are read before the check and written only on a failure,
-so that successful requests are never throttled and cost no store write. The per-address
-count records failures only, after the check, for the same reason.
+slip past either, with one name or with many. A success clears the name's count and
+takes back its address reservation (``Store.release_failure``), so that an office
+behind one address that signs in all day is never throttled by its successes. A
+refusal by the name's count takes back the address reservation too: an attempt that
+checked nothing costs the address nothing, and one locked name does not lock the others
+behind the same address. A refusal by the address's own count keeps its count (one
+store write, no more); that only raises a count already over the threshold.
+
+A client secret is a 256-bit value checked with one SHA-256, where a parallel burst gains
+nothing, and a client's own requests arrive in parallel all day: its counts are read
+before the check and written only on a failure, so that successful requests are never
+throttled and cost no store write (``check`` and ``failed``; a documented deviation from
+the reservation).
 
 Names are compared as the verifiers compare them: NFKC-normalised, case-folded and
 stripped, so ``Alice``, ``alice `` and ``ａｌｉｃｅ`` share one counter.
@@ -37,6 +45,16 @@ def normalize_name(name: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class Reservation:
+    """The counts ``Throttle.reserve`` took for one password check."""
+
+    name_key: str
+    address_key: str
+    #: The time of the reservation: its release applies to that window.
+    now: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Throttle:
     """The throttling rule of one request: its store, its settings and its remote address."""
 
@@ -56,25 +74,27 @@ class Throttle:
     def _name_key(self, kind: str, name: str) -> str:
         return f"{kind}:{normalize_name(name)}|{self.remote_addr}"
 
-    def _check_address(self, now: float) -> None:
-        count, until = self.store.failures(self._address_key(), now)
-        if count >= self.settings.lockout_threshold:
-            raise LockedOutError(retry_after=until - now)
-
-    def reserve(self, kind: str, name: str, now: float) -> str | None:
+    def reserve(self, kind: str, name: str, now: float) -> Reservation | None:
         """Count this attempt before its check; raise ``LockedOutError`` over the threshold.
 
-        For passwords (``kind="user"``). Returns the key a success clears (None when
-        throttling is off). An address already over the threshold costs one store read.
+        For passwords (``kind="user"`` or ``"admin"``). Counts the address, then the name,
+        each in one atomic store call. Returns what ``succeeded`` takes back (None when
+        throttling is off); after a failed check there is nothing more to count.
         """
         if not self.enabled:
             return None
-        self._check_address(now)
-        key = self._name_key(kind, name)
-        count, until = self.store.record_failure(key, self.settings.lockout_seconds, now)
-        if count > self.settings.lockout_threshold:
+        threshold, window = self.settings.lockout_threshold, self.settings.lockout_seconds
+        address_key = self._address_key()
+        count, until = self.store.record_failure(address_key, window, now)
+        if count > threshold:
             raise LockedOutError(retry_after=until - now)
-        return key
+        key = self._name_key(kind, name)
+        count, until = self.store.record_failure(key, window, now)
+        if count > threshold:
+            # Nothing was checked: the address gets its count back (see the module docstring).
+            self.store.release_failure(address_key, now)
+            raise LockedOutError(retry_after=until - now)
+        return Reservation(name_key=key, address_key=address_key, now=now)
 
     def check(self, kind: str, name: str, now: float) -> tuple[str | None, bool]:
         """Refuse an address or name over the threshold, without counting this attempt.
@@ -96,15 +116,18 @@ class Throttle:
         return key, count > 0
 
     def failed(self, now: float, key: str | None = None) -> None:
-        """Record a failed check against the address, and against ``key`` when it was
-        only checked, not reserved."""
-        if self.enabled:
+        """Record a failed check that was only checked (``check``): against ``key`` and the
+        address. After ``reserve`` (no key) both counts are already taken: nothing to do."""
+        if self.enabled and key is not None:
             window = self.settings.lockout_seconds
-            if key is not None:
-                self.store.record_failure(key, window, now)
+            self.store.record_failure(key, window, now)
             self.store.record_failure(self._address_key(), window, now)
 
-    def succeeded(self, key: str | None) -> None:
-        """Clear the name's count after a successful check."""
-        if key is not None:
+    def succeeded(self, key: Reservation | str | None) -> None:
+        """Clear the name's count after a successful check; after ``reserve``, also take
+        back the address's reservation, so that successes never add up to a lockout."""
+        if isinstance(key, Reservation):
+            self.store.release_failure(key.address_key, key.now)
+            self.store.clear_failures(key.name_key)
+        elif key is not None:
             self.store.clear_failures(key)

@@ -397,6 +397,15 @@ class Store(abc.ABC):
     def clear_failures(self, key: str) -> None:
         """Forget ``key``'s failures (after a success)."""
 
+    @abc.abstractmethod
+    def release_failure(self, key: str, now: float) -> None:
+        """Take back one count of ``key`` (a reservation whose check succeeded).
+
+        Never below 0; nothing when the key is absent or its window ended (``until <= now``);
+        ``until`` is kept. Atomic: N concurrent calls take back N counts (down to 0), and a
+        driver's resend of one call after a lost reply takes back one.
+        """
+
 
 #: Methods wrapped by ``Store.__init_subclass__``: the abstract API, ``drop`` and the
 #: overridable ``failures_many``.

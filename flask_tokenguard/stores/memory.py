@@ -358,3 +358,9 @@ class MemoryStore(Store):
     def clear_failures(self, key: str) -> None:
         with self._lock:
             self._failures.pop(key, None)
+
+    def release_failure(self, key: str, now: float) -> None:
+        with self._lock:
+            count, until = self._failures.get(key, (0, 0.0))
+            if until > now and count > 0:
+                self._failures[key] = (count - 1, until)

@@ -376,6 +376,9 @@ _GET_LIVE_FAILURES = _GET_FAILURES + " AND until > ?"
 _COUNT_FAILURE = "UPDATE tg_failures SET count = count + 1 WHERE key = ?"
 _FIRST_FAILURE = "INSERT INTO tg_failures (key, count, until) VALUES (?, 1, ?)"
 _CLEAR_FAILURES = "DELETE FROM tg_failures WHERE key = ?"
+_RELEASE_FAILURE = (
+    "UPDATE tg_failures SET count = count - 1 WHERE key = ? AND until > ? AND count > 0"
+)
 
 #: Connections inherited through ``fork()``. SQLite forbids using, and advises against
 #: closing, a connection in a child process: they stay referenced and are never closed.
@@ -947,6 +950,10 @@ class SQLiteStore(Store):
     def clear_failures(self, key: str) -> None:
         with self._write() as conn:
             conn.execute(_CLEAR_FAILURES, (key,))
+
+    def release_failure(self, key: str, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(_RELEASE_FAILURE, (key, now))
 
 
 # -- helpers ---------------------------------------------------------------------------

@@ -119,6 +119,7 @@ _SCRIPTS = (
     "update_user",
     "signing_keys",
     "record_failure",
+    "release_failure",
     "touch_admin_session",
     "end_admin_session",
     "unrotate_refresh",
@@ -931,3 +932,8 @@ class RedisStore(Store):
 
     def clear_failures(self, key: str) -> None:
         self._client.delete(self._key("failures", key))
+
+    def release_failure(self, key: str, now: float) -> None:
+        # A fresh id per call, as in record_failure: a resend takes back no second count.
+        args = [_num(now), secrets.token_hex(8)]
+        self._run("release_failure", [self._key("failures", key)], args)

@@ -521,4 +521,10 @@ class SQL:
         ).where(failures.c.key_hash.in_(bp("b_key_hashes", expanding=True)), live_window)
         self.insert_failure = failures.insert()
         self.clear_failures = failures.delete().where(failures.c.key_hash == bp("b_key_hash"))
+        #: One statement, so its row lock makes concurrent releases each take one count.
+        self.release_failure = (
+            failures.update()
+            .where(failures.c.key_hash == bp("b_key_hash"), live_window, failures.c.count > 0)
+            .values(count=failures.c.count - 1)
+        )
         self.purge_failures = failures.delete().where(failures.c.until <= now)

@@ -1004,6 +1004,12 @@ class SQLAlchemyStore(Store):
         with self._tx() as conn:
             conn.execute(self._q.clear_failures, {"b_key_hash": _failure_key_hash(key)})
 
+    def release_failure(self, key: str, now: float) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                self._q.release_failure, {"b_key_hash": _failure_key_hash(key), "now": now}
+            )
+
 
 def _drop_closed_connections(dbapi_connection: t.Any, record: t.Any, proxy: t.Any) -> None:
     """Refuse a pooled connection whose server has closed it, without a round trip.
