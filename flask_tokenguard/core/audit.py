@@ -29,6 +29,7 @@ import weakref
 from ..errors import StoreError
 
 if t.TYPE_CHECKING:  # pragma: no cover
+    from ..models import TokenSession
     from ..stores.base import Store
 
 #: A client was registered (``create-client``).
@@ -287,6 +288,17 @@ class Audit:
         bound._remote_addr = remote_addr or self._remote_addr
         bound._admin = admin or self._admin
         return bound
+
+    def session_ended(self, session: TokenSession, reason: str) -> None:
+        """Report ``session.ended`` for ``session`` (its client, subject and id)."""
+        event = SESSION_ENDED
+        self.emit(
+            event,
+            client_id=session.client_id,
+            subject=session.subject,
+            session_id=session.session_id,
+            reason=reason,
+        )
 
     def emit(
         self,

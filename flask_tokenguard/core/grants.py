@@ -132,14 +132,9 @@ def _cap_lowered(context: GrantContext, before: Client, after: Client) -> bool:
 
 
 def _end_changed(context: GrantContext, session: TokenSession, now: float, reason: str) -> None:
-    if context.store.end_session(session.session_id, now) is not None:
-        context.emit(
-            events.SESSION_ENDED,
-            client_id=session.client_id,
-            subject=session.subject,
-            session_id=session.session_id,
-            reason=reason,
-        )
+    ended = context.store.end_session(session.session_id, now)
+    if ended is not None and context.audit is not None:
+        context.audit.session_ended(session, reason)
 
 
 def _session_terms(client: Client) -> tuple[t.Any, ...]:

@@ -107,13 +107,7 @@ def start_session(
     )
     if audit is not None:
         for old in outcome.replaced:
-            audit.emit(
-                events.SESSION_ENDED,
-                client_id=old.client_id,
-                subject=old.subject,
-                session_id=old.session_id,
-                reason="replaced",
-            )
+            audit.session_ended(old, "replaced")
     if not outcome.started:
         if audit is not None:
             audit.emit(
@@ -206,13 +200,7 @@ def refresh_session(
 def _end_replayed(store: Store, session: TokenSession, now: float, audit: Audit | None) -> None:
     ended = store.end_session(session.session_id, now)
     if ended is not None and audit is not None:
-        audit.emit(
-            events.SESSION_ENDED,
-            client_id=ended.client_id,
-            subject=ended.subject,
-            session_id=ended.session_id,
-            reason="replay",
-        )
+        audit.session_ended(ended, "replay")
 
 
 def end_session_by_refresh_token(
@@ -261,13 +249,7 @@ def log_off(
         store.end_sessions(client_id, now)
     if audit is not None:
         for session in ended:
-            audit.emit(
-                events.SESSION_ENDED,
-                client_id=session.client_id,
-                subject=session.subject,
-                session_id=session.session_id,
-                reason="admin",
-            )
+            audit.session_ended(session, "admin")
     return ended
 
 

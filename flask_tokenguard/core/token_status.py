@@ -10,7 +10,6 @@ from __future__ import annotations
 import typing as t
 
 from ..errors import InvalidTokenError
-from . import audit as events
 from .security import hash_secret
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -45,13 +44,7 @@ def revoke_token(
             return None
         ended = store.end_session(session.session_id, now)
         if ended is not None and audit is not None:
-            audit.emit(
-                events.SESSION_ENDED,
-                client_id=ended.client_id,
-                subject=ended.subject,
-                session_id=ended.session_id,
-                reason="revoked",
-            )
+            audit.session_ended(ended, "revoked")
         return "refresh_token"
     access = _decoded(verifier, token, now)
     if access is None or access.client_id != client.client_id:

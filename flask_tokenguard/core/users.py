@@ -140,13 +140,7 @@ def end_user_sessions(
             continue  # ended meanwhile, by something that reports it
         ended.append(done)
         if audit is not None:
-            audit.emit(
-                events.SESSION_ENDED,
-                client_id=done.client_id,
-                subject=username,
-                session_id=done.session_id,
-                reason=reason,
-            )
+            audit.session_ended(done, reason)
     return ended
 
 

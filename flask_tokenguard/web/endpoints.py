@@ -27,7 +27,6 @@ from flask import Response
 from flask import url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..core import audit as events
 from ..core.audit import Audit
 from ..core.clients import authenticate_client
 from ..core.clients import ClientCredentials
@@ -275,13 +274,7 @@ def logoff() -> Response:
         session_id = ended.session_id
     state.note_ended_session(session_id)
     if ended is not None:  # None: the bearer's session had ended already
-        _audit().emit(
-            events.SESSION_ENDED,
-            client_id=ended.client_id,
-            subject=ended.subject,
-            session_id=ended.session_id,
-            reason="logoff",
-        )
+        _audit().session_ended(ended, "logoff")
     log.info("session ended by logoff: session=%s", session_id)
     return Response(status=204, headers=_NO_STORE)
 
