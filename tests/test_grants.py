@@ -13,6 +13,7 @@ import time
 import typing as t
 from pathlib import Path
 
+import jwt
 import pytest
 from flask import Flask
 
@@ -400,6 +401,48 @@ def test_a_failure_after_the_session_started_ends_it(
     assert cli(app, "licenses")["in_use"] == 0
     assert cli(app, "sessions") == []
     assert get_token(http, creds).status_code == 200
+
+
+def test_a_failure_after_a_rotation_leaves_the_sent_refresh_token_current(
+    app_factory: t.Callable[..., Flask],
+    backend: tuple[str, dict[str, t.Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refresh that fails after rotating (a lost read, a failover) answers 503 and
+    takes the rotation back: the client's retry with the token it holds refreshes, and
+    keeps its seat, instead of counting as a replay that ends the session."""
+    url, options = backend
+    app = app_factory(url, STORE_OPTIONS=options, LICENSES=1)
+    creds = register(app)
+    http: t.Any = app.test_client()
+    first = get_token(http, creds)
+    assert first.status_code == 200
+    held = first.get_json()["refresh_token"]
+
+    def refresh(token: str) -> t.Any:
+        return http.post(
+            "/token",
+            data={"grant_type": "refresh_token", "refresh_token": token},
+            headers=basic(creds["client_id"], creds["client_secret"]),
+        )
+
+    def failing(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        raise StoreError("injected: the store failed after the rotation")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("flask_tokenguard.core.grants.issue_access_token", failing)
+        failed = refresh(held)
+        assert failed.status_code == 503
+        assert failed.get_json()["error"] == "temporarily_unavailable"
+    assert cli(app, "licenses")["in_use"] == 1
+    retried = refresh(held)
+    assert retried.status_code == 200, retried.get_json()
+    same = jwt.decode(first.get_json()["access_token"], options={"verify_signature": False})
+    assert [s["session_id"] for s in cli(app, "sessions")] == [same["sid"]]
+    assert cli(app, "licenses")["in_use"] == 1
+    # The token is used now: sending it again is a replay, which ends the session.
+    assert refresh(held).get_json()["error"] == "invalid_grant"
+    assert cli(app, "licenses")["in_use"] == 0
 
 
 def test_a_seat_cap_set_during_a_token_request_gets_no_session(app: Flask) -> None:

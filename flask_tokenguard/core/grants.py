@@ -25,6 +25,7 @@ from .security import kdf_slot
 from .sessions import refresh_session
 from .sessions import seat_cap
 from .sessions import start_session
+from .sessions import take_back_refresh
 from .throttle import Throttle
 from .tokens import issue_access_token
 from .users import authenticate_user
@@ -286,6 +287,23 @@ def _ending_on_failure(
         raise
 
 
+@contextlib.contextmanager
+def _taking_back_on_failure(
+    context: GrantContext, session: TokenSession, sent: str, rotated: str, now: float
+) -> t.Iterator[None]:
+    """Take the rotation to ``rotated`` back if the request fails before its tokens are
+    sent, so that the client's retry with ``sent`` refreshes: a failover or a lost read
+    does not cost the client its session."""
+    try:
+        yield
+    except BaseException:
+        try:
+            take_back_refresh(context.store, session, sent, rotated, now)
+        except Exception:  # noqa: BLE001 - the first failure is the one to report
+            pass
+        raise
+
+
 def _refresh_token(
     context: GrantContext, client: Client, params: t.Mapping[str, str], now: float
 ) -> dict[str, t.Any]:
@@ -311,8 +329,9 @@ def _refresh_token(
         audit=context.audit,
     )
     scope = " ".join(wanted) if wanted else session.scope
-    # The client never receives the rotated refresh token if this fails: end the session.
-    with _ending_on_failure(context, session, now):
+    # The client never receives the rotated refresh token if this fails: it keeps the one
+    # it sent, which is made current again (a client change has ended the session).
+    with _taking_back_on_failure(context, session, token, refresh_token, now):
         _still_valid(context, client, session, now)
         response = _token_response(context, session, scope, refresh_token, now)
     context.emit(

@@ -197,6 +197,19 @@ def refresh_session(
     return updated, new_token
 
 
+def take_back_refresh(
+    store: Store, session: TokenSession, refresh_token: str, new_token: str, now: float
+) -> bool:
+    """Undo the rotation ``refresh_session`` made, when ``new_token`` was never sent.
+
+    The client still holds ``refresh_token``; without this, its retry would be a replay
+    and end the session. False when the session ended or expired meanwhile.
+    """
+    return store.unrotate_refresh(
+        session.session_id, hash_secret(refresh_token), hash_secret(new_token), now
+    )
+
+
 def _end_replayed(store: Store, session: TokenSession, now: float, audit: Audit | None) -> None:
     ended = store.end_session(session.session_id, now)
     if ended is not None and audit is not None:

@@ -290,6 +290,18 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def unrotate_refresh(self, session_id: str, old_hash: str, new_hash: str, now: float) -> bool:
+        """Take back ``rotate_refresh(session_id, old_hash, new_hash, ...)`` whose new
+        token was never handed out (the request failed after the rotation).
+
+        Only while the session is live and ``new_hash`` still current: ``old_hash`` becomes
+        current again and is no longer recorded as used, so the client's retry with it is
+        a refresh, not a replay. The session keeps the expiry the rotation gave it. Returns
+        whether it was taken back (False when the session ended, expired or moved on).
+        ``new_hash`` is known only to the caller that made it: this admits no replay.
+        """
+
+    @abc.abstractmethod
     def end_session(self, session_id: str, now: float) -> TokenSession | None:
         """Delete a session, free its seat and record its id as revoked; return what ended."""
 

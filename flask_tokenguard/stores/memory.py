@@ -248,6 +248,20 @@ class MemoryStore(Store):
             self._used_refresh[old_hash] = session_id
             return updated
 
+    def unrotate_refresh(self, session_id: str, old_hash: str, new_hash: str, now: float) -> bool:
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if (
+                session is None
+                or not session.is_live(now)
+                or session.refresh_hash != new_hash
+                or self._used_refresh.get(old_hash) != session_id
+            ):
+                return False
+            self._sessions[session_id] = dataclasses.replace(session, refresh_hash=old_hash)
+            del self._used_refresh[old_hash]
+            return True
+
     def _end(self, session_id: str, now: float) -> TokenSession | None:
         session = self._sessions.pop(session_id, None)
         if session is None:

@@ -339,6 +339,12 @@ _SWAP_REFRESH = (
     " WHERE session_id = ? AND refresh_hash = ? AND expires_at > ?"
 )
 _MARK_USED = "INSERT OR REPLACE INTO tg_used_refresh (refresh_hash, session_id) VALUES (?, ?)"
+_UNSWAP_REFRESH = (
+    "UPDATE tg_sessions SET refresh_hash = ?"
+    " WHERE session_id = ? AND refresh_hash = ? AND expires_at > ? AND EXISTS (SELECT 1"
+    " FROM tg_used_refresh AS u WHERE u.refresh_hash = ? AND u.session_id = tg_sessions.session_id)"
+)
+_FORGET_USED = "DELETE FROM tg_used_refresh WHERE refresh_hash = ? AND session_id = ?"
 _DELETE_SESSION = "DELETE FROM tg_sessions WHERE session_id = ?"
 _ALL_SESSIONS = f"SELECT {_SESSION_COLUMNS} FROM tg_sessions"
 _CLIENT_SESSIONS = _ALL_SESSIONS + " WHERE client_id = ?"
@@ -812,6 +818,14 @@ class SQLiteStore(Store):
                 return None
             conn.execute(_MARK_USED, (old_hash, session_id))
             return records.session_from(conn.execute(_GET_SESSION, (session_id,)).fetchone())
+
+    def unrotate_refresh(self, session_id: str, old_hash: str, new_hash: str, now: float) -> bool:
+        with self._write() as conn:
+            unswap = (old_hash, session_id, new_hash, now, old_hash)
+            if conn.execute(_UNSWAP_REFRESH, unswap).rowcount != 1:
+                return False
+            conn.execute(_FORGET_USED, (old_hash, session_id))
+            return True
 
     def end_session(self, session_id: str, now: float) -> TokenSession | None:
         if impossible_key(session_id):

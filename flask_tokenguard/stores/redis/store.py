@@ -756,11 +756,15 @@ class RedisStore(Store):
 
         def undo(flat: t.Any) -> None:
             if flat:  # the new hash was never handed out: the old one is current again
-                back = [self.key_prefix, session_id, old_hash, new_hash, args[-1]]
+                back = [self.key_prefix, session_id, old_hash, new_hash, _num(now)]
                 self._run("unrotate_refresh", [key], back)
 
         flat = self._write("rotate_refresh", [key], args, undo)
         return None if flat is None else _session_from(_pairs(flat), session_id)
+
+    def unrotate_refresh(self, session_id: str, old_hash: str, new_hash: str, now: float) -> bool:
+        args = [self.key_prefix, session_id, old_hash, new_hash, _num(now)]
+        return bool(self._write("unrotate_refresh", [self._key("session", session_id)], args))
 
     def _end_session_args(self, session_id: str, now: float) -> list[str]:
         return [

@@ -417,6 +417,25 @@ class SQL:
             sessions.c.session_id == bp("b_session_id")
         )
         self.insert_used = used_refresh.insert()
+        #: Taking a rotation back: only while the session is live, the new hash is
+        #: current and the old one recorded as used by this session (by that rotation).
+        self.unrotate = (
+            sessions.update()
+            .where(
+                sessions.c.session_id == bp("b_session_id"),
+                sessions.c.refresh_hash == bp("b_new_hash"),
+                live,
+                sa.exists().where(
+                    used_refresh.c.refresh_hash == bp("b_old_hash"),
+                    used_refresh.c.session_id == sessions.c.session_id,
+                ),
+            )
+            .values(refresh_hash=bp("b_old_hash"))
+        )
+        self.delete_used = used_refresh.delete().where(
+            used_refresh.c.refresh_hash == bp("b_old_hash"),
+            used_refresh.c.session_id == bp("b_session_id"),
+        )
         self.list_sessions = sa.select(sessions).where(live)
         self.list_client_sessions = sa.select(sessions).where(
             sessions.c.client_id == bp("b_client_id"), live

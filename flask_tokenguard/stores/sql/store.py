@@ -722,6 +722,19 @@ class SQLAlchemyStore(Store):
             conn.execute(q.insert_used, {"refresh_hash": old_hash, "session_id": session_id})
         return records.session_from(row._mapping)
 
+    def unrotate_refresh(self, session_id: str, old_hash: str, new_hash: str, now: float) -> bool:
+        params = {
+            "b_session_id": session_id,
+            "b_old_hash": old_hash,
+            "b_new_hash": new_hash,
+            "now": now,
+        }
+        with self._tx() as conn:
+            if conn.execute(self._q.unrotate, params).rowcount != 1:
+                return False
+            conn.execute(self._q.delete_used, params)
+        return True
+
     def _end(self, kind: str, key: str | None, now: float) -> list[TokenSession]:
         """End the sessions ``kind`` picks, record them as revoked; return live ones."""
         with self._tx() as conn:
