@@ -79,14 +79,17 @@ def authenticate_client(
             audit.emit(events.AUTH_FAILED, reason="invalid_client")
         raise InvalidClientError(used_basic=credentials.used_basic)
     key, had_failures = None, False
+    # The client and the lockout counts in one store call (one round trip on the server
+    # stores); the counts are judged before the secret is.
+    keys = [] if throttle is None else throttle.check_keys("client", credentials.client_id)
+    client, counts = store.get_client_and_failures(credentials.client_id, keys, now)
     if throttle is not None:
         try:
-            key, had_failures = throttle.check("client", credentials.client_id, now)
+            key, had_failures = throttle.check("client", credentials.client_id, now, counts)
         except LockedOutError:
             if audit is not None:
                 audit.emit(events.AUTH_THROTTLED, reason="slow_down")
             raise
-    client = store.get_client(credentials.client_id)
     secret = credentials.client_secret or ""
     if client is None or client.is_public:
         verify_secret(secret, _DUMMY_HASH)

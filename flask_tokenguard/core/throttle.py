@@ -96,19 +96,35 @@ class Throttle:
             raise LockedOutError(retry_after=until - now)
         return Reservation(name_key=key, address_key=address_key, now=now)
 
-    def check(self, kind: str, name: str, now: float) -> tuple[str | None, bool]:
+    def check_keys(self, kind: str, name: str) -> list[str]:
+        """The keys whose counts ``check`` judges: the address's, then the name's; none
+        when throttling is off."""
+        if not self.enabled:
+            return []
+        return [self._address_key(), self._name_key(kind, name)]
+
+    def check(
+        self,
+        kind: str,
+        name: str,
+        now: float,
+        counts: t.Sequence[tuple[int, float]] | None = None,
+    ) -> tuple[str | None, bool]:
         """Refuse an address or name over the threshold, without counting this attempt.
 
-        For client secrets (``kind="client"``). Returns the key to pass to ``failed``
-        (None when throttling is off) and whether it holds failures a success must clear.
+        For client secrets (``kind="client"``). ``counts`` are those of ``check_keys``
+        when the caller read them already (with the client, in one store call). Returns
+        the key to pass to ``failed`` (None when throttling is off) and whether it holds
+        failures a success must clear.
         """
         if not self.enabled:
             return None, False
-        key = self._name_key(kind, name)
-        # Both counts in one store call (one round trip on the server stores).
-        (address_count, address_until), (count, until) = self.store.failures_many(
-            [self._address_key(), key], now
-        )
+        keys = self.check_keys(kind, name)
+        if counts is None:
+            # Both counts in one store call (one round trip on the server stores).
+            counts = self.store.failures_many(keys, now)
+        (address_count, address_until), (count, until) = counts
+        key = keys[1]
         if address_count >= self.settings.lockout_threshold:
             raise LockedOutError(retry_after=address_until - now)
         if count >= self.settings.lockout_threshold:

@@ -523,6 +523,25 @@ class SQLAlchemyStore(Store):
         rows.sort(key=lambda row: row.client_id != id_or_alias)
         return records.client_from(rows[0]._mapping) if rows else None
 
+    def get_client_and_failures(
+        self, id_or_alias: str, keys: t.Sequence[str], now: float
+    ) -> tuple[Client | None, list[tuple[int, float]]]:
+        if not keys or impossible_key(id_or_alias):
+            return self.get_client(id_or_alias), self.failures_many(keys, now)
+        hashes = [_failure_key_hash(key) for key in keys]
+        params = {"key": id_or_alias, "b_key_hashes": sorted(set(hashes)), "now": now}
+        rows = self._read(self._q.get_client_and_failures, params)
+        found = {
+            row.f_key_hash: (int(row.f_count), float(row.f_until))
+            for row in rows
+            if row.f_key_hash is not None
+        }
+        matches = {row.client_id: row for row in rows if row.client_id is not None}
+        # As in get_client: prefer the id if it ever equalled another client's alias.
+        ordered = sorted(matches.values(), key=lambda row: row.client_id != id_or_alias)
+        client = records.client_from(ordered[0]._mapping) if ordered else None
+        return client, [found.get(h, (0, 0.0)) for h in hashes]
+
     def update_client(self, client: Client) -> bool:
         q = self._q
         with self._tx() as conn:
