@@ -5,6 +5,7 @@
     .venv/bin/python bench/bench.py seats      # scope=all vs scope=view tokens/s at N live sessions
     .venv/bin/python bench/bench.py pairs      # seat acquire + release per second, per store
     .venv/bin/python bench/bench.py tokens     # token and guarded requests per second, per store
+    .venv/bin/python bench/bench.py replicas [N [ROUNDS]]  # writes acknowledged by a replica or not
     .venv/bin/python bench/bench.py all
 
     .venv/bin/python bench/vs_authlib.py       # ours vs Authlib's documented app, waitress + wrk
@@ -15,6 +16,7 @@ Everything compared is measured side by side in one run; quote the ratios.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -25,6 +27,7 @@ import tempfile
 import time
 import typing as t
 import uuid
+from pathlib import Path
 
 from flask import Flask
 
@@ -424,6 +427,184 @@ def bench_tokens(n: int = 300) -> None:
         store.close()
 
 
+#: Token requests per block and blocks per side in ``bench.py replicas`` (argv overrides).
+REPLICAS_N, REPLICAS_ROUNDS = 200, 7
+
+
+class _RoundTrips:
+    """Counts what reaches a store while on: Redis round trips (one per packed send, so a
+    pipeline of a script and its WAIT is one) and SQL statements plus commits."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.on = False
+        import redis.connection
+        import sqlalchemy as sa
+
+        original: t.Any = redis.connection.AbstractConnection.send_packed_command
+        counter = self
+
+        def send_packed_command(conn: t.Any, *args: t.Any, **kwargs: t.Any) -> None:
+            if counter.on:
+                counter.count += 1
+            original(conn, *args, **kwargs)
+
+        patched: t.Any = redis.connection.AbstractConnection
+        patched.send_packed_command = send_packed_command
+
+        def sql_event(*_args: t.Any, **_kwargs: t.Any) -> None:
+            if counter.on:
+                counter.count += 1
+
+        sa.event.listen(sa.engine.Engine, "before_cursor_execute", sql_event)
+        sa.event.listen(sa.engine.Engine, "commit", sql_event)
+
+    def per_request(self, app: Flask, client_id: str, secret: str, scope: str, n: int) -> float:
+        self.count, self.on = 0, True
+        try:
+            for _ in range(n):
+                get_token(app, client_id, secret, scope=scope)
+        finally:
+            self.on = False
+        return self.count / n
+
+
+@contextlib.contextmanager
+def _redis_primary_with_a_replica() -> t.Iterator[str]:
+    """A private ``redis-server`` primary and one ``--replicaof`` replica; yields the
+    primary's URL and stops both after."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.replication import free_ports
+    from tests.replication import RedisProcess
+
+    base = Path(tempfile.mkdtemp(prefix="tgbench-redis-"))
+    ports = free_ports(2)
+    nodes = [RedisProcess(base / f"redis-{i}", port, f"redis {i}") for i, port in enumerate(ports)]
+    try:
+        for i, node in enumerate(nodes):
+            extra = ["--replicaof", "127.0.0.1", str(ports[0])] if i else []
+            node.start(
+                "redis-server",
+                *("--port", str(node.port), "--bind", "127.0.0.1", "--save", ""),
+                *("--appendonly", "no", "--dir", str(node.directory)),
+                *("--logfile", str(node.log_path), "--repl-diskless-sync-delay", "0"),
+                *extra,
+            )
+            node.wait_ready()
+        primary = nodes[0].client(decode_responses=True)
+        try:
+            deadline = time.monotonic() + 15
+            while primary.info("replication").get("slave0", {}).get("state") != "online":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the replica did not come online within 15 s")
+                time.sleep(0.05)
+        finally:
+            primary.close()
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for node in nodes:
+            node.kill()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _postgres_with_a_synchronous_standby() -> t.Iterator[str]:
+    """``tests.replication.postgres_replicated``: a primary whose commits wait for one of
+    two standbys (``synchronous_commit = on``); yields its multi-host URL."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.replication import postgres_replicated
+
+    with postgres_replicated() as topology:
+        yield topology.url
+
+
+def _compare(name: str, sides: dict[str, Flask], n: int, rounds: int, counter: _RoundTrips) -> None:
+    """Interleave token blocks of each side, per scope; print rates and the median ratio."""
+    clients = {label: new_client(app) for label, app in sides.items()}
+    for label, app in sides.items():
+        get_token(app, *clients[label])  # key generation and script loading out of timing
+    (base, base_app), (other, other_app) = sides.items()
+    for scope in ("all", "view"):
+        rates: dict[str, list[float]] = {base: [], other: []}
+        for round_ in range(rounds):
+            # Swap which side goes first each round, so drift hits both alike.
+            order = [base, other] if round_ % 2 == 0 else [other, base]
+            for label in order:
+                start = time.perf_counter()
+                for _ in range(n):
+                    get_token(sides[label], *clients[label], scope=scope)
+                rates[label].append(n / (time.perf_counter() - start))
+        pairs = list(zip(rates[base], rates[other], strict=True))
+        ratio = statistics.median(o / b for b, o in pairs)
+        extra_us = statistics.median((1 / o - 1 / b) * 1e6 for b, o in pairs)
+        trips = {
+            label: counter.per_request(sides[label], *clients[label], scope, 50)
+            for label in (base, other)
+        }
+        print(
+            f"  {name:10s} scope={scope:4s} {base} {statistics.median(rates[base]):6.0f}/s"
+            f"  {other} {statistics.median(rates[other]):6.0f}/s"
+            f"  ratio {ratio:.3f} ({extra_us:+.0f} µs/request)"
+            f"  store round trips/request {trips[base]:.1f} vs {trips[other]:.1f}"
+        )
+
+
+def bench_replicas(n: int = REPLICAS_N, rounds: int = REPLICAS_ROUNDS) -> None:
+    """Token requests/s with every write acknowledged by a replica vs not, side by side.
+
+    Redis: one primary with one replica, stores with ``replicas`` 0 and 1 on it (WAIT).
+    PostgreSQL: a primary with synchronous standbys, ``synchronous_commit`` ``local`` vs
+    ``on`` (needs root and PostgreSQL 15's cluster tools, else reported unavailable).
+    """
+    print(
+        f"== tokens/s without vs with replica acknowledgement, in-process, {rounds}"
+        f" interleaved rounds of {n}; ratio = median over rounds of with/without"
+    )
+    counter = _RoundTrips()
+    only = os.environ.get("BENCH_STORES")
+    run = uuid.uuid4().hex[:8]
+    setups: dict[str, tuple[t.Callable[[], t.ContextManager[str]], t.Any]] = {
+        "redis": (
+            _redis_primary_with_a_replica,
+            lambda url: {
+                "replicas=0": make_app(url, key_prefix=f"tgbench:{{{run}a}}:"),
+                "replicas=1": make_app(url, key_prefix=f"tgbench:{{{run}b}}:", replicas=1),
+            },
+        ),
+        "postgresql": (
+            _postgres_with_a_synchronous_standby,
+            lambda url: {
+                "sync=local": make_app(
+                    url,
+                    schema=f"tgbench_{run}_a",
+                    connect_args={"options": "-c synchronous_commit=local"},
+                ),
+                "sync=on": make_app(url, schema=f"tgbench_{run}_b"),
+            },
+        ),
+    }
+    for name, (topology, build) in setups.items():
+        if only and name not in only.split(","):
+            continue
+        try:
+            with topology() as url:
+                sides = build(url)
+                stores = [app.extensions["tokenguard"].store(app) for app in sides.values()]
+                try:
+                    for store in stores:
+                        store.check()
+                        store.reset()
+                    _compare(name, sides, n, rounds, counter)
+                finally:
+                    for store in stores:
+                        getattr(store, "drop", store.reset)()
+                        store.close()
+        except BaseException as exc:  # noqa: BLE001 - pytest.skip from the harness, too
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            print(f"  {name:10s} unavailable: {exc!r}")
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     benches: dict[str, t.Callable[[], None]] = {
@@ -432,7 +613,11 @@ if __name__ == "__main__":
         "seats": bench_seats,
         "pairs": bench_pairs,
         "tokens": bench_tokens,
+        "replicas": bench_replicas,
     }
+    if which == "replicas" and len(sys.argv) > 2:
+        sizes = [int(arg) for arg in sys.argv[2:4]]
+        benches["replicas"] = lambda: bench_replicas(*sizes)
     for name, bench in benches.items():
         if which in (name, "all"):
             bench()

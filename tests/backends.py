@@ -6,6 +6,9 @@ Server URLs can be overridden per backend with environment variables:
 - ``TOKENGUARD_TEST_POSTGRESQL_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``)
 - ``TOKENGUARD_TEST_MARIADB_URL`` (default ``mysql+pymysql://root@127.0.0.1:3306/test``)
 
+The store suite also runs on a Redis Sentinel and a Redis Cluster topology
+(``REPLICATED_BACKENDS``), which the run starts itself on private ports.
+
 Each test gets its own Redis key prefix, or its own PostgreSQL schema or MariaDB
 database, dropped afterwards, so runs sharing a server never collide. A server that
 cannot be reached skips its tests with the reason, or fails them when ``CI=true``.
@@ -25,6 +28,8 @@ from flask_tokenguard.errors import StoreError
 from flask_tokenguard.stores import store_from_url
 from flask_tokenguard.stores.base import Store
 from tests.helpers import unavailable
+from tests.replicated_backends import is_replicated
+from tests.replicated_backends import topology_url
 
 #: Every backend, by id. Servers are marked, so ``pytest -m "not postgresql"`` works.
 BACKENDS = [
@@ -39,6 +44,31 @@ BACKENDS = [
 
 #: Backends whose state separate processes share (all but ``memory``).
 CROSS_PROCESS_BACKENDS = [p for p in BACKENDS if p.values[0] != "memory"]
+
+#: The replicated Redis topologies the run starts itself (``tests/replicated_backends.py``),
+#: each at its first use, with every write acknowledged by a replica (``replicas=1``).
+#: ``pytest -m replication`` runs them, ``-m "not replication"`` leaves them out.
+REPLICATED_BACKENDS = [
+    pytest.param(
+        "redis+sentinel",
+        id="redis+sentinel",
+        marks=[pytest.mark.redis, pytest.mark.replication],
+    ),
+    pytest.param(
+        "redis+cluster",
+        id="redis+cluster",
+        marks=[pytest.mark.redis, pytest.mark.replication],
+    ),
+]
+
+#: What the store suite (``tests/stores``) runs on: every backend and the topologies.
+STORE_BACKENDS = BACKENDS + REPLICATED_BACKENDS
+
+#: The store suite's backends that separate processes share.
+CROSS_PROCESS_STORE_BACKENDS = CROSS_PROCESS_BACKENDS + REPLICATED_BACKENDS
+
+#: Plain Redis and the topologies: for a Redis-only test that should hold on all three.
+REDIS_BACKENDS = [p for p in STORE_BACKENDS if str(p.values[0]).startswith("redis")]
 
 _SERVERS = {
     "redis": ("TOKENGUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"),
@@ -62,6 +92,9 @@ def backend_url_and_options(backend_id: str, tmp_path: Path) -> tuple[str, dict[
         return f"sqlite:///{tmp_path / 'tokenguard.sqlite3'}", {}
     if backend_id == "sqlite+pysqlite":
         return f"sqlite+pysqlite:///{tmp_path / 'tokenguard-sa.sqlite3'}", {}
+    if is_replicated(backend_id):
+        # Started at the first test that asks (once per run), stopped when the run ends.
+        return topology_url(backend_id), {"key_prefix": f"tgtest:{{{run}}}:", "replicas": 1}
     url = server_url(backend_id)
     if backend_id == "redis":
         return url, {"key_prefix": f"tgtest:{{{run}}}:"}

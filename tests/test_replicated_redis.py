@@ -1,8 +1,10 @@
 """The Redis store on replicated topologies: Sentinel and Cluster URLs, acknowledged writes,
 and a failover under token load.
 
-Each topology is started once for the module (``tests/replication.py``), and every test
-works under its own key prefix. Run them with ``pytest -m replication``.
+The topologies are the session's own (``tests/replicated_backends.py``), which the store
+suite (``tests/stores``, backends ``redis+sentinel`` and ``redis+cluster``) also runs its
+whole contract on; every test works under its own key prefix. Run them with
+``pytest -m replication``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 import time
 import typing as t
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
@@ -22,56 +25,36 @@ import requests
 from flask_tokenguard.errors import ConfigurationError
 from flask_tokenguard.errors import StoreError
 from flask_tokenguard.stores import store_from_url
-from flask_tokenguard.stores.base import Store
 from flask_tokenguard.stores.redis.store import RedisStore
+from tests import replicated_backends
+from tests.backends import backend_url_and_options
+from tests.backends import open_store as open_backend_store
 from tests.helpers import bearer
 from tests.helpers import flask_cli
 from tests.helpers import SampleServer
+from tests.replicated_backends import replicated_topologies
 from tests.replication import ClusterTopology
-from tests.replication import redis_cluster
-from tests.replication import redis_sentinel
 from tests.replication import SentinelTopology
-from tests.stores import test_admin_records as admin_records
-from tests.stores import test_contract as contract
-from tests.stores import test_seat_caps as seat_caps
 from tests.stores.records import make_session
 from tests.stores.records import NOW
 
 pytestmark = [pytest.mark.replication, pytest.mark.slow]
 
+__all__ = ["replicated_topologies"]  # the session fixture that stops the topologies
+
 Topology = SentinelTopology | ClusterTopology
 
-#: Contract tests (``tests/stores``) that must hold on a replicated store too: seats up to
-#: the limit and no further, rotation, ending, revocations, events and admin sessions.
-CONTRACT = [
-    contract.test_reset_deletes_every_record,
-    contract.test_client_round_trips_every_field,
-    contract.test_start_session_grants_seats_up_to_the_limit,
-    contract.test_start_session_refuses_a_seat_at_the_limit,
-    contract.test_rotate_refresh_swaps_the_hash_and_extends_the_session,
-    contract.test_rotate_refresh_fails_with_a_stale_hash,
-    contract.test_find_refresh_reports_a_used_hash_as_not_current,
-    contract.test_end_session_frees_its_seat,
-    contract.test_end_sessions_of_one_client_leaves_the_others,
-    contract.test_revocations_since_returns_only_newer_entries,
-    contract.test_list_sessions_filters_by_client,
-    seat_caps.test_replace_oldest_ends_exactly_the_oldest_seat_holder,
-    admin_records.test_recent_events_are_newest_first,
-    admin_records.test_touch_extends_the_admin_session,
-    admin_records.test_end_admin_session_returns_it_and_ends_it,
-]
+
+@pytest.fixture(scope="module")
+def sentinel_topology() -> SentinelTopology:
+    """The session's Sentinel topology (shared with the store suite; started if need be)."""
+    return replicated_backends.sentinel_topology()
 
 
 @pytest.fixture(scope="module")
-def sentinel_topology(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[SentinelTopology]:
-    with redis_sentinel(tmp_path_factory.mktemp("sentinel")) as topology:
-        yield topology
-
-
-@pytest.fixture(scope="module")
-def cluster_topology(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[ClusterTopology]:
-    with redis_cluster(tmp_path_factory.mktemp("cluster")) as topology:
-        yield topology
+def cluster_topology() -> ClusterTopology:
+    """The session's Cluster topology (shared with the store suite; started if need be)."""
+    return replicated_backends.cluster_topology()
 
 
 @pytest.fixture(scope="module", params=["sentinel", "cluster"])
@@ -109,11 +92,6 @@ def _replicas_of_store(topology: Topology, store: RedisStore) -> list[t.Any]:
     return topology.replicas_of(store.key_prefix)
 
 
-@pytest.mark.parametrize("case", CONTRACT, ids=[case.__name__[5:] for case in CONTRACT])
-def test_store_contract_holds(store: Store, case: t.Callable[[Store], None]) -> None:
-    case(store)
-
-
 def test_the_url_reaches_the_topology_through_redis_py(
     topology: Topology, store: RedisStore
 ) -> None:
@@ -129,6 +107,31 @@ def test_the_url_reaches_the_topology_through_redis_py(
         assert primary.zscore(store.key_prefix + "seats", "seen") is not None
     finally:
         primary.close()
+
+
+@pytest.mark.parametrize("backend_id", ["redis+sentinel", "redis+cluster"])
+def test_the_store_suite_runs_on_the_topology_with_acknowledged_writes(
+    backend_id: str, tmp_path: Path
+) -> None:
+    # What tests/stores gets for these backend ids: the session's topology, and writes
+    # that a replica holds by the time the store answers.
+    url, options = backend_url_and_options(backend_id, tmp_path)
+    topology = replicated_backends.topology(backend_id)
+    assert url == topology.url and options["replicas"] == 1
+    with open_backend_store(url, options) as store:
+        assert isinstance(store, RedisStore)
+        assert store.start_session(make_session("held"), 5, NOW).started
+        replicas = _replicas_of_store(topology, store)
+        assert replicas
+        for replica in replicas:
+            client = replica.client(decode_responses=True)
+            try:
+                # A replica may serve reads of its own keys (READONLY on a cluster node).
+                if isinstance(topology, ClusterTopology):
+                    client.execute_command("READONLY")
+                assert client.zscore(store.key_prefix + "seats", "held") is not None
+            finally:
+                client.close()
 
 
 def test_acknowledged_writes_succeed_while_a_replica_is_up(

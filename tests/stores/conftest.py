@@ -2,7 +2,10 @@
 
 A test that uses the ``store`` fixture (or ``store_id``) is parametrised over every
 backend; one marked ``@pytest.mark.cross_process`` over those that separate processes
-share. Isolation, server URLs and CI behaviour are described in ``tests/backends.py``.
+share. Besides the backends of the HTTP tests, these include a Redis Sentinel and a Redis
+Cluster topology (``redis+sentinel``, ``redis+cluster``, marked ``replication``), started at
+the first test that needs one and stopped when the session ends. Isolation, server URLs
+and CI behaviour are described in ``tests/backends.py``.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import pytest
 
 from flask_tokenguard.stores.base import Store
 from tests.backends import backend_url_and_options
-from tests.backends import BACKENDS as STORES
-from tests.backends import CROSS_PROCESS_BACKENDS as CROSS_PROCESS_STORES
+from tests.backends import CROSS_PROCESS_STORE_BACKENDS as CROSS_PROCESS_STORES
 from tests.backends import open_store
+from tests.backends import STORE_BACKENDS as STORES
+from tests.replicated_backends import replicated_topologies
+
+__all__ = ["replicated_topologies"]  # the session fixture that stops the topologies
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
