@@ -13,6 +13,7 @@ import pytest
 
 from flask_tokenguard.stores import store_from_url
 from flask_tokenguard.stores.base import Store
+from tests.backends import REDIS_BACKENDS
 from tests.stores import _workers
 from tests.stores.records import make_session
 from tests.stores.records import NOW
@@ -94,7 +95,7 @@ def test_processes_creating_the_first_epoch_at_once_agree(
         assert epochs == {store.revocation_epoch()}
 
 
-@pytest.mark.parametrize("store_id", ["redis"])
+@pytest.mark.parametrize("store_id", REDIS_BACKENDS)
 def test_redis_keys_lost_mean_a_new_epoch(store: Store) -> None:
     """A restart without persistence, a failover or a FLUSH loses the counter's keys."""
     client = t.cast("t.Any", store)._client
@@ -117,7 +118,7 @@ def test_redis_keys_lost_mean_a_new_epoch(store: Store) -> None:
     assert store.revocations_since(0, NOW) == ({"jti-2": NOW + TTL}, 1)
 
 
-@pytest.mark.parametrize("store_id", ["redis"])
+@pytest.mark.parametrize("store_id", REDIS_BACKENDS)
 def test_redis_revoking_after_the_keys_were_lost_starts_a_new_epoch(store: Store) -> None:
     client = t.cast("t.Any", store)._client
     prefix = t.cast("t.Any", store).key_prefix
@@ -131,7 +132,7 @@ def test_redis_revoking_after_the_keys_were_lost_starts_a_new_epoch(store: Store
     assert store.revocation_epoch() != before
 
 
-@pytest.mark.parametrize("store_id", ["redis"])
+@pytest.mark.parametrize("store_id", REDIS_BACKENDS)
 def test_redis_counter_from_before_epochs_keeps_its_value(store: Store) -> None:
     client = t.cast("t.Any", store)._client
     prefix = t.cast("t.Any", store).key_prefix
@@ -181,7 +182,7 @@ def test_skew_keeps_unexpired_sessions_that_hold_no_seat(store: Store) -> None:
 # -- Redis: per-client session sets ----------------------------------------------------
 
 
-@pytest.mark.parametrize("store_id", ["redis"])
+@pytest.mark.parametrize("store_id", REDIS_BACKENDS)
 def test_redis_client_set_does_not_grow_with_sessions_expired_by_ttl(store: Store) -> None:
     client = t.cast("t.Any", store)._client
     prefix = t.cast("t.Any", store).key_prefix
@@ -202,7 +203,7 @@ def test_redis_client_set_does_not_grow_with_sessions_expired_by_ttl(store: Stor
     assert [s.session_id for s in store.list_sessions("app", later)] == ["new-0", "new-1", "new-2"]
 
 
-@pytest.mark.parametrize("store_id", ["redis"])
+@pytest.mark.parametrize("store_id", REDIS_BACKENDS)
 def test_redis_client_set_sheds_members_no_index_names(store: Store) -> None:
     """Members left by a release that kept no session-to-client index leave the set too."""
     client = t.cast("t.Any", store)._client
