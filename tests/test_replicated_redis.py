@@ -76,9 +76,9 @@ def open_replicated(topology: Topology) -> t.Iterator[t.Callable[..., RedisStore
         return store
 
     yield open_store
+    opened[0].drop()
     for store in opened:
         store.close()
-    opened[0].drop()
 
 
 @pytest.fixture
@@ -132,6 +132,28 @@ def test_the_store_suite_runs_on_the_topology_with_acknowledged_writes(
                 assert client.zscore(store.key_prefix + "seats", "held") is not None
             finally:
                 client.close()
+
+
+def test_an_acknowledged_write_loads_its_script_where_the_primary_lost_it(
+    topology: Topology, open_replicated: t.Callable[..., RedisStore]
+) -> None:
+    # Acknowledged writes send EVALSHA and WAIT in one pipeline, without asking SCRIPT
+    # EXISTS first; a primary without the script (restarted, or promoted) runs nothing
+    # and answers NOSCRIPT: the store loads it and sends both again, once.
+    store = open_replicated(replicas=1)
+    assert store.start_session(make_session("before"), 5, NOW).started
+    if isinstance(topology, SentinelTopology):
+        primary = topology.server_at(topology.primary_address()).client()
+    else:
+        primary = topology.node_at(topology.master_of(store.key_prefix)).client()
+    try:
+        primary.script_flush()
+    finally:
+        primary.close()
+    assert store.start_session(make_session("after"), 5, NOW).started
+    assert store.seats_in_use(NOW) == 2
+    assert store.end_session("before", NOW) is not None
+    assert store.seats_in_use(NOW) == 1
 
 
 def test_acknowledged_writes_succeed_while_a_replica_is_up(

@@ -493,12 +493,24 @@ class RedisStore(Store):
         client: t.Any = self._client
         if self._cluster:
             client = client.get_redis_connection(client.get_node_from_key(keys[0]))
-        pipe = client.pipeline(transaction=False)
-        # A Script given a pipeline loads itself (SCRIPT LOAD) on that connection if needed.
-        self._scripts[name](keys=list(keys), args=list(args), client=pipe)
-        pipe.wait(self._wait_for(client), self.replicas_timeout)
-        reply, acks = pipe.execute()
-        return reply, int(acks)
+        script = self._scripts[name]
+        wait_for = self._wait_for(client)
+        for attempt in range(2):
+            pipe = client.pipeline(transaction=False)
+            # EVALSHA itself: a Script given a pipeline would ask SCRIPT EXISTS first, one
+            # more round trip on every write. A server that lacks the script (new, or
+            # restarted) ran nothing: load it and send both again.
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.wait(wait_for, self.replicas_timeout)
+            try:
+                reply, acks = pipe.execute()
+            except self._redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                client.script_load(script.script)
+                continue
+            return reply, int(acks)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _wait_for(self, client: t.Any) -> int:
         """How many acknowledgements to wait for: every connected replica, at least
@@ -552,6 +564,10 @@ class RedisStore(Store):
             client.disconnect_connection_pools()  # one pool per node
         else:
             client.connection_pool.disconnect()
+            # redis+sentinel://: the Sentinels' own connections (redis-py's pool keeps them).
+            sentinels = getattr(client.connection_pool, "sentinel_manager", None)
+            for sentinel in getattr(sentinels, "sentinels", ()):
+                sentinel.connection_pool.disconnect()
 
     def reset(self) -> None:
         """Delete every key under this store's prefix (and nothing else)."""
