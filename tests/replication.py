@@ -748,7 +748,8 @@ def _pg_settings(port: int) -> str:
             f"port = {port}",
             f"listen_addresses = '{HOST}'",
             "ssl = off",
-            "max_connections = 30",
+            # Three sample app processes (two pools each) and the test's own connections.
+            "max_connections = 60",
             "shared_buffers = 16MB",
             "fsync = off",  # safe against a killed process; only a crashed OS loses data
             "wal_level = replica",
@@ -900,6 +901,37 @@ class PostgresNode:
         """SIGKILL the postmaster (its backends notice and exit on their own)."""
         _kill_postmaster(self.data)
         self.killed = True
+
+    def processes(self) -> list[int]:
+        """The postmaster's pid and its children's (walreceiver, startup, backends...)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+        found = [postmaster]
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # ended meanwhile
+            if int(stat.rsplit(")", 1)[-1].split()[1]) == postmaster:
+                found.append(int(entry.name))
+        return found
+
+    @contextlib.contextmanager
+    def paused(self) -> t.Iterator[None]:
+        """SIGSTOP the whole cluster for the ``with`` block (a hung host: connections stay
+        open, nothing answers); SIGCONT after, however the block ends."""
+        stopped: list[int] = []
+        try:
+            for pid in self.processes():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+            yield
+        finally:
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
 
 class PostgresTopology:

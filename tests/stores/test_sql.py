@@ -735,3 +735,43 @@ def test_multi_host_postgresql_urls_take_sqlalchemys_form(url: str, expected: st
     from flask_tokenguard.stores.sql.store import _multihost_url
 
     assert _multihost_url(url) == expected
+
+
+def test_replicas_timeout_is_a_postgresql_option_in_milliseconds(sqlite_url: str) -> None:
+    url = "postgresql://postgres@127.0.0.1/test"
+    default = store_from_url(url)
+    given = store_from_url(url, replicas_timeout=250)
+    try:
+        assert default.replicas_timeout == sql_module.REPLICAS_TIMEOUT_MS == 1000  # type: ignore[attr-defined]
+        assert given.replicas_timeout == 250  # type: ignore[attr-defined]
+    finally:
+        default.close()
+        given.close()
+    for value in (0, -1, 1.5, "500", True):
+        with pytest.raises(ConfigurationError, match="replicas_timeout must be an integer"):
+            store_from_url(url, replicas_timeout=value)
+    for other in (sqlite_url, "mysql+pymysql://root@127.0.0.1/test"):
+        with pytest.raises(ConfigurationError, match="option of PostgreSQL"):
+            store_from_url(other, replicas_timeout=500)
+    # The standbys a commit waits for are the server's setting: no ``replicas`` here.
+    with pytest.raises(ConfigurationError):
+        store_from_url(url, replicas=1)
+
+
+def test_the_commit_watch_cancels_only_what_outlasts_its_deadline() -> None:
+    watch = sql_module._CommitWatch()
+    fired = threading.Event()
+    late = watch.arm(0.05, fired.set)
+    in_time = watch.arm(30, lambda: pytest.fail("a disarmed commit was cancelled"))
+    assert fired.wait(5), "the cancel was not sent"
+    assert watch.disarm(in_time) is True, "disarmed before its deadline"
+    assert watch.disarm(late) is False, "its cancel went out already"
+    # A cancel that raises (the server is gone) does not stop the watch.
+    again = threading.Event()
+
+    def failing() -> None:
+        raise OSError("unreachable")
+
+    watch.arm(0.01, failing)
+    watch.arm(0.02, again.set)
+    assert again.wait(5)

@@ -36,6 +36,17 @@ key of any length and characters fits one short primary key on every engine (Inn
 limits index keys to 3072 bytes, 768 utf8mb4 characters) and compares byte for byte,
 whatever the column collations (MySQL's PAD SPACE would make "bob" equal "bob ").
 
+Synchronous standbys (PostgreSQL): with ``synchronous_standby_names`` set, a COMMIT
+returns once enough standbys have the transaction, and waits for ever while none
+answers; ``statement_timeout`` does not bound that wait (the server turns it off before
+committing). So each commit is watched (``_CommitWatch``, no round trip): past
+``replicas_timeout`` milliseconds the backend is sent a cancel. A cancelled wait leaves
+the transaction committed on the primary alone and only says so in a WARNING, which a
+notice handler on each connection notices (``_SyncRepNotices``); the store then takes
+back what the caller must not leave held (a started session, a rotation), in a
+transaction with ``synchronous_commit = local`` so that it does not wait in turn, and
+raises ``StoreError``. A connection that was sent a cancel is not reused.
+
 SQLAlchemy is imported lazily: the tables and statements are built once per process by
 ``_sql()`` on first use and then shared by every store, so the compiled-statement cache
 hits on every call (building statements per call triples the cost of Core).
@@ -51,6 +62,7 @@ import os
 import random
 import re
 import threading
+import time
 import typing as t
 
 from ...errors import ConfigurationError
@@ -103,6 +115,110 @@ _FREE_SWEEP_EVERY = 16
 _IDS_PER_DELETE = 500
 #: Drivers whose connection's socket ``_drop_closed_connections`` can find.
 _POLLED_DRIVERS = frozenset({"psycopg", "pymysql"})
+#: Default ``replicas_timeout`` (PostgreSQL): milliseconds a COMMIT may wait for the
+#: synchronous standbys before it is cancelled; the Redis store's default for its WAIT.
+REPLICAS_TIMEOUT_MS = 1000
+#: Seconds the watch gives psycopg to deliver one cancel request.
+_CANCEL_TIMEOUT = 2.0
+#: Seconds without a commit to watch after which the watch's thread ends.
+_WATCH_IDLE = 10.0
+#: The key of a connection's ``_SyncRepNotices`` in its pool record's ``info``.
+_NOTICES_KEY = "tokenguard_sync_rep_notices"
+
+
+class _CommitWatch:
+    """Send a cancel to each watched commit still running at its deadline.
+
+    One thread per process serves every store, started at the first commit and ended
+    after ``_WATCH_IDLE`` seconds with nothing to watch. Arming and disarming a commit
+    cost a dictionary entry: the thread wakes only for the earliest deadline, and a
+    commit that returns in time never wakes it.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget everything (also in a forked child, whose copy of the thread is gone)."""
+        self._cond = threading.Condition()
+        self._armed: dict[int, tuple[float, t.Callable[[], object]]] = {}
+        self._keys = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._wake_at = float("inf")
+
+    def arm(self, seconds: float, cancel: t.Callable[[], object]) -> int:
+        """Call ``cancel()`` in ``seconds`` unless ``disarm`` comes first; return its key."""
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            key = next(self._keys)
+            self._armed[key] = (deadline, cancel)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tokenguard-commit-watch", daemon=True
+                )
+                self._thread.start()
+            elif deadline < self._wake_at:
+                self._cond.notify()
+        return key
+
+    def disarm(self, key: int) -> bool:
+        """Stop watching; False when the cancel was sent already (and has returned)."""
+        with self._cond:
+            return self._armed.pop(key, None) is not None
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for key, (deadline, cancel) in list(self._armed.items()):
+                    if deadline <= now:
+                        del self._armed[key]
+                        # Under the lock, so that ``disarm`` returns only after the cancel
+                        # went out: its connection is not closed or reused meanwhile.
+                        with contextlib.suppress(Exception):
+                            cancel()
+                if self._armed:
+                    self._wake_at = min(deadline for deadline, _ in self._armed.values())
+                    self._cond.wait(max(self._wake_at - time.monotonic(), 0.0))
+                    continue
+                self._wake_at = float("inf")
+                if not self._cond.wait(_WATCH_IDLE) and not self._armed:
+                    self._thread = None
+                    return
+
+
+_COMMIT_WATCH = _CommitWatch()
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_COMMIT_WATCH._reset)
+
+
+class _SyncRepNotices:
+    """psycopg's notice handler on a PostgreSQL connection: notes the WARNING that says a
+    commit stopped waiting for its synchronous standbys (cancelled, by the watch or by
+    anyone else), which is all the client learns: the COMMIT itself succeeds."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, diagnostic: t.Any) -> None:
+        # SQLSTATE 01000 (a plain warning) and the server's English message text: the
+        # watch's own cancels are known without it, whatever the server's lc_messages.
+        message = diagnostic.message_primary or ""
+        if diagnostic.sqlstate == "01000" and "synchronous replication" in message:
+            self.seen = True
+
+
+def _listen_for_sync_rep_notices(dbapi_connection: t.Any, record: t.Any) -> None:
+    """The pool's ``connect`` event: a ``_SyncRepNotices`` on each new connection."""
+    notices = _SyncRepNotices()
+    dbapi_connection.add_notice_handler(notices)
+    record.info[_NOTICES_KEY] = notices
+
+
+class _Undoing(threading.local):
+    """Per thread: whether the store is taking back an unacknowledged commit now."""
+
+    active = False
 
 
 _SQL_LOCK = threading.Lock()
@@ -140,6 +256,22 @@ def _multihost_url(url: str) -> str:
     return f"{scheme}://{userinfo}{at}/{path}?{'&'.join(params)}"
 
 
+def _replicas_timeout(value: t.Any, watched: bool) -> int | None:
+    """The ``replicas_timeout`` option: milliseconds >= 1 (as the Redis store's), or None
+    when commits are not watched (only psycopg on PostgreSQL can be)."""
+    if not watched:
+        if value is not None:
+            raise ConfigurationError(
+                "replicas_timeout is an option of PostgreSQL (postgresql:// with psycopg) only"
+            )
+        return None
+    if value is None:
+        return REPLICAS_TIMEOUT_MS
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError("replicas_timeout must be an integer >= 1 (milliseconds)")
+    return value
+
+
 class SQLAlchemyStore(Store):
     """PostgreSQL (psycopg 3), MySQL/MariaDB (PyMySQL) and SQL Server, via Core.
 
@@ -148,7 +280,9 @@ class SQLAlchemyStore(Store):
 
     Options go to ``create_engine`` except ``schema``: a PostgreSQL/SQL Server schema
     or a MySQL database, created if missing, that holds the tables (tests isolate runs
-    with it).
+    with it), and ``replicas_timeout`` (PostgreSQL with psycopg; milliseconds, default
+    ``REPLICAS_TIMEOUT_MS``): how long a commit may wait for synchronous standbys before
+    it is cancelled, taken back and reported as ``StoreError`` (module docstring).
     """
 
     schemes = schemes_of("sql")
@@ -172,6 +306,11 @@ class SQLAlchemyStore(Store):
             # SQLAlchemy's bare "postgresql" means psycopg2; we ship psycopg 3.
             parsed = parsed.set(drivername="postgresql+psycopg")
         backend = parsed.get_backend_name()
+        watched = backend == "postgresql" and parsed.get_driver_name() == "psycopg"
+        #: Milliseconds a commit may wait for synchronous standbys (None: not watched).
+        self.replicas_timeout: int | None = _replicas_timeout(
+            options.pop("replicas_timeout", None), watched
+        )
         if schema is not None and (backend == "sqlite" or not _SCHEMA_NAME.fullmatch(schema)):
             raise ConfigurationError(
                 f"schema {schema!r} is not usable: letters, digits, '_' and '-' only, "
@@ -217,6 +356,10 @@ class SQLAlchemyStore(Store):
         if polled:
             for pooled in {engine, reader}:
                 sa.event.listen(pooled, "checkout", _drop_closed_connections)
+        if watched:
+            # Only the writer commits; autocommit reads never wait for a standby.
+            sa.event.listen(engine, "connect", _listen_for_sync_rep_notices)
+        self._undoing = _Undoing()
         self._base_engine: Engine = engine
         self._base_reader: Engine = reader
         translate = {"schema_translate_map": {None: schema}} if schema else {}
@@ -272,20 +415,76 @@ class SQLAlchemyStore(Store):
     # -- plumbing ----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _tx(self) -> t.Iterator[Connection]:
+    def _tx(self, undo: t.Callable[[], object] | None = None) -> t.Iterator[Connection]:
         """One pooled connection and one transaction per store call.
 
         A unique violation means the record exists: ``ConflictError``. Other driver
-        failures become ``StoreError``.
+        failures become ``StoreError``, and so does a commit that the synchronous
+        standbys did not acknowledge in time: it holds on the primary only, so ``undo()``
+        first takes back (best effort) what the caller must not leave held.
         """
         if not self._ready:
             self._setup()
-        with self.wrap_errors():
-            try:
-                with self._engine.begin() as conn:
-                    yield conn
-            except self._exc.IntegrityError as exc:
-                raise ConflictError("a record with that key exists") from exc
+        unacknowledged = False
+        try:
+            with self.wrap_errors():
+                try:
+                    with self._engine.connect() as conn:
+                        armed: tuple[int, _SyncRepNotices] | None = None
+                        try:
+                            with conn.begin():
+                                if self._undoing.active and self.replicas_timeout is not None:
+                                    # The undo of a commit nobody acknowledged: no wait.
+                                    conn.exec_driver_sql("SET LOCAL synchronous_commit = local")
+                                yield conn
+                                armed = self._arm_commit(conn)  # the block's end commits
+                        finally:
+                            if armed is not None:
+                                unacknowledged = self._disarm_commit(conn, *armed)
+                except self._exc.IntegrityError as exc:
+                    raise ConflictError("a record with that key exists") from exc
+        finally:
+            if unacknowledged and undo is not None:
+                self._take_back(undo)
+        if unacknowledged:
+            done = "it was taken back" if undo is not None else "it holds on the primary only"
+            raise StoreError(
+                f"SQLAlchemyStore: no synchronous standby acknowledged the commit within "
+                f"{self.replicas_timeout} ms; {done}"
+            )
+
+    def _arm_commit(self, conn: Connection) -> tuple[int, _SyncRepNotices] | None:
+        """Watch the commit about to be sent on ``conn``; None when it is not watched."""
+        if self.replicas_timeout is None or self._undoing.active:
+            return None
+        pooled = conn.connection
+        notices: _SyncRepNotices = pooled.info[_NOTICES_KEY]  # set by the connect event
+        notices.seen = False
+        driver: t.Any = pooled.dbapi_connection
+
+        def cancel() -> None:
+            driver.cancel_safe(timeout=_CANCEL_TIMEOUT)
+
+        return _COMMIT_WATCH.arm(self.replicas_timeout / 1000, cancel), notices
+
+    @staticmethod
+    def _disarm_commit(conn: Connection, key: int, notices: _SyncRepNotices) -> bool:
+        """Whether the watched commit went unacknowledged (cancelled, by us or others)."""
+        cancelled = not _COMMIT_WATCH.disarm(key)
+        if cancelled:
+            # A cancel that reached the backend late must not hit a later statement.
+            conn.invalidate()
+        return cancelled or notices.seen
+
+    def _take_back(self, undo: t.Callable[[], object]) -> None:
+        """Run ``undo`` with ``synchronous_commit = local`` (see ``_tx``); best effort."""
+        self._undoing.active = True
+        try:
+            undo()
+        except StoreError:
+            pass  # the unacknowledged commit is the failure to report
+        finally:
+            self._undoing.active = False
 
     def _read(self, statement: t.Any, params: t.Mapping[str, t.Any] | None = None) -> list[t.Any]:
         """The rows of one read-only statement, in one round trip (autocommit).
@@ -622,16 +821,21 @@ class SQLAlchemyStore(Store):
         q = self._q
         # Seats are reclaimed only once expired on every host's clock (see ``Store``).
         before = {"now": now - max(skew, 0.0)}
+
+        def undo() -> None:
+            # An unacknowledged start is ended again, so its seat is free (``_tx``).
+            self.end_session(session.session_id, now)
+
         if not session.holds_seat:
             # No pool lock: nothing about seats changes (see the module docstring).
-            with self._tx() as conn:
+            with self._tx(undo) as conn:
                 conn.execute(q.insert_session, records.session_record(session))
             # Counted, not drawn: a request's round trips stay predictable (tests).
             if next(self._free_starts) % _FREE_SWEEP_EVERY == _FREE_SWEEP_EVERY - 1:
                 self._sweep_free(before)
             return SeatOutcome(True, None)
         replaced: list[TokenSession] = []
-        with self._tx() as conn:
+        with self._tx(undo) as conn:
             # 1. Lock: concurrent acquirers queue here, across processes and hosts.
             counter = self._take_seat_lock(conn)
             held = counter - 1  # counted in advance by the lock
@@ -727,7 +931,12 @@ class SQLAlchemyStore(Store):
             "b_expires_at": expires_at,
             "now": now,
         }
-        with self._tx() as conn:
+
+        def undo() -> None:
+            # Unacknowledged: the client's retry with its old token must be a refresh.
+            self.unrotate_refresh(session_id, old_hash, new_hash, now)
+
+        with self._tx(undo) as conn:
             # The UPDATE is the compare-and-swap; its row lock holds off a second
             # refresh with the same token until we commit.
             if self._returning:
