@@ -8,6 +8,7 @@ file.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import subprocess
@@ -775,3 +776,95 @@ def test_the_commit_watch_cancels_only_what_outlasts_its_deadline() -> None:
     watch.arm(0.01, failing)
     watch.arm(0.02, again.set)
     assert again.wait(5)
+
+
+# -- resends across a failover (failover_timeout) ----------------------------------------
+
+
+def _lose_the_next_commit_reply(store: SQLAlchemyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next transaction commits, then its connection breaks before the answer (a
+    primary killed after its standby had the commit): the caller sees an OperationalError."""
+    real = store._tx
+    lost: list[bool] = []
+
+    @contextlib.contextmanager
+    def tx(undo: t.Callable[[], object] | None = None) -> t.Iterator[t.Any]:
+        with real(undo) as conn:
+            yield conn
+        if not lost:
+            lost.append(True)
+            broken = sa.exc.OperationalError(
+                "COMMIT", {}, Exception("server closed the connection")
+            )
+            raise StoreError("SQLAlchemyStore failed: OperationalError", broken) from broken
+
+    monkeypatch.setattr(store, "_tx", tx)
+
+
+def _session(session_id: str) -> TokenSession:
+    return records.make_session(session_id, created_at=records.NOW, expires_at=records.NOW + 1000)
+
+
+def _writes_are_resent_and_recognised(
+    store: SQLAlchemyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert store.start_session(_session("a"), 5, records.NOW).started
+    # A start whose commit held: resent, found, not inserted (or counted) twice.
+    _lose_the_next_commit_reply(store, monkeypatch)
+    assert store.start_session(_session("b"), 5, records.NOW).started
+    assert store.seats_in_use(records.NOW) == 2
+    # A rotation whose commit held: the resend finds its own new hash, not a replay.
+    _lose_the_next_commit_reply(store, monkeypatch)
+    rotated = store.rotate_refresh("b", "hash-b", "next-b", records.NOW + 1100, records.NOW + 10)
+    assert rotated is not None and rotated.refresh_hash == "next-b"
+    assert store.find_refresh("hash-b", records.NOW + 11) == (rotated, False)
+    # Its take-back, likewise.
+    _lose_the_next_commit_reply(store, monkeypatch)
+    assert store.unrotate_refresh("b", "hash-b", "next-b", records.NOW + 12)
+    found = store.find_refresh("hash-b", records.NOW + 13)
+    assert found is not None and found[1] is True
+    # A logoff whose commit held stays done.
+    _lose_the_next_commit_reply(store, monkeypatch)
+    store.end_session("b", records.NOW + 14)
+    assert store.get_session("b", records.NOW + 15) is None
+    assert store.seats_in_use(records.NOW + 15) == 1
+
+
+def test_writes_are_resent_across_a_failover_and_know_their_first_run(
+    server_url: str,
+    make_store: t.Callable[..., SQLAlchemyStore],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = make_store(server_url, schema=new_schema(), failover_timeout=2)
+    _writes_are_resent_and_recognised(store, monkeypatch)
+
+
+def test_writes_are_resent_on_the_sqlalchemy_sqlite_store_too(
+    sqlite_url: str,
+    make_store: t.Callable[..., SQLAlchemyStore],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _writes_are_resent_and_recognised(make_store(sqlite_url, failover_timeout=2), monkeypatch)
+
+
+def test_failover_timeout_defaults_to_ten_seconds_for_several_hosts_only(
+    make_store: t.Callable[..., SQLAlchemyStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    several = store_from_url("postgresql://postgres@127.0.0.1:5432,127.0.0.1:5432/test")
+    one = make_store(POSTGRESQL_URL, schema=new_schema())
+    try:
+        assert several.failover_timeout == sql_module.FAILOVER_TIMEOUT == 10.0  # type: ignore[attr-defined]
+        assert one.failover_timeout == 0.0
+    finally:
+        several.close()
+    for value in (-1, "5", True):
+        with pytest.raises(ConfigurationError, match="failover_timeout"):
+            store_from_url(POSTGRESQL_URL, failover_timeout=value)
+    # One host: an outage is answered at once (503), nothing is sent twice.
+    try:
+        one.check()
+    except StoreError as exc:
+        unavailable(f"{POSTGRESQL_URL} unreachable: {exc}")
+    _lose_the_next_commit_reply(one, monkeypatch)
+    with pytest.raises(StoreError):
+        one.start_session(_session("x"), 5, records.NOW)

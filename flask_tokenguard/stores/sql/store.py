@@ -47,6 +47,14 @@ back what the caller must not leave held (a started session, a rotation), in a
 transaction with ``synchronous_commit = local`` so that it does not wait in turn, and
 raises ``StoreError``. A connection that was sent a cancel is not reused.
 
+Failover (a libpq multi-host URL): while libpq finds the new primary, a call whose
+connection broke, or that found no host taking writes, is sent again for up to
+``failover_timeout`` seconds (default 10 for several hosts, 0 for one). A write may have
+committed before its connection broke, so each one recognises its own first run when it
+is resent: a start finds its session (with its refresh hash), a rotation finds its new
+hash current (only that caller knows it), a take-back finds the old hash current, and an
+end finds nothing left to end. Reads are simply read again.
+
 SQLAlchemy is imported lazily: the tables and statements are built once per process by
 ``_sql()`` on first use and then shared by every store, so the compiled-statement cache
 hits on every call (building statements per call triples the cost of Core).
@@ -115,6 +123,12 @@ _FREE_SWEEP_EVERY = 16
 _IDS_PER_DELETE = 500
 #: Drivers whose connection's socket ``_drop_closed_connections`` can find.
 _POLLED_DRIVERS = frozenset({"psycopg", "pymysql"})
+#: Default ``failover_timeout`` for a multi-host URL: seconds a call that lost its
+#: connection is sent again while libpq finds the new primary (none for one host).
+FAILOVER_TIMEOUT = 10.0
+#: Seconds between two such attempts.
+_RESEND_PAUSE = 0.2
+_T = t.TypeVar("_T")
 #: Default ``replicas_timeout`` (PostgreSQL): milliseconds a COMMIT may wait for the
 #: synchronous standbys before it is cancelled; the Redis store's default for its WAIT.
 REPLICAS_TIMEOUT_MS = 1000
@@ -198,14 +212,18 @@ class _SyncRepNotices:
     anyone else), which is all the client learns: the COMMIT itself succeeds."""
 
     def __init__(self) -> None:
+        #: A plain warning (SQLSTATE 01000) came, in any language.
+        self.warned = False
+        #: It was the server's English one about synchronous replication.
         self.seen = False
 
+    def clear(self) -> None:
+        self.warned = self.seen = False
+
     def __call__(self, diagnostic: t.Any) -> None:
-        # SQLSTATE 01000 (a plain warning) and the server's English message text: the
-        # watch's own cancels are known without it, whatever the server's lc_messages.
-        message = diagnostic.message_primary or ""
-        if diagnostic.sqlstate == "01000" and "synchronous replication" in message:
-            self.seen = True
+        if diagnostic.sqlstate == "01000":
+            self.warned = True
+            self.seen = self.seen or "synchronous replication" in (diagnostic.message_primary or "")
 
 
 def _listen_for_sync_rep_notices(dbapi_connection: t.Any, record: t.Any) -> None:
@@ -311,6 +329,13 @@ class SQLAlchemyStore(Store):
         self.replicas_timeout: int | None = _replicas_timeout(
             options.pop("replicas_timeout", None), watched
         )
+        failover = options.pop(
+            "failover_timeout", FAILOVER_TIMEOUT if _multihost_url(url) != url else 0.0
+        )
+        if isinstance(failover, bool) or not isinstance(failover, (int, float)) or failover < 0:
+            raise ConfigurationError("failover_timeout must be a number of seconds >= 0")
+        #: Seconds a call that lost its connection is sent again (module docstring).
+        self.failover_timeout: float = float(failover)
         if schema is not None and (backend == "sqlite" or not _SCHEMA_NAME.fullmatch(schema)):
             raise ConfigurationError(
                 f"schema {schema!r} is not usable: letters, digits, '_' and '-' only, "
@@ -459,7 +484,7 @@ class SQLAlchemyStore(Store):
             return None
         pooled = conn.connection
         notices: _SyncRepNotices = pooled.info[_NOTICES_KEY]  # set by the connect event
-        notices.seen = False
+        notices.clear()
         driver: t.Any = pooled.dbapi_connection
 
         def cancel() -> None:
@@ -469,12 +494,15 @@ class SQLAlchemyStore(Store):
 
     @staticmethod
     def _disarm_commit(conn: Connection, key: int, notices: _SyncRepNotices) -> bool:
-        """Whether the watched commit went unacknowledged (cancelled, by us or others)."""
+        """Whether the watched commit went unacknowledged: the server said it stopped
+        waiting for the standbys (cancelled by anyone), or warned while our cancel was out
+        (whatever its ``lc_messages``). A commit that our cancel reached too late, with no
+        warning, was acknowledged: a slow commit on a server without standbys succeeds."""
         cancelled = not _COMMIT_WATCH.disarm(key)
         if cancelled:
             # A cancel that reached the backend late must not hit a later statement.
             conn.invalidate()
-        return cancelled or notices.seen
+        return notices.seen or (cancelled and notices.warned)
 
     def _take_back(self, undo: t.Callable[[], object]) -> None:
         """Run ``undo`` with ``synchronous_commit = local`` (see ``_tx``); best effort."""
@@ -500,9 +528,37 @@ class SQLAlchemyStore(Store):
             try:
                 return self._read_once(statement, params)
             except self._exc.DBAPIError as exc:
-                if not exc.connection_invalidated:
+                if not exc.connection_invalidated and not self._failing_over(exc):
                     raise
-            return self._read_once(statement, params)
+            deadline = time.monotonic() + self.failover_timeout
+            while True:
+                try:
+                    return self._read_once(statement, params)
+                except self._exc.DBAPIError as exc:
+                    if not self._failing_over(exc) or time.monotonic() >= deadline:
+                        raise
+                time.sleep(_RESEND_PAUSE)
+
+    def _failing_over(self, exc: BaseException | None) -> bool:
+        """Whether ``exc`` may be a failover under way: the connection broke, or no host
+        takes writes yet (with ``failover_timeout``; a driver's OperationalError)."""
+        return bool(self.failover_timeout) and isinstance(exc, self._exc.OperationalError)
+
+    def _resending(self, call: t.Callable[[bool], _T]) -> _T:
+        """``call(False)``; while it fails as by a failover, ``call(True)`` until it
+        answers or ``failover_timeout`` passes. The first attempt may have committed
+        before its connection broke: each write recognises its own earlier run when
+        called with True, so the answer matches what the new primary holds."""
+        deadline = time.monotonic() + self.failover_timeout
+        resend = False
+        while True:
+            try:
+                return call(resend)
+            except StoreError as exc:
+                if not self._failing_over(exc.__cause__) or time.monotonic() >= deadline:
+                    raise
+            resend = True
+            time.sleep(_RESEND_PAUSE)
 
     def _read_once(self, statement: t.Any, params: t.Mapping[str, t.Any] | None) -> list[t.Any]:
         with self._reader.connect() as conn:
@@ -822,6 +878,27 @@ class SQLAlchemyStore(Store):
         # Seats are reclaimed only once expired on every host's clock (see ``Store``).
         before = {"now": now - max(skew, 0.0)}
 
+        def start(resend: bool) -> SeatOutcome:
+            if resend:
+                # The first attempt may have committed before its connection broke.
+                found = self._read(q.get_session_any, {"b_session_id": session.session_id})
+                if found and found[0].refresh_hash == session.refresh_hash:
+                    return SeatOutcome(True, None)
+            return self._start_once(session, seat_limit, now, before, client_cap, replace_oldest)
+
+        return self._resending(start)
+
+    def _start_once(
+        self,
+        session: TokenSession,
+        seat_limit: int | None,
+        now: float,
+        before: dict[str, float],
+        client_cap: int | None,
+        replace_oldest: bool,
+    ) -> SeatOutcome:
+        q = self._q
+
         def undo() -> None:
             # An unacknowledged start is ended again, so its seat is free (``_tx``).
             self.end_session(session.session_id, now)
@@ -936,19 +1013,29 @@ class SQLAlchemyStore(Store):
             # Unacknowledged: the client's retry with its old token must be a refresh.
             self.unrotate_refresh(session_id, old_hash, new_hash, now)
 
-        with self._tx(undo) as conn:
-            # The UPDATE is the compare-and-swap; its row lock holds off a second
-            # refresh with the same token until we commit.
-            if self._returning:
-                row = conn.execute(q.rotate_returning, params).first()
+        def rotate(resend: bool) -> TokenSession | None:
+            with self._tx(undo) as conn:
+                # The UPDATE is the compare-and-swap; its row lock holds off a second
+                # refresh with the same token until we commit.
+                if self._returning:
+                    row = conn.execute(q.rotate_returning, params).first()
+                elif conn.execute(q.rotate, params).rowcount == 1:
+                    row = conn.execute(q.get_session_any, {"b_session_id": session_id}).one()
+                else:
+                    row = None
                 if row is None:
+                    if resend:
+                        # The first attempt committed before its connection broke: the
+                        # new hash, which only this caller knows, is current.
+                        again = conn.execute(q.get_session_any, {"b_session_id": session_id})
+                        row = again.first()
+                        if row is not None and row.refresh_hash == new_hash:
+                            return records.session_from(row._mapping)
                     return None
-            else:
-                if conn.execute(q.rotate, params).rowcount != 1:
-                    return None
-                row = conn.execute(q.get_session_any, {"b_session_id": session_id}).one()
-            conn.execute(q.insert_used, {"refresh_hash": old_hash, "session_id": session_id})
-        return records.session_from(row._mapping)
+                conn.execute(q.insert_used, {"refresh_hash": old_hash, "session_id": session_id})
+            return records.session_from(row._mapping)
+
+        return self._resending(rotate)
 
     def unrotate_refresh(self, session_id: str, old_hash: str, new_hash: str, now: float) -> bool:
         params = {
@@ -957,14 +1044,27 @@ class SQLAlchemyStore(Store):
             "b_new_hash": new_hash,
             "now": now,
         }
-        with self._tx() as conn:
-            if conn.execute(self._q.unrotate, params).rowcount != 1:
-                return False
-            conn.execute(self._q.delete_used, params)
-        return True
+
+        def unrotate(resend: bool) -> bool:
+            with self._tx() as conn:
+                if conn.execute(self._q.unrotate, params).rowcount != 1:
+                    if resend:  # the first attempt's commit made the old hash current
+                        again = conn.execute(self._q.get_session, params).first()
+                        return again is not None and again.refresh_hash == old_hash
+                    return False
+                conn.execute(self._q.delete_used, params)
+            return True
+
+        return self._resending(unrotate)
 
     def _end(self, kind: str, key: str | None, now: float) -> list[TokenSession]:
-        """End the sessions ``kind`` picks, record them as revoked; return live ones."""
+        """End the sessions ``kind`` picks, record them as revoked; return live ones.
+
+        Across a failover it is sent again (``_resending``): the sessions end either way,
+        though what a first attempt that committed ended is not reported again."""
+        return self._resending(lambda resend: self._end_once(kind, key, now))
+
+    def _end_once(self, kind: str, key: str | None, now: float) -> list[TokenSession]:
         with self._tx() as conn:
             # Lock order: pool, session rows, counter, revoked rows (module docstring).
             self._lock_pool(conn)
