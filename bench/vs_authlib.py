@@ -1,6 +1,10 @@
 """Ours against Authlib's documented app (``authlib_app.py``), under waitress, side by side.
 
     .venv/bin/python bench/vs_authlib.py [--stores sqlite,postgresql] [--rounds 3] [--seconds 4]
+    .venv/bin/python bench/vs_authlib.py --across-stores sqlite,postgresql,redis --rounds 5
+
+The second form runs ours alone, one process per store, and compares ``POST /token``
+across the stores (per-round ratio to the first store, median and spread).
 
 Per store, both apps run in their own process (waitress threads=4) on that engine: ours
 with ``TOKENGUARD_STORE_URL`` (``sqlite:///...`` or a fresh PostgreSQL schema), Authlib's
@@ -34,6 +38,7 @@ from compare import _WRK_POST  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 POSTGRESQL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REDIS = "redis://127.0.0.1:6379/15"
 
 _OURS = """
 import json, logging, sys
@@ -115,19 +120,47 @@ def _wait_for(port: int) -> None:
             time.sleep(0.1)
 
 
+def _ours_args(store: str, workdir: Path, run: str) -> list[str]:
+    """``_OURS``'s arguments on ``store`` ("sqlite", "postgresql" or "redis"): URL, port,
+    store options (a fresh PostgreSQL schema or Redis key prefix per run)."""
+    if store == "sqlite":
+        return [f"sqlite:///{workdir / 'store.sqlite3'}", "{port}", "{}"]
+    if store == "redis":
+        return [REDIS, "{port}", json.dumps({"key_prefix": f"tgbench:{{{run}}}:"})]
+    return [POSTGRESQL, "{port}", json.dumps({"schema": f"tgbench_ours_{run}"})]
+
+
+def _drop(stores: t.Iterable[str], run: str, schemas: t.Sequence[str] = ()) -> None:
+    """Remove what the apps of ``run`` left on the servers."""
+    stores = set(stores)
+    if "postgresql" in stores:
+        import sqlalchemy as sa
+
+        with sa.create_engine(POSTGRESQL).begin() as conn:
+            for schema in [f"tgbench_ours_{run}", *schemas]:
+                conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    if "redis" in stores:
+        import redis
+
+        client = redis.Redis.from_url(REDIS)
+        keys = list(client.scan_iter(f"tgbench:{{{run}}}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
 def _apps(store: str, tmp: Path) -> tuple[dict[str, App], t.Callable[[], None]]:
     """Ours and Authlib's on ``store`` ("sqlite" or "postgresql"), and their clean-up."""
     run = uuid.uuid4().hex[:8]
     (tmp / "ours").mkdir()
     (tmp / "authlib").mkdir()
+    ours = _ours_args(store, tmp / "ours", run)
     if store == "sqlite":
-        ours = [f"sqlite:///{tmp / 'ours' / 'store.sqlite3'}", "{port}", "{}"]
         theirs = [f"sqlite:///{tmp / 'authlib' / 'authlib.sqlite3'}", "{port}"]
         schemas: list[str] = []
     else:
-        schemas = [f"tgbench_ours_{run}", f"tgbench_authlib_{run}"]
-        ours = [POSTGRESQL, "{port}", json.dumps({"schema": schemas[0]})]
-        theirs = [POSTGRESQL, "{port}", schemas[1]]
+        schemas = [f"tgbench_authlib_{run}"]
+        theirs = [POSTGRESQL, "{port}", schemas[0]]
     apps = {
         "ours": App([sys.executable, "-c", _OURS, *ours], tmp / "ours"),
         "authlib": App([sys.executable, str(HERE / "authlib_app.py"), *theirs], tmp / "authlib"),
@@ -136,14 +169,49 @@ def _apps(store: str, tmp: Path) -> tuple[dict[str, App], t.Callable[[], None]]:
     def clean_up() -> None:
         for app in apps.values():
             app.stop()
-        if schemas:
-            import sqlalchemy as sa
-
-            with sa.create_engine(POSTGRESQL).begin() as conn:
-                for schema in schemas:
-                    conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        _drop([store], run, schemas)
 
     return apps, clean_up
+
+
+def _post_script(app: App, path: Path) -> list[str]:
+    """wrk's arguments for ``POST /token`` (client_credentials, scope view) as ``app``'s
+    client."""
+    basic = base64.b64encode(":".join(app.client).encode()).decode()
+    path.write_text(_WRK_POST.format(basic=basic))
+    return ["-s", str(path)]
+
+
+def across_stores(stores: t.Sequence[str], rounds: int, seconds: int) -> None:
+    """Ours alone, one process per store, ``POST /token`` interleaved round by round;
+    each store's per-round ratio to the first store, median and spread."""
+    run = uuid.uuid4().hex[:8]
+    with tempfile.TemporaryDirectory() as tmp:
+        apps: dict[str, App] = {}
+        try:
+            for store in stores:
+                (Path(tmp) / store).mkdir()
+                args = _ours_args(store, Path(tmp) / store, run)
+                apps[store] = App([sys.executable, "-c", _OURS, *args], Path(tmp) / store)
+            posts = {s: _post_script(app, Path(tmp) / f"{s}.lua") for s, app in apps.items()}
+            rates: dict[str, list[float]] = {store: [] for store in stores}
+            for _ in range(rounds):
+                for store in stores:
+                    rates[store].append(_wrk(apps[store].url + "/token", seconds, posts[store]))
+        finally:
+            for app in apps.values():
+                app.stop()
+            _drop(stores, run)
+    base = stores[0]
+    print(f"  POST /token (client_credentials, scope view), ours per store; ratio to {base}:")
+    for store in stores:
+        ratios = [a / b for a, b in zip(rates[store], rates[base], strict=True)]
+        print(
+            f"    {store:10s} {statistics.median(rates[store]):7.0f}/s"
+            f"  {store}/{base} median {statistics.median(ratios):.2f}"
+            f" (min {min(ratios):.2f}, max {max(ratios):.2f};"
+            f" rounds {', '.join(f'{r:.0f}' for r in rates[store])}/s)"
+        )
 
 
 def main(argv: t.Sequence[str] | None = None) -> int:
@@ -151,21 +219,24 @@ def main(argv: t.Sequence[str] | None = None) -> int:
     parser.add_argument("--stores", default="sqlite,postgresql")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=4)
+    parser.add_argument(
+        "--across-stores",
+        metavar="STORES",
+        help="ours only, POST /token on each of these stores (sqlite,postgresql,redis), "
+        "ratios to the first",
+    )
     args = parser.parse_args(argv)
     print(f"wrk -t2 -c16, {args.rounds} alternating rounds of {args.seconds} s; waitress threads=4")
+    if args.across_stores:
+        across_stores(args.across_stores.split(","), args.rounds, args.seconds)
+        return 0
     for store in args.stores.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             apps, clean_up = _apps(store, Path(tmp))
             try:
-                scripts = {}
-                for name, app in apps.items():
-                    basic = base64.b64encode(":".join(app.client).encode()).decode()
-                    script = Path(tmp) / f"{name}.lua"
-                    script.write_text(_WRK_POST.format(basic=basic))
-                    scripts[name] = script
+                posts = {n: _post_script(app, Path(tmp) / f"{n}.lua") for n, app in apps.items()}
                 tokens = {name: app.token() for name, app in apps.items()}
                 guarded = {n: ["-H", f"Authorization: Bearer {tk}"] for n, tk in tokens.items()}
-                posts = {n: ["-s", str(script)] for n, script in scripts.items()}
                 paths: dict[str, dict[str, list[str]]] = {
                     "open": {name: [] for name in apps},
                     "guarded": guarded,

@@ -288,8 +288,8 @@ class Settings:
         {},
         _as_json(dict),
         "the store's options: `key_prefix` (Redis, with a `{hash tag}`), `schema` (SQL), "
-        "`replicas` and `replicas_timeout` (Redis; see Running replicated); others go to "
-        "the driver",
+        "`replicas` (Redis), `replicas_timeout` (Redis and PostgreSQL), `failover_timeout` "
+        "(Redis and SQL; see Running replicated); others go to the driver",
     )
     url_prefix: str = _setting("", _as_prefix, "prefix of the endpoints")
     access_token_ttl: int = _setting(900, _as_int(1), "access token lifetime, seconds")

@@ -170,6 +170,35 @@ def test_dot_segments_are_refused_over_a_socket(live_server: t.Any, raw: str) ->
     assert response.status == 400 and body["error"] == "invalid_request"
 
 
+def test_remembered_decisions_keep_methods_apart(guarded: Client, tokens: dict[str, str]) -> None:
+    view = bearer(tokens["view"])
+    for _ in range(2):  # the second time from the remembered decisions
+        assert guarded.get("/api/orders", headers=view).status_code == 200
+        assert guarded.post("/api/orders", headers=view).status_code == 403
+        lower = guarded.open("/api/orders", method="post", headers=view)
+        assert lower.status_code == 403
+
+
+def test_remembered_decisions_are_bounded(
+    monkeypatch: pytest.MonkeyPatch, tokens: dict[str, str], server_app: Flask
+) -> None:
+    from flask_tokenguard.web import middleware as middleware_module
+
+    monkeypatch.setattr(middleware_module, "DECISION_CACHE_SIZE", 8)
+    middleware = TokenGuardMiddleware(legacy_app, RULES, app=server_app)
+    client = Client(middleware)
+    for i in range(30):
+        assert client.get(f"/open/{i}").status_code == 200
+        assert len(middleware._decided) <= 8
+    assert client.post("/api/orders", headers=bearer(tokens["view"])).status_code == 403
+    assert client.get("/api/orders").status_code == 401
+    # A long path is decided each time, never kept: memory stays small whatever is sent.
+    middleware._decided.clear()
+    long_path = "/api/orders/" + "x" * 5000
+    assert client.get(long_path).status_code == 401
+    assert middleware._decided == {}
+
+
 def test_head_is_guarded_like_get(tmp_path: Path) -> None:
     middleware = TokenGuardMiddleware(
         legacy_app,

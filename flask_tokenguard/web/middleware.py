@@ -52,6 +52,11 @@ ENVIRON_KEY = "tokenguard.token"
 
 _SLASHES = re.compile(r"/{2,}")
 
+#: How many (path, method) decisions a middleware remembers before it starts afresh, and
+#: the longest path it remembers one for (so the memory stays small whatever is sent).
+DECISION_CACHE_SIZE = 4096
+DECISION_PATH_CHARS = 256
+
 
 class DotSegmentError(InvalidRequestError):
     """A request path with a ``.`` or ``..`` segment, which the guard does not resolve."""
@@ -121,7 +126,10 @@ class TokenGuardMiddleware:
     ) -> None:
         if app is not None and config:
             raise ValueError("pass either app or config, not both")
-        self.rules = _compile(rules)
+        self._rules = tuple(_compile(rules))
+        # (PATH_INFO, REQUEST_METHOD) as received -> the scopes they need: the same paths
+        # come again and again, and the rule is a function of these two strings only.
+        self._decided: dict[tuple[str, str], tuple[str, ...] | None] = {}
         self.wsgi_app = wsgi_app
         if app is None and serve_endpoints:
             app = Flask("flask_tokenguard.middleware")
@@ -147,10 +155,27 @@ class TokenGuardMiddleware:
         rule guards it. Dot segments are the caller's to refuse."""
         path = _match_form(path)
         method = "GET" if method == "HEAD" else method
-        for prefix, rule_method, scopes in self.rules:
+        for prefix, rule_method, scopes in self._rules:
             if rule_method in (None, method) and _matches(path, prefix):
                 return scopes
         return None
+
+    @property
+    def rules(self) -> tuple[tuple[str, str | None, tuple[str, ...] | None], ...]:
+        """The compiled rules, longest prefix first: ``(prefix, method, scopes)``."""
+        return self._rules
+
+    def _decide(self, path: str, method: str) -> tuple[str, ...] | None:
+        """``scopes_for``, remembered per (path, method) as the server handed them over."""
+        scopes = self.scopes_for(path, method.upper())
+        decided = self._decided
+        if len(path) > DECISION_PATH_CHARS or len(method) > 16:
+            return scopes
+        if len(decided) >= DECISION_CACHE_SIZE:
+            # Bounded: paths that hold ids would otherwise grow it without end.
+            decided.clear()
+        decided[(path, method)] = scopes
+        return scopes
 
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
@@ -161,7 +186,11 @@ class TokenGuardMiddleware:
                 raise DotSegmentError()
             if self._app is not None and path in self._endpoint_paths:
                 return self._app.wsgi_app(environ, start_response)
-            scopes = self.scopes_for(path, environ.get("REQUEST_METHOD", "GET").upper())
+            key = (path, environ.get("REQUEST_METHOD", "GET"))
+            try:
+                scopes = self._decided[key]
+            except KeyError:
+                scopes = self._decide(*key)
             if scopes is None:
                 return self.wsgi_app(environ, start_response)
             environ[ENVIRON_KEY] = authorize(self._state, environ, scopes)
