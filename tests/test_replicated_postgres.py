@@ -131,6 +131,9 @@ def test_an_unacknowledged_commit_fails_in_time_and_holds_nothing(
             start_error, start_took = _timed(
                 lambda: store.start_session(make_session("lost", refresh_hash="l1"), 5, NOW)
             )
+            # A seat-less start is one statement in autocommit: watched all the same.
+            free = make_session("free", refresh_hash="f1", holds_seat=False)
+            free_error, free_took = _timed(lambda: store.start_session(free, 5, NOW))
             rotate_error, rotate_took = _timed(
                 lambda: store.rotate_refresh("kept", "k1", "k2", NOW + 100, NOW)
             )
@@ -140,15 +143,16 @@ def test_an_unacknowledged_commit_fails_in_time_and_holds_nothing(
             # The primary (reads need no standby): the start and the rotation taken back.
             assert store.seats_in_use(NOW) == 1
             assert store.get_session("lost", NOW) is None
+            assert store.get_session("free", NOW) is None
             found = store.find_refresh("k1", NOW)
             assert found is not None and found[1] is True, "k1 is current again"
             assert store.find_refresh("k2", NOW) is None
-        for error in (start_error, rotate_error, end_error):
+        for error in (start_error, free_error, rotate_error, end_error):
             assert isinstance(error, StoreError), error
             assert "no synchronous standby acknowledged the commit within 500 ms" in str(error)
         # replicas_timeout, plus the cancel and the undo; never the unbounded wait.
-        for took in (start_took, rotate_took, end_took):
-            assert 0.5 <= took < 2.0, (start_took, rotate_took, end_took)
+        for took in (start_took, free_took, rotate_took, end_took):
+            assert 0.5 <= took < 2.0, (start_took, free_took, rotate_took, end_took)
         # Back: the client's retry with the token it holds is a refresh, and seats start.
         assert store.rotate_refresh("kept", "k1", "k2", NOW + 100, NOW) is not None
         assert store.start_session(make_session("after", refresh_hash="a1"), 5, NOW).started

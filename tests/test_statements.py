@@ -47,11 +47,12 @@ BACKENDS = [
 #: with both lockout counts, the client again after the start), and the write in one
 #: transaction. No pre-ping: the store looks at the pooled socket instead. Before,
 #: PostgreSQL ran (7, 5, 22) for a seat: every call was pinged, BEGIN, its statements,
-#: COMMIT; then (6, 1, 8), with the lockout counts read on their own.
+#: COMMIT; then (6, 1, 8), with the lockout counts read on their own. On PostgreSQL a
+#: seat-less start is one INSERT in autocommit: its commit is counted, no round trip.
 BOUNDS: dict[str, dict[str, tuple[int, int, int]]] = {
     "sqlite": {"seat": (11, 1, 0), "free": (9, 1, 0), "get": (0, 0, 0)},
     "sqlite+pysqlite": {"seat": (8, 1, 0), "free": (6, 1, 0), "get": (0, 0, 0)},
-    "postgresql": {"seat": (5, 1, 7), "free": (3, 1, 5), "get": (0, 0, 0)},
+    "postgresql": {"seat": (5, 1, 7), "free": (3, 1, 3), "get": (0, 0, 0)},
     "mariadb": {"seat": (6, 1, 8), "free": (3, 1, 5), "get": (0, 0, 0)},
 }
 #: Statements that write.
@@ -77,9 +78,11 @@ class Counts:
         self.texts.append(" ".join(text.split())[:100])
         self._wrote |= text.lstrip().upper().startswith(_WRITES)
 
-    def commit(self) -> None:
+    def commit(self, *, sent: bool = True) -> None:
+        """A commit: a COMMIT sent, or (``sent=False``) a write in autocommit, which
+        commits with its statement."""
         self.commits += 1
-        self.round_trips += 1
+        self.round_trips += sent
         self.write_commits += self._wrote
         self._wrote = False
 
@@ -96,8 +99,14 @@ def counting(store: Store) -> t.Iterator[Counts]:
         backend = anystore._backend
         listeners: list[tuple[t.Any, str, t.Callable[..., None]]] = []
 
+        def autocommit(conn: t.Any) -> bool:
+            # psycopg's attribute (PyMySQL's ``autocommit`` is a method: never here).
+            return getattr(conn.connection.dbapi_connection, "autocommit", None) is True
+
         def on_execute(conn: t.Any, cursor: t.Any, text: str, *args: t.Any) -> None:
             counts.statement(text)
+            if conn.engine.pool is anystore._base_engine.pool and autocommit(conn):
+                counts.commit(sent=False)  # a write that commits by itself
 
         def on_commit(conn: t.Any) -> None:
             counts.commit()
@@ -105,7 +114,8 @@ def counting(store: Store) -> t.Iterator[Counts]:
                 counts.round_trips += 1  # the pool's ROLLBACK on check-in
 
         def on_begin(conn: t.Any) -> None:
-            counts.round_trips += 1  # psycopg's BEGIN, sent before the first statement
+            # psycopg's BEGIN, sent before the first statement; none in autocommit.
+            counts.round_trips += not autocommit(conn)
 
         for engine in engines:
             pings = bool(engine.pool._pre_ping) and backend != "sqlite"

@@ -385,6 +385,8 @@ class SQLAlchemyStore(Store):
             # Only the writer commits; autocommit reads never wait for a standby.
             sa.event.listen(engine, "connect", _listen_for_sync_rep_notices)
         self._undoing = _Undoing()
+        #: psycopg switches autocommit without a round trip (PyMySQL sends SET autocommit).
+        self._autocommit_statements = watched
         self._base_engine: Engine = engine
         self._base_reader: Engine = reader
         translate = {"schema_translate_map": {None: schema}} if schema else {}
@@ -440,8 +442,14 @@ class SQLAlchemyStore(Store):
     # -- plumbing ----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _tx(self, undo: t.Callable[[], object] | None = None) -> t.Iterator[Connection]:
+    def _tx(
+        self, undo: t.Callable[[], object] | None = None, *, one_statement: bool = False
+    ) -> t.Iterator[Connection]:
         """One pooled connection and one transaction per store call.
+
+        ``one_statement``: the caller runs a single statement, which on PostgreSQL then
+        commits on its own (autocommit: no BEGIN or COMMIT, two round trips fewer),
+        watched as a commit is.
 
         A unique violation means the record exists: ``ConflictError``. Other driver
         failures become ``StoreError``, and so does a commit that the synchronous
@@ -457,12 +465,17 @@ class SQLAlchemyStore(Store):
                     with self._engine.connect() as conn:
                         armed: tuple[int, _SyncRepNotices] | None = None
                         try:
-                            with conn.begin():
-                                if self._undoing.active and self.replicas_timeout is not None:
-                                    # The undo of a commit nobody acknowledged: no wait.
-                                    conn.exec_driver_sql("SET LOCAL synchronous_commit = local")
+                            if one_statement and self._autocommit_statements:
+                                conn.execution_options(isolation_level="AUTOCOMMIT")
+                                armed = self._arm_commit(conn)  # the statement commits
                                 yield conn
-                                armed = self._arm_commit(conn)  # the block's end commits
+                            else:
+                                with conn.begin():
+                                    if self._undoing.active and self.replicas_timeout is not None:
+                                        # The undo of a commit nobody acknowledged: no wait.
+                                        conn.exec_driver_sql("SET LOCAL synchronous_commit = local")
+                                    yield conn
+                                    armed = self._arm_commit(conn)  # the block's end commits
                         finally:
                             if armed is not None:
                                 unacknowledged = self._disarm_commit(conn, *armed)
@@ -905,7 +918,7 @@ class SQLAlchemyStore(Store):
 
         if not session.holds_seat:
             # No pool lock: nothing about seats changes (see the module docstring).
-            with self._tx(undo) as conn:
+            with self._tx(undo, one_statement=True) as conn:
                 conn.execute(q.insert_session, records.session_record(session))
             # Counted, not drawn: a request's round trips stay predictable (tests).
             if next(self._free_starts) % _FREE_SWEEP_EVERY == _FREE_SWEEP_EVERY - 1:
