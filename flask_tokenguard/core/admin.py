@@ -94,8 +94,7 @@ def check_administrator(
             # does not tell which names exist or which are administrators.
             accepted = user is not None and user.admin
     if not accepted:
-        if throttle is not None:
-            throttle.failed(now)
+        # The reservation already counted this failure.
         _failed(audit, username, "invalid_credentials")
         return False
     if throttle is not None:

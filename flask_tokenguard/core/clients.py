@@ -66,8 +66,9 @@ def authenticate_client(
     An id or alias outside its alphabet (A-Z a-z 0-9 _ -, at most 128 characters), or a
     secret longer than 256 characters, is refused before any lookup, on every store. The
     secret check runs even for an unknown client, against a dummy hash, so timing does
-    not tell which ids exist. With a ``throttle``, an address over the threshold (for this client
-    id, or at all) gets ``LockedOutError`` without a check, and a failure is counted.
+    not tell which ids exist. With a ``throttle``, every attempt is counted before the check
+    (a success gives the count back), and an address over the threshold (for this client
+    id, or at all) gets ``LockedOutError`` without a check.
     With an ``audit`` trail, a failure is ``auth.failed`` and a throttled attempt
     ``auth.throttled``; the presented id is named only when it is a registered client's,
     since an id that matches nothing may be a secret pasted in the wrong place.
@@ -78,18 +79,17 @@ def authenticate_client(
         if audit is not None:
             audit.emit(events.AUTH_FAILED, reason="invalid_client")
         raise InvalidClientError(used_basic=credentials.used_basic)
-    key, had_failures = None, False
-    # The client and the lockout counts in one store call (one round trip on the server
-    # stores); the counts are judged before the secret is.
-    keys = [] if throttle is None else throttle.check_keys("client", credentials.client_id)
-    client, counts = store.get_client_and_failures(credentials.client_id, keys, now)
+    # Counted before the check, atomically (``Throttle.reserve``): parallel attempts
+    # cannot slip past the threshold; a success gives the count back.
+    reserved = None
     if throttle is not None:
         try:
-            key, had_failures = throttle.check("client", credentials.client_id, now, counts)
+            reserved = throttle.reserve("client", credentials.client_id, now)
         except LockedOutError:
             if audit is not None:
                 audit.emit(events.AUTH_THROTTLED, reason="slow_down")
             raise
+    client = store.get_client(credentials.client_id)
     secret = credentials.client_secret or ""
     if client is None or client.is_public:
         verify_secret(secret, _DUMMY_HASH)
@@ -97,14 +97,12 @@ def authenticate_client(
     else:
         proven = verify_secret(secret, client.secret_hash)
     if client is None or not proven or not client.enabled:
-        if throttle is not None:
-            throttle.failed(now, key)
         if audit is not None:
             known = None if client is None else client.client_id
             audit.emit(events.AUTH_FAILED, client_id=known, reason="invalid_client")
         raise InvalidClientError(used_basic=credentials.used_basic)
-    if throttle is not None and had_failures:
-        throttle.succeeded(key)
+    if throttle is not None:
+        throttle.succeeded(reserved)
     return client
 
 

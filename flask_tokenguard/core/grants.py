@@ -211,8 +211,7 @@ def _password(
             subject = None if user is None else user.username
             password_hash = None if user is None else user.password_hash
     if not subject:
-        if context.throttle is not None:
-            context.throttle.failed(now)
+        # The reservation already counted this failure.
         context.emit(
             events.AUTH_FAILED, client_id=client.client_id, subject=username, reason="invalid_grant"
         )

@@ -180,13 +180,6 @@ class Store(abc.ABC):
     def get_client(self, id_or_alias: str) -> Client | None:
         """Look a client up by id, then by alias."""
 
-    def get_client_and_failures(
-        self, id_or_alias: str, keys: t.Sequence[str], now: float
-    ) -> tuple[Client | None, list[tuple[int, float]]]:
-        """``get_client(id_or_alias)`` and ``failures_many(keys, now)``: what a client's
-        authentication reads; backends override it to ask once."""
-        return self.get_client(id_or_alias), self.failures_many(keys, now)
-
     @abc.abstractmethod
     def update_client(self, client: Client) -> bool:
         """Replace the record with ``client.client_id``; False if there is none.
@@ -427,10 +420,8 @@ class Store(abc.ABC):
 
 
 #: Methods wrapped by ``Store.__init_subclass__``: the abstract API, ``drop`` and the
-#: overridable combined reads.
-_API_METHODS = frozenset(
-    Store.__abstractmethods__ - {"__init__"} | {"drop", "failures_many", "get_client_and_failures"}
-)
+#: overridable ``failures_many``.
+_API_METHODS = frozenset(Store.__abstractmethods__ - {"__init__"} | {"drop", "failures_many"})
 
 _Method = t.TypeVar("_Method", bound=t.Callable[..., t.Any])
 

@@ -1,6 +1,4 @@
-"""``Store.failures_many``: the lockout counts of several keys in one call, on every backend;
-and ``get_client_and_failures``, the client record with them, as a client's authentication
-reads both.
+"""``Store.failures_many``: the lockout counts of several keys in one call, on every backend.
 
 The throttle reads a name's and an address's counts with it, so each answer must be the
 one ``failures`` gives for that key, in the order asked.
@@ -9,7 +7,6 @@ one ``failures`` gives for that key, in the order asked.
 from __future__ import annotations
 
 from flask_tokenguard.stores.base import Store
-from tests.stores.records import make_client
 from tests.stores.records import NOW
 
 WINDOW = 300.0
@@ -48,38 +45,3 @@ def test_failures_many_repeats_the_answer_for_a_repeated_key(store: Store) -> No
         (0, 0.0),
         (1, NOW + WINDOW),
     ]
-
-
-def test_get_client_and_failures_answers_as_the_two_reads_do(store: Store) -> None:
-    store.create_client(make_client("app", alias="legacy-app"))
-    store.create_client(make_client("other"))
-    store.record_failure("addr:10.0.0.1", WINDOW, NOW)
-    store.record_failure("client:app|10.0.0.1", WINDOW, NOW + 1)
-    store.record_failure("client:app|10.0.0.1", WINDOW, NOW + 2)
-    keys = ["addr:10.0.0.1", "client:app|10.0.0.1"]
-    for name in ("app", "legacy-app", "other", "nobody"):
-        got = store.get_client_and_failures(name, keys, NOW + 3)
-        assert got == (store.get_client(name), store.failures_many(keys, NOW + 3))
-    client, counts = store.get_client_and_failures("legacy-app", keys, NOW + 3)
-    assert client == make_client("app", alias="legacy-app")
-    assert counts == [(1, NOW + WINDOW), (2, NOW + 1 + WINDOW)]
-
-
-def test_get_client_and_failures_with_no_keys_no_client_or_expired_counts(store: Store) -> None:
-    store.create_client(make_client("app"))
-    assert store.get_client_and_failures("app", [], NOW) == (make_client("app"), [])
-    assert store.get_client_and_failures("nobody", ["addr:x"], NOW) == (None, [(0, 0.0)])
-    store.record_failure("addr:x", WINDOW, NOW)
-    assert store.get_client_and_failures("nobody", ["addr:x", "addr:x"], NOW + 1) == (
-        None,
-        [(1, NOW + WINDOW), (1, NOW + WINDOW)],
-    )
-    assert store.get_client_and_failures("app", ["addr:x"], NOW + WINDOW) == (
-        make_client("app"),
-        [(0, 0.0)],
-    )
-    # A name outside the alphabet of ids matches nothing, and still gets its counts.
-    assert store.get_client_and_failures("bad name!", ["addr:x"], NOW + 1) == (
-        None,
-        [(1, NOW + WINDOW)],
-    )

@@ -116,7 +116,6 @@ _SCRIPTS = (
     "update_client",
     "delete_client",
     "get_client",
-    "get_client_and_failures",
     "update_user",
     "signing_keys",
     "record_failure",
@@ -632,22 +631,6 @@ class RedisStore(Store):
     def get_client(self, id_or_alias: str) -> Client | None:
         data = self._run("get_client", self._client_keys()[:2], [id_or_alias])
         return None if data is None else _client_from_json(data)
-
-    def get_client_and_failures(
-        self, id_or_alias: str, keys: t.Sequence[str], now: float
-    ) -> tuple[Client | None, list[tuple[int, float]]]:
-        failure_keys = [self._key("failures", key) for key in keys]
-        reply = self._run(
-            "get_client_and_failures", self._client_keys()[:2] + failure_keys, [id_or_alias]
-        )
-        data, flat = reply[0], reply[1:]
-        counts = [
-            (0, 0.0)
-            if not count or not until or float(until) <= now
-            else (int(count), float(until))
-            for count, until in zip(flat[::2], flat[1::2], strict=True)
-        ]
-        return (_client_from_json(data) if data else None), counts
 
     def update_client(self, client: Client) -> bool:
         result = self._run(

@@ -539,17 +539,6 @@ class SQL:
             failures.c.key_hash, failures.c.count, failures.c.until
         ).where(failures.c.key_hash.in_(bp("b_key_hashes", expanding=True)), live_window)
         self.insert_failure = failures.insert()
-        #: ``get_client`` and ``get_live_failures_many`` in one round trip: the client
-        #: rows (by id or alias) and the count rows, each padded with the other's columns
-        #: (NULLs, typed by the other branch; the result takes the first branch's types).
-        failure_columns = (failures.c.key_hash, failures.c.count, failures.c.until)
-        self.get_client_and_failures: sa.CompoundSelect[t.Any] = sa.union_all(
-            self.get_client.add_columns(*(sa.null().label(f"f_{c.name}") for c in failure_columns)),
-            sa.select(
-                *(sa.null().label(c.name) for c in clients.c),
-                *(c.label(f"f_{c.name}") for c in failure_columns),
-            ).where(failures.c.key_hash.in_(bp("b_key_hashes", expanding=True)), live_window),
-        )
         self.clear_failures = failures.delete().where(failures.c.key_hash == bp("b_key_hash"))
         #: One statement, so its row lock makes concurrent releases each take one count.
         self.release_failure = (

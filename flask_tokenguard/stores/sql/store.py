@@ -465,7 +465,11 @@ class SQLAlchemyStore(Store):
                     with self._engine.connect() as conn:
                         armed: tuple[int, _SyncRepNotices] | None = None
                         try:
-                            if one_statement and self._autocommit_statements:
+                            if (
+                                one_statement
+                                and self._autocommit_statements
+                                and not self._undoing.active
+                            ):
                                 conn.execution_options(isolation_level="AUTOCOMMIT")
                                 armed = self._arm_commit(conn)  # the statement commits
                                 yield conn
@@ -790,25 +794,6 @@ class SQLAlchemyStore(Store):
         # An id never equals another client's alias, but prefer the id if it ever did.
         rows.sort(key=lambda row: row.client_id != id_or_alias)
         return records.client_from(rows[0]._mapping) if rows else None
-
-    def get_client_and_failures(
-        self, id_or_alias: str, keys: t.Sequence[str], now: float
-    ) -> tuple[Client | None, list[tuple[int, float]]]:
-        if not keys or impossible_key(id_or_alias):
-            return self.get_client(id_or_alias), self.failures_many(keys, now)
-        hashes = [_failure_key_hash(key) for key in keys]
-        params = {"key": id_or_alias, "b_key_hashes": sorted(set(hashes)), "now": now}
-        rows = self._read(self._q.get_client_and_failures, params)
-        found = {
-            row.f_key_hash: (int(row.f_count), float(row.f_until))
-            for row in rows
-            if row.f_key_hash is not None
-        }
-        matches = {row.client_id: row for row in rows if row.client_id is not None}
-        # As in get_client: prefer the id if it ever equalled another client's alias.
-        ordered = sorted(matches.values(), key=lambda row: row.client_id != id_or_alias)
-        client = records.client_from(ordered[0]._mapping) if ordered else None
-        return client, [found.get(h, (0, 0.0)) for h in hashes]
 
     def update_client(self, client: Client) -> bool:
         q = self._q
@@ -1273,7 +1258,25 @@ class SQLAlchemyStore(Store):
         until = now + window
         params = {"b_key_hash": key_hash, "b_until": until, "now": now}
 
+        first = {
+            "key_hash": key_hash,
+            # For people reading the table; NUL is not text.
+            "key": key[:FAILURE_KEY_CHARS].replace("\x00", "\ufffd"),
+            "count": 1,
+            "until": until,
+        }
+
         def attempt() -> tuple[int, float]:
+            if self._autocommit_statements:
+                # PostgreSQL: each statement commits on its own, one round trip each; the
+                # UPDATE is atomic by its row lock, and a racing first INSERT reruns it.
+                with self._tx(one_statement=True) as conn:
+                    row = conn.execute(q.count_failure_returning, params).first()
+                if row is not None:
+                    return int(row[0]), float(row[1])
+                with self._tx(one_statement=True) as conn:
+                    conn.execute(q.insert_failure, first)
+                return 1, until
             with self._tx() as conn:
                 # The UPDATE locks the key's row (no other lock): count or restart.
                 if self._returning:
@@ -1287,16 +1290,7 @@ class SQLAlchemyStore(Store):
                     return int(row[0]), float(row[1])
                 # The key's first failure (or first since clear/purge). A racing first
                 # insert makes one of us fail and retry with the UPDATE.
-                conn.execute(
-                    q.insert_failure,
-                    {
-                        "key_hash": key_hash,
-                        # For people reading the table; NUL is not text.
-                        "key": key[:FAILURE_KEY_CHARS].replace("\x00", "\ufffd"),
-                        "count": 1,
-                        "until": until,
-                    },
-                )
+                conn.execute(q.insert_failure, first)
                 return 1, until
 
         try:
@@ -1355,11 +1349,11 @@ class SQLAlchemyStore(Store):
         return [found.get(h, (0, 0.0)) for h in hashes]
 
     def clear_failures(self, key: str) -> None:
-        with self._tx() as conn:
+        with self._tx(one_statement=True) as conn:
             conn.execute(self._q.clear_failures, {"b_key_hash": _failure_key_hash(key)})
 
     def release_failure(self, key: str, now: float) -> None:
-        with self._tx() as conn:
+        with self._tx(one_statement=True) as conn:
             conn.execute(
                 self._q.release_failure, {"b_key_hash": _failure_key_hash(key), "now": now}
             )
