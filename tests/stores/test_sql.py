@@ -868,3 +868,74 @@ def test_failover_timeout_defaults_to_ten_seconds_for_several_hosts_only(
     _lose_the_next_commit_reply(one, monkeypatch)
     with pytest.raises(StoreError):
         one.start_session(_session("x"), 5, records.NOW)
+
+
+@pytest.mark.postgresql
+def test_an_unacknowledged_commit_that_then_breaks_is_taken_back_not_resent(
+    make_store: t.Callable[..., SQLAlchemyStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server warned that the commit stopped waiting for its standbys, then the
+    # connection broke: the start is taken back and reported, never sent again (a resend
+    # would start a session whose id the take-back revoked).
+    import psycopg
+
+    store = make_store(POSTGRESQL_URL, schema=new_schema(), failover_timeout=2)
+    try:
+        store.check()
+    except StoreError as exc:
+        unavailable(f"{POSTGRESQL_URL} unreachable: {exc}")
+    real_arm = sql_module.SQLAlchemyStore._arm_commit
+    broke: list[bool] = []
+
+    def arm(self: SQLAlchemyStore, conn: t.Any) -> t.Any:
+        armed = real_arm(self, conn)
+        if armed is not None and not broke:
+            broke.append(True)
+            notices = armed[1]
+            dbapi = conn.connection.dbapi_connection
+            real_commit = type(dbapi).commit
+
+            def commit_then_break() -> None:
+                del dbapi.commit
+                real_commit(dbapi)
+                notices.warned = notices.seen = True  # the server's WARNING, then ...
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+            dbapi.commit = commit_then_break
+        return armed
+
+    monkeypatch.setattr(sql_module.SQLAlchemyStore, "_arm_commit", arm)
+    with pytest.raises(StoreError, match="no synchronous standby acknowledged"):
+        store.start_session(_session("x"), 5, records.NOW)
+    assert store.get_session("x", records.NOW) is None
+    assert store.seats_in_use(records.NOW) == 0
+
+
+def test_a_resent_start_whose_first_commit_lands_late_is_recognised(
+    server_url: str,
+    make_store: t.Callable[..., SQLAlchemyStore],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first attempt's connection broke while its commit was still under way on the
+    # server: the resend's first look misses it, then its insert meets the row. That is
+    # our own session: started, once, and no ConflictError (which would be a 500).
+    store = make_store(server_url, schema=new_schema(), failover_timeout=5)
+    real_once = sql_module.SQLAlchemyStore._start_once
+    calls: list[int] = []
+
+    def once(self: SQLAlchemyStore, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        calls.append(1)
+        if len(calls) == 1:
+            real_once(self, *args, **kwargs)  # commits ...
+            # ... but the resend's first look is made before it shows:
+            monkeypatch.setattr(store, "_read", lambda *a, **k: [])
+            cause = Exception("connection lost")
+            broken = sa.exc.OperationalError("COMMIT", {}, cause)
+            raise StoreError("SQLAlchemyStore failed: OperationalError", broken) from broken
+        monkeypatch.undo()  # the look after the conflict sees the row
+        return real_once(self, *args, **kwargs)
+
+    monkeypatch.setattr(sql_module.SQLAlchemyStore, "_start_once", once)
+    assert store.start_session(_session("y"), 5, records.NOW).started
+    assert len(calls) == 2
+    assert store.seats_in_use(records.NOW) == 1

@@ -485,6 +485,11 @@ class SQLAlchemyStore(Store):
                                 unacknowledged = self._disarm_commit(conn, *armed)
                 except self._exc.IntegrityError as exc:
                     raise ConflictError("a record with that key exists") from exc
+        except StoreError:
+            if not unacknowledged:
+                raise
+            # Unacknowledged, then broken: reported as unacknowledged (below, after the
+            # take-back), never as a lost connection, which ``_resending`` would resend.
         finally:
             if unacknowledged and undo is not None:
                 self._take_back(undo)
@@ -876,13 +881,23 @@ class SQLAlchemyStore(Store):
         # Seats are reclaimed only once expired on every host's clock (see ``Store``).
         before = {"now": now - max(skew, 0.0)}
 
+        def ours() -> bool:
+            found = self._read(q.get_session_any, {"b_session_id": session.session_id})
+            return bool(found) and found[0].refresh_hash == session.refresh_hash
+
         def start(resend: bool) -> SeatOutcome:
-            if resend:
-                # The first attempt may have committed before its connection broke.
-                found = self._read(q.get_session_any, {"b_session_id": session.session_id})
-                if found and found[0].refresh_hash == session.refresh_hash:
+            # The first attempt may have committed before its connection broke.
+            if resend and ours():
+                return SeatOutcome(True, None)
+            try:
+                return self._start_once(
+                    session, seat_limit, now, before, client_cap, replace_oldest
+                )
+            except ConflictError:
+                # Its commit was still under way when the resend looked, then landed.
+                if resend and ours():
                     return SeatOutcome(True, None)
-            return self._start_once(session, seat_limit, now, before, client_cap, replace_oldest)
+                raise
 
         return self._resending(start)
 
