@@ -655,3 +655,21 @@ def test_missing_driver_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ConfigurationError, match=r"flask-tokenguard\[redis\]"):
         store_from_url(SHARED_URL)
+
+
+def test_tls_urls_go_through_redis_pys_ssl_connections() -> None:
+    # rediss:// (TLS) as redis-py takes it; a Sentinel's primary over TLS with ssl=True.
+    # Nothing connects until the first call, so no server is needed to see the choice.
+    from redis.connection import SSLConnection
+    from redis.sentinel import SentinelManagedSSLConnection
+
+    tls_url = "rediss://127.0.0.1:6380/0"
+    plain = t.cast("RedisStore", store_from_url(tls_url, key_prefix="tg:{tls}:"))
+    sentinel = t.cast(
+        "RedisStore",
+        store_from_url(
+            "redis+sentinel://127.0.0.1:26379/tokenguard", key_prefix="tg:{tls}:", ssl=True
+        ),
+    )
+    assert plain._client.connection_pool.connection_class is SSLConnection
+    assert sentinel._client.connection_pool.connection_class is SentinelManagedSSLConnection
