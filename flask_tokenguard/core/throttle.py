@@ -83,23 +83,19 @@ class Throttle:
         if not self.enabled:
             return None
         threshold, window = self.settings.lockout_threshold, self.settings.lockout_seconds
-        address_key = self._address_key()
-        count, until = self.store.record_failure(address_key, window, now)
-        if count > threshold:
-            # Nothing is checked: the count goes back (see the module docstring).
-            self.store.release_failure(address_key, now)
-            raise LockedOutError(retry_after=until - now)
-        key = self._name_key(kind, name)
-        count, until = self.store.record_failure(key, window, now)
-        if count > threshold:
-            self.store.release_failure(key, now)
-            self.store.release_failure(address_key, now)
-            raise LockedOutError(retry_after=until - now)
+        address_key, key = self._address_key(), self._name_key(kind, name)
+        # Both counts in one store call (one round trip on PostgreSQL and Redis).
+        counts = self.store.record_failures([address_key, key], window, now)
+        over = [(count, until) for count, until in counts if count > threshold]
+        if over:
+            # Nothing is checked: both counts go back (see the module docstring).
+            for reserved in (address_key, key):
+                self.store.release_failure(reserved, now)
+            raise LockedOutError(retry_after=max(until for _, until in over) - now)
         return Reservation(name_key=key, address_key=address_key, now=now)
 
     def succeeded(self, reserved: Reservation | None) -> None:
         """After a successful check: clear the name's count and take back the address's
         reservation, so that successes never add up to a lockout."""
         if reserved is not None:
-            self.store.release_failure(reserved.address_key, reserved.now)
-            self.store.clear_failures(reserved.name_key)
+            self.store.release_reservation(reserved.address_key, reserved.name_key, reserved.now)

@@ -418,10 +418,27 @@ class Store(abc.ABC):
         driver's resend of one call after a lost reply takes back one.
         """
 
+    def record_failures(
+        self, keys: t.Sequence[str], window: float, now: float
+    ) -> list[tuple[int, float]]:
+        """``record_failure`` of each key, in order, answered together (a throttle's
+        reservation); each key is counted atomically on its own. Backends override it to
+        ask once."""
+        return [self.record_failure(key, window, now) for key in keys]
+
+    def release_reservation(self, release_key: str, clear_key: str, now: float) -> None:
+        """``release_failure(release_key)`` and ``clear_failures(clear_key)`` (a reservation
+        whose check succeeded); backends override it to ask once."""
+        self.release_failure(release_key, now)
+        self.clear_failures(clear_key)
+
 
 #: Methods wrapped by ``Store.__init_subclass__``: the abstract API, ``drop`` and the
-#: overridable ``failures_many``.
-_API_METHODS = frozenset(Store.__abstractmethods__ - {"__init__"} | {"drop", "failures_many"})
+#: overridable combined calls.
+_API_METHODS = frozenset(
+    Store.__abstractmethods__ - {"__init__"}
+    | {"drop", "failures_many", "record_failures", "release_reservation"}
+)
 
 _Method = t.TypeVar("_Method", bound=t.Callable[..., t.Any])
 

@@ -67,3 +67,41 @@ def test_parallel_reserve_and_release_leaves_zero(store: Store) -> None:
         counts = list(pool.map(reserve_and_release, range(40)))
     assert all(1 <= count <= 40 for count in counts)
     assert store.failures(key, NOW + 1) == (0, NOW + WINDOW)
+
+
+# -- a throttle's reservation in one call each: record_failures, release_reservation ------
+
+
+def test_record_failures_counts_each_key_as_record_failure_does(store: Store) -> None:
+    store.record_failure("addr:10.0.0.9", WINDOW, NOW)
+    store.record_failure("old", WINDOW, NOW - WINDOW - 1)  # its window has ended
+    got = store.record_failures(["addr:10.0.0.9", "client:app|10.0.0.9"], WINDOW, NOW + 1)
+    assert got == [(2, NOW + WINDOW), (1, NOW + 1 + WINDOW)]
+    assert store.record_failures(["old", "addr:10.0.0.9"], WINDOW, NOW + 2) == [
+        (1, NOW + 2 + WINDOW),
+        (3, NOW + WINDOW),
+    ]
+    assert store.failures("client:app|10.0.0.9", NOW + 3) == (1, NOW + 1 + WINDOW)
+
+
+def test_parallel_reservations_count_the_shared_key_once_each(store: Store) -> None:
+    # One address, a different name each: the address's counts come out 1..N, once each.
+    def reserve(i: int) -> list[tuple[int, float]]:
+        return store.record_failures(["addr:10.0.0.10", f"user:u{i}|10.0.0.10"], WINDOW, NOW)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(reserve, range(16)))
+    assert sorted(address for (address, _), _ in results) == list(range(1, 17))
+    assert all(name == (1, NOW + WINDOW) for _, name in results)
+
+
+def test_release_reservation_gives_one_count_back_and_clears_the_other(store: Store) -> None:
+    store.record_failures(["addr:10.0.0.11", "client:app|10.0.0.11"], WINDOW, NOW)
+    store.record_failures(["addr:10.0.0.11", "client:app|10.0.0.11"], WINDOW, NOW + 1)
+    store.release_reservation("addr:10.0.0.11", "client:app|10.0.0.11", NOW + 2)
+    assert store.failures("addr:10.0.0.11", NOW + 3) == (1, NOW + WINDOW)
+    assert store.failures("client:app|10.0.0.11", NOW + 3) == (0, 0.0)
+    # Never below zero, and a key that is absent is no error.
+    for _ in range(2):
+        store.release_reservation("addr:10.0.0.11", "nothing", NOW + 4)
+    assert store.failures("addr:10.0.0.11", NOW + 5) == (0, NOW + WINDOW)

@@ -63,6 +63,7 @@ hits on every call (building statements per call triples the cost of Core).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -387,6 +388,8 @@ class SQLAlchemyStore(Store):
         self._undoing = _Undoing()
         #: psycopg switches autocommit without a round trip (PyMySQL sends SET autocommit).
         self._autocommit_statements = watched
+        #: PostgreSQL's own statements for a throttle's reservation (``_pg_throttle``).
+        self._pg = _pg_throttle(self._q) if backend == "postgresql" else None
         self._base_engine: Engine = engine
         self._base_reader: Engine = reader
         translate = {"schema_translate_map": {None: schema}} if schema else {}
@@ -1363,6 +1366,34 @@ class SQLAlchemyStore(Store):
         found = {row[0]: (int(row[1]), float(row[2])) for row in rows}
         return [found.get(h, (0, 0.0)) for h in hashes]
 
+    def record_failures(
+        self, keys: t.Sequence[str], window: float, now: float
+    ) -> list[tuple[int, float]]:
+        if self._pg is None or len(keys) != 2 or keys[0] == keys[1]:
+            return [self.record_failure(key, window, now) for key in keys]
+        hashes = [_failure_key_hash(key) for key in keys]
+        params: dict[str, t.Any] = {"now": now, "b_until": now + window}
+        for n, (key, key_hash) in enumerate(zip(keys, hashes, strict=True)):
+            params[f"b_h{n}"] = key_hash
+            params[f"b_k{n}"] = key[:FAILURE_KEY_CHARS].replace("\x00", "\ufffd")
+        with self._tx(one_statement=True) as conn:
+            rows = conn.execute(self._pg.count_two, params).all()
+        found = {row[0]: (int(row[1]), float(row[2])) for row in rows}
+        return [found[key_hash] for key_hash in hashes]
+
+    def release_reservation(self, release_key: str, clear_key: str, now: float) -> None:
+        if self._pg is None or release_key == clear_key:
+            self.release_failure(release_key, now)
+            self.clear_failures(clear_key)
+            return
+        params = {
+            "b_release": _failure_key_hash(release_key),
+            "b_clear": _failure_key_hash(clear_key),
+            "now": now,
+        }
+        with self._tx(one_statement=True) as conn:
+            conn.execute(self._pg.release_and_clear, params)
+
     def clear_failures(self, key: str) -> None:
         with self._tx(one_statement=True) as conn:
             conn.execute(self._q.clear_failures, {"b_key_hash": _failure_key_hash(key)})
@@ -1372,6 +1403,48 @@ class SQLAlchemyStore(Store):
             conn.execute(
                 self._q.release_failure, {"b_key_hash": _failure_key_hash(key), "now": now}
             )
+
+
+class _PgThrottle(t.NamedTuple):
+    """A throttle's reservation in one statement each, on PostgreSQL."""
+
+    #: Count a failure of two keys, each atomically by its row (a new window when the
+    #: row's has ended, a new row for a new key): INSERT ... ON CONFLICT DO UPDATE.
+    count_two: t.Any
+    #: Take back one count of a key and clear another: a DELETE in a WITH, which runs
+    #: to completion whether or not the UPDATE reads it.
+    release_and_clear: t.Any
+
+
+@functools.lru_cache(maxsize=1)
+def _pg_throttle(q: SQL) -> _PgThrottle:
+    """Built once per process, like ``_sql()``, so the compiled cache hits."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import postgresql
+
+    failures = q.failures
+    bp = sa.bindparam
+    rows = [
+        {"key_hash": bp(f"b_h{n}"), "key": bp(f"b_k{n}"), "count": 1, "until": bp("b_until")}
+        for n in range(2)
+    ]
+    insert = postgresql.insert(failures).values(rows)
+    live = failures.c.until > bp("now")
+    count_two = insert.on_conflict_do_update(
+        index_elements=[failures.c.key_hash],
+        set_={
+            "count": sa.case((live, failures.c.count + 1), else_=1),
+            "until": sa.case((live, failures.c.until), else_=insert.excluded.until),
+        },
+    ).returning(failures.c.key_hash, failures.c.count, failures.c.until)
+    cleared = failures.delete().where(failures.c.key_hash == bp("b_clear")).cte("cleared")
+    release_and_clear = (
+        failures.update()
+        .where(failures.c.key_hash == bp("b_release"), live, failures.c.count > 0)
+        .values(count=failures.c.count - 1)
+        .add_cte(cleared)
+    )
+    return _PgThrottle(count_two, release_and_clear)
 
 
 def _drop_closed_connections(dbapi_connection: t.Any, record: t.Any, proxy: t.Any) -> None:
