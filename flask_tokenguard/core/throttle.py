@@ -16,10 +16,10 @@ count is the failures plus the attempts being checked at that moment, one locked
 does not lock the others behind the same address, and a burst of parallel successes
 leaves no lockout behind it.
 
-The price: a success costs four small store writes (two reservations, a release and a
-clear), and while more than the threshold of attempts from one address are between their
-reservation and their check at the same moment, the later ones get 429, successes
-included. That window is a store call and a hash long.
+The price: a success costs two store writes (``Store.record_failures`` for both counts,
+then ``Store.release_reservation``), and while more than the threshold of attempts from
+one address are between their reservation and their check at the same moment, the later
+ones get 429, successes included. That window is a store call and a hash long.
 
 Names are compared as the verifiers compare them: NFKC-normalised, case-folded and
 stripped, so ``Alice``, ``alice `` and ``ａｌｉｃｅ`` share one counter.
