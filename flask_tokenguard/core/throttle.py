@@ -7,7 +7,7 @@ remote address alone, both against ``TOKENGUARD_LOCKOUT_THRESHOLD`` within
 server CPU; the same name from another address is not affected.
 
 For a client secret and a password alike, both counts are reserved atomically before the
-check runs (``Store.record_failure`` counts and answers in one step), so parallel guesses
+check runs (``Store.record_failures`` counts and answers in one step), so parallel guesses
 cannot slip past either, with one name or with many. A success clears the name's count and
 takes back its address reservation (``Store.release_failure``), so that an office
 behind one address that signs in all day is never throttled by its successes. A refusal
@@ -76,8 +76,8 @@ class Throttle:
     def reserve(self, kind: str, name: str, now: float) -> Reservation | None:
         """Count this attempt before its check; raise ``LockedOutError`` over the threshold.
 
-        For ``kind`` "client", "user" or "admin". Counts the address, then the name,
-        each in one atomic store call. Returns what ``succeeded`` takes back (None when
+        For ``kind`` "client", "user" or "admin". Counts the address and the name in one
+        store call, each atomically. Returns what ``succeeded`` takes back (None when
         throttling is off); after a failed check there is nothing more to count.
         """
         if not self.enabled:

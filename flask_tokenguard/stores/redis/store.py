@@ -494,22 +494,22 @@ class RedisStore(Store):
             client = client.get_redis_connection(client.get_node_from_key(keys[0]))
         script = self._scripts[name]
         wait_for = self._wait_for(client)
-        for attempt in range(2):
-            pipe = client.pipeline(transaction=False)
+
+        def send() -> tuple[t.Any, int]:
             # EVALSHA itself: a Script given a pipeline would ask SCRIPT EXISTS first, one
-            # more round trip on every write. A server that lacks the script (new, or
-            # restarted) ran nothing: load it and send both again.
+            # more round trip on every write.
+            pipe = client.pipeline(transaction=False)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
             pipe.wait(wait_for, self.replicas_timeout)
-            try:
-                reply, acks = pipe.execute()
-            except self._redis.exceptions.NoScriptError:
-                if attempt:
-                    raise
-                client.script_load(script.script)
-                continue
+            reply, acks = pipe.execute()
             return reply, int(acks)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        try:
+            return send()
+        except self._redis.exceptions.NoScriptError:
+            # A server that lacks the script (new, restarted or promoted) ran nothing.
+            client.script_load(script.script)
+            return send()
 
     def _wait_for(self, client: t.Any) -> int:
         """How many acknowledgements to wait for: every connected replica, at least
