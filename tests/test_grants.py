@@ -165,20 +165,16 @@ def test_client_authentication_is_throttled(
     assert other.status_code == 200
 
 
-def test_successful_client_requests_are_never_throttled(
+def test_successful_client_requests_one_after_another_are_never_throttled(
     app_factory: t.Callable[..., Flask],
 ) -> None:
+    # Each success gives its reservation back (a parallel burst beyond the threshold:
+    # tests/test_throttle.py).
     app = app_factory(LOCKOUT_THRESHOLD=2)
     creds = register(app)
     http: t.Any = app.test_client()
-    for _ in range(6):
+    for _ in range(12):
         assert get_token(http, creds, scope="view").status_code == 200
-
-    def in_parallel(_: int) -> int:
-        return int(get_token(app.test_client(), creds, scope="view").status_code)
-
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        assert set(pool.map(in_parallel, range(32))) == {200}
 
 
 def test_password_checks_beyond_the_kdf_concurrency_get_503(

@@ -68,7 +68,6 @@ import hashlib
 import itertools
 import json
 import os
-import random
 import re
 import threading
 import time
@@ -115,8 +114,9 @@ _FAILURE_ATTEMPTS = 10
 #: error number.
 _DEADLOCK_SQLSTATES = frozenset({"40P01", "40001"})
 _DEADLOCK_CODES = frozenset({1213, *_DEADLOCK_SQLSTATES})
-#: One ``record_failure`` in this many that starts a window also purges expired rows.
-_FAILURE_PURGE_EVERY = 16
+#: Every this many lockout windows started (each successful authentication starts one for
+#: its name), one also purges the expired rows.
+_FAILURE_PURGE_EVERY = 256
 #: Every this many seat-less starts of a store, one also sweeps expired seat-less
 #: sessions.
 _FREE_SWEEP_EVERY = 16
@@ -403,6 +403,8 @@ class SQLAlchemyStore(Store):
         self._returning = False
         #: Seat-less starts so far; every ``_FREE_SWEEP_EVERY``-th sweeps (atomic in CPython).
         self._free_starts = itertools.count()
+        #: New lockout rows so far (``_count_new_failure_row``).
+        self._new_failure_rows = itertools.count()
         forget_after_fork(self)
 
     @property
@@ -1322,9 +1324,15 @@ class SQLAlchemyStore(Store):
             raise StoreError(
                 f"record_failure lost {_FAILURE_ATTEMPTS} races for one key in a row", exc
             ) from exc
-        if result[0] == 1 and random.randrange(_FAILURE_PURGE_EVERY) == 0:
-            self._purge_failures(now)
+        if result[0] == 1:
+            self._count_new_failure_row(now)
         return result
+
+    def _count_new_failure_row(self, now: float) -> None:
+        """Every ``_FAILURE_PURGE_EVERY``-th new lockout row purges the expired ones:
+        counted, not drawn, so a request's round trips stay predictable (tests)."""
+        if next(self._new_failure_rows) % _FAILURE_PURGE_EVERY == _FAILURE_PURGE_EVERY - 1:
+            self._purge_failures(now)
 
     @staticmethod
     def _lost_race(exc: BaseException) -> bool:
@@ -1379,7 +1387,11 @@ class SQLAlchemyStore(Store):
         with self._tx(one_statement=True) as conn:
             rows = conn.execute(self._pg.count_two, params).all()
         found = {row[0]: (int(row[1]), float(row[2])) for row in rows}
-        return [found[key_hash] for key_hash in hashes]
+        counts = [found[key_hash] for key_hash in hashes]
+        for count, _ in counts:
+            if count == 1:
+                self._count_new_failure_row(now)
+        return counts
 
     def release_reservation(self, release_key: str, clear_key: str, now: float) -> None:
         if self._pg is None or release_key == clear_key:
